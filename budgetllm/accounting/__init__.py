@@ -1,0 +1,11 @@
+"""Token and KV-memory accounting.
+
+Owns: the KV byte arithmetic, per-call meters, usage logs and reports.
+Must not import: torch, the engine, models, kernels, or ``budgetllm.policy``.
+Backends hand it plain numbers (row lengths, pages held); it hands back plain records.
+"""
+
+from budgetllm.accounting.meter import KVMeter, KVShape
+from budgetllm.accounting.log import UsageLog, render_usage_table
+
+__all__ = ["KVMeter", "KVShape", "UsageLog", "render_usage_table"]

@@ -1,0 +1,87 @@
+"""Usage logs (an event sink for every call) and their report."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from budgetllm.types import Usage
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+@dataclass
+class UsageLog:
+    """Collects the usage of every call it is given; thread-safe. Use as an LLM sink."""
+
+    records: list[tuple[str, Usage]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __call__(self, model: str, usage: Usage) -> None:
+        with self._lock:
+            self.records.append((model, usage))
+
+    def totals(self) -> dict[str, Any]:
+        with self._lock:
+            recs = list(self.records)
+        return {
+            "calls": len(recs),
+            "input_tokens": sum(u.input_tokens for _, u in recs),
+            "output_tokens": sum(u.output_tokens for _, u in recs),
+            "reasoning_tokens": sum(u.reasoning_tokens for _, u in recs),
+            "peak_live_bytes": max((u.kv.peak_live_bytes for _, u in recs), default=0),
+            "logical_bytes": sum(u.kv.logical_bytes for _, u in recs),
+            "live_bytes": sum(u.kv.live_bytes for _, u in recs),
+            "kv_bytes_read": sum(u.kv.kv_bytes_read for _, u in recs),
+        }
+
+
+UsageSink = Callable[[str, Usage], None]
+
+
+def usage_rows(usage: Usage) -> list[tuple[str, str]]:
+    """The accounting table of one call as (field, value) rows."""
+    kv = usage.kv
+    rows = [
+        ("input tokens", str(usage.input_tokens)),
+        ("output tokens", str(usage.output_tokens)),
+        ("  of which reasoning", str(usage.reasoning_tokens)),
+        ("KV mode", kv.mode),
+        ("compression requested", f"{kv.compression_requested:g}x"),
+        ("compression achieved (measured)", f"{kv.compression_achieved:.2f}x"),
+        ("KV logical (dense would hold)", _fmt_bytes(kv.logical_bytes)),
+        ("KV live (kept)", _fmt_bytes(kv.live_bytes)),
+        ("KV peak live", _fmt_bytes(kv.peak_live_bytes)),
+        ("KV reserved by backend", _fmt_bytes(kv.reserved_bytes)),
+        ("evicted (layer, head, token) entries", str(kv.evicted_tokens)),
+        ("KV bytes read in decode", _fmt_bytes(kv.kv_bytes_read)),
+        ("prefill time", f"{usage.prefill_seconds * 1000:.0f} ms"),
+        ("decode time", f"{usage.decode_seconds * 1000:.0f} ms"),
+    ]
+    if usage.plan:
+        for key in ("thinking_budget", "answer_reserve", "compression", "max_tokens"):
+            if key in usage.plan:
+                rows.append((f"plan: {key}", str(usage.plan[key])))
+        for key, why in (usage.plan.get("reasons") or {}).items():
+            rows.append((f"why {key}", str(why)))
+    return rows
+
+
+def render_usage_table(usage: Usage, title: str = "accounting"):
+    """A rich Table of one call's usage (rich is imported lazily)."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for k, v in usage_rows(usage):
+        table.add_row(k, v)
+    return table

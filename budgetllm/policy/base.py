@@ -1,0 +1,120 @@
+"""The policy contract: ``policy.plan(context) -> Plan``. Plain dataclasses, standard library only."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class RequestedLimits:
+    """What the caller asked for; ``None`` means "let the policy decide"."""
+
+    thinking_budget: int | None = None
+    compression: float | None = None
+    reasoning_effort: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+@dataclass(frozen=True)
+class AgentBudget:
+    """What an agent has left across its calls; ``None`` means unlimited."""
+
+    tokens_left: int | None = None
+    kv_byte_seconds_left: float | None = None
+    calls_left: int | None = None
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """What the policy needs to know about the model and engine."""
+
+    name: str = "model"
+    kv_bytes_per_token: int = 0  # dense: 2 * layers * kv_heads * head_dim * dtype bytes
+    window: int = 512  # DMS sliding window (tokens stay visible this long)
+    native_compression: float = 1.0  # the checkpoint's trained ratio (dms_cr); 1 = no DMS
+    max_context: int = 8192
+    supports_compression: bool = True
+    calibration: Any = None  # a CalibrationTable, or None
+
+
+@dataclass(frozen=True)
+class CallContext:
+    prompt_tokens: int
+    requested: RequestedLimits = field(default_factory=RequestedLimits)
+    agent: AgentBudget = field(default_factory=AgentBudget)
+    free_kv_bytes: int | None = None  # engine pool free memory (None: unknown / unbounded)
+    total_kv_bytes: int | None = None
+    model: ModelProfile = field(default_factory=ModelProfile)
+    tool_name: str | None = None  # the tool whose result this call answers, if any
+    tier: str | None = None  # a named tier of a policy file
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one call will do, and why.
+
+    thinking_budget: max reasoning tokens (None: no thinking block; 0: thinking off).
+    answer_reserve: tokens kept for the answer after thinking closes.
+    compression: KV compression ratio (1 = dense, exactly the base model).
+    max_tokens: cap on all generated tokens (reasoning + answer).
+    width: parallel samples with majority vote over extracted answers (1 = one sample).
+    reasons: a readable reason for each choice, keyed by the field name.
+    """
+
+    thinking_budget: int | None
+    answer_reserve: int
+    compression: float
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    width: int = 1
+    reasons: dict[str, str] = field(default_factory=dict)
+    policy: str = "fixed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class BudgetPolicy(Protocol):
+    """The one extension point: anything with ``plan(context) -> Plan`` is a policy."""
+
+    def plan(self, context: CallContext) -> Plan: ...
+
+
+@dataclass
+class FixedPolicy:
+    """Uses what the caller asked for, else fixed defaults. The default policy of every LLM."""
+
+    thinking_budget: int | None = None
+    compression: float = 8.0
+    answer_reserve: int = 256
+    max_tokens: int = 512
+
+    def plan(self, context: CallContext) -> Plan:
+        req = context.requested
+        reasons: dict[str, str] = {}
+        budget = req.thinking_budget if req.thinking_budget is not None else self.thinking_budget
+        reasons["thinking_budget"] = "requested by the caller" if req.thinking_budget is not None else "policy default"
+        comp = req.compression if req.compression is not None else self.compression
+        reasons["compression"] = "requested by the caller" if req.compression is not None else "policy default"
+        if not context.model.supports_compression and comp != 1:
+            reasons["compression"] += " (model has no DMS: window mode)"
+        max_tokens = req.max_tokens if req.max_tokens is not None else self.max_tokens
+        reasons["max_tokens"] = "requested by the caller" if req.max_tokens is not None else "policy default"
+        if budget:
+            max_tokens = max(max_tokens, 0)
+        return Plan(
+            thinking_budget=budget,
+            answer_reserve=min(self.answer_reserve, max_tokens),
+            compression=float(comp),
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            reasons=reasons,
+            policy="fixed",
+        )

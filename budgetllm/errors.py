@@ -47,3 +47,16 @@ class PoolExhaustedError(BudgetLLMError, RuntimeError):
 
 class RequestCancelledError(BudgetLLMError, RuntimeError):
     """The request was cancelled before it finished."""
+
+
+class PolicyFileError(BudgetLLMError, ValueError):
+    """A policy or calibration file cannot be loaded.
+
+    The message names the file, the line where known, the field and the fix, one problem per
+    line, e.g. ``policy.yaml, line 7: tiers.fast.thinking_budget: must be >= 0 (got -5). Fix: ...``.
+    ``problems`` holds the same as records (file, line, field, message, fix).
+    """
+
+    def __init__(self, message: str, problems: list | None = None):
+        self.problems = list(problems or [])
+        super().__init__(message)

@@ -26,6 +26,7 @@ class AgentBudget:
     kv_byte_seconds_left: float | None = None
     calls_left: int | None = None
     step: int = 0
+    step_name: str | None = None  # the agent step's name (e.g. "plan", "act"), for per-step overrides
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class CallContext:
     model: ModelProfile = field(default_factory=ModelProfile)
     tool_name: str | None = None  # the tool whose result this call answers, if any
     tier: str | None = None  # a named tier of a policy file
+    task: str | None = None  # a calibration task name (for the calibrated Pareto policy)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class Plan:
     max_tokens: cap on all generated tokens (reasoning + answer).
     width: parallel samples with majority vote over extracted answers (1 = one sample).
     reasons: a readable reason for each choice, keyed by the field name.
+    peak_kv_bytes / kv_bytes_read: the cost model's estimate for the worst case (every allowed
+        token generated); None when the model's KV bytes per token are unknown.
+    expected_accuracy: from a calibration table, when a calibrated policy chose the plan.
     """
 
     thinking_budget: int | None
@@ -74,6 +79,9 @@ class Plan:
     width: int = 1
     reasons: dict[str, str] = field(default_factory=dict)
     policy: str = "fixed"
+    peak_kv_bytes: int | None = None
+    kv_bytes_read: int | None = None
+    expected_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

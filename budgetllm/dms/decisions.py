@@ -1,0 +1,61 @@
+"""Eviction decision logits for both DMS variants (research/dms.md §1.1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from budgetllm.models.dms_spec import DMSSpec
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, heads, D]; cos, sin: [T, D] (the Llama/Qwen rotate-half convention)."""
+    return x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]
+
+
+class DecisionHead:
+    """Computes one eviction logit per (token, KV head) for one layer.
+
+    Borrowed channel: ``logit = q[:, head kv*G, D-1] * scale - offset`` taken after q_norm and
+    before RoPE; that channel is then zeroed before and after RoPE (it is not part of attention,
+    also at compression 1, because it is part of the checkpoint's architecture).
+    Adapter: ``logit = dms_proj_alpha(RMSNorm(h)) * scale - offset`` on the residual stream h
+    before the layer's input norm.
+    """
+
+    def __init__(self, spec: DMSSpec, layer: int, num_heads: int, num_kv_heads: int):
+        self.spec = spec
+        self.layer = layer
+        self.group = num_heads // num_kv_heads
+        self.weights = spec.adapter_weights[layer] if spec.variant == "adapter" else None
+
+    @property
+    def borrowed(self) -> bool:
+        return self.spec.variant == "borrowed"
+
+    def logits(self, q_pre_rope: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor | None:
+        """q_pre_rope: [T, Hq, D] (after q_norm); residual: [T, hidden]. Returns [T, H] float32."""
+        s = self.spec
+        if s.variant == "borrowed":
+            raw = q_pre_rope[:, :: self.group, -1].float()
+        elif s.variant == "adapter":
+            w = self.weights
+            x = residual.float()
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + s.norm_eps) * w["norm_weight"].float()
+            bias = w["proj_bias"].float() if w.get("proj_bias") is not None else None
+            raw = F.linear(x, w["proj_weight"].float(), bias)
+        else:
+            return None
+        return raw * s.alpha_scale - s.alpha_offset
+
+    def strip_channel(self, q: torch.Tensor) -> torch.Tensor:
+        """Zero the borrowed channel (call before and after RoPE). No-op for other variants."""
+        if self.borrowed:
+            q = q.clone()
+            q[:, :: self.group, -1] = 0
+        return q

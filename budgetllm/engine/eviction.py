@@ -1,0 +1,36 @@
+"""How one call decides which tokens to evict: learned DMS decisions, a sliding window, or nothing."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class EvictionRule:
+    """mode "dms": evict a token when the next token's decision logit > threshold.
+    mode "window": StreamingLLM — keep ``sinks`` first tokens and the last ``window`` + 1.
+    mode "dense": keep everything (compression 1: exactly the base model).
+    """
+
+    mode: str = "dense"
+    window: int = 512
+    threshold: float = math.inf
+    sinks: int = 4
+
+    def decide(self, logits: torch.Tensor | None, positions: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+        """Decisions [T, H] for tokens at ``positions``: decision t is the fate of token t-1."""
+        T = positions.shape[0]
+        if self.mode == "dms" and logits is not None and math.isfinite(self.threshold):
+            out = logits > self.threshold
+        elif self.mode == "window":
+            out = (positions - 1 >= self.sinks)[:, None].expand(T, num_kv_heads)
+        else:
+            out = torch.zeros(T, num_kv_heads, dtype=torch.bool, device=positions.device)
+        return out.clone()
+
+    @property
+    def evicts(self) -> bool:
+        return self.mode == "window" or (self.mode == "dms" and math.isfinite(self.threshold))

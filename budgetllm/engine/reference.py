@@ -1,0 +1,117 @@
+"""The reference backend: pure PyTorch over the HF model, any device, really dropping evicted tokens.
+
+Each (layer, KV head) row of a sequence keeps its own K/V tensors and length. A chunk of new tokens
+(a prefill, a decode step, or a later turn on top of the cache) attends to the row's kept entries
+and to the chunk itself under the DMS mask; afterwards every entry that can never be seen again
+(flagged and more than ``window`` behind the newest token) is removed from the row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from budgetllm.dms.decisions import DecisionHead, apply_rope
+from budgetllm.engine.eviction import EvictionRule
+from budgetllm.models.loading import LoadedModel
+
+
+@dataclass
+class Row:
+    k: torch.Tensor  # [n, D]
+    v: torch.Tensor  # [n, D]
+    pos: torch.Tensor  # [n] int64, logical positions
+    flag: torch.Tensor  # [n] bool, evict flags (False = keep or not decided yet)
+
+
+class ReferenceSequence:
+    """One sequence's compressed cache and its forward pass."""
+
+    def __init__(self, model: LoadedModel, rule: EvictionRule, collect_logits: bool = False):
+        self.model = model
+        self.rule = rule
+        cfg = model.config
+        self.num_layers = cfg.num_hidden_layers
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.heads = [DecisionHead(model.dms, i, self.num_heads, self.num_kv_heads) for i in range(self.num_layers)]
+        dev, dt = model.device, model.dtype
+        empty = lambda: Row(  # noqa: E731
+            torch.empty(0, self.head_dim, device=dev, dtype=dt),
+            torch.empty(0, self.head_dim, device=dev, dtype=dt),
+            torch.empty(0, dtype=torch.long, device=dev),
+            torch.empty(0, dtype=torch.bool, device=dev),
+        )
+        self.rows = [[empty() for _ in range(self.num_kv_heads)] for _ in range(self.num_layers)]
+        self.seen = 0
+        self.collect_logits = collect_logits
+        self.logit_log: list[torch.Tensor] = []  # per layer decision logits (for calibration)
+
+    # -- accounting -------------------------------------------------------------------------
+    def live_entries(self) -> int:
+        return sum(row.k.shape[0] for layer in self.rows for row in layer)
+
+    def row_lengths(self) -> list[list[int]]:
+        return [[row.k.shape[0] for row in layer] for layer in self.rows]
+
+    # -- forward ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, token_ids: list[int] | torch.Tensor) -> torch.Tensor:
+        """Run new tokens through the model on top of the cache. Returns logits [n, vocab] (float32)."""
+        hf = self.model.hf_model
+        inner = hf.model
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.model.device).view(-1)
+        n = ids.shape[0]
+        pos = torch.arange(self.seen, self.seen + n, device=ids.device)
+        x = inner.embed_tokens(ids)
+        cos, sin = inner.rotary_emb(x[None], pos[None])
+        cos, sin = cos[0].to(x.dtype), sin[0].to(x.dtype)
+        for li, layer in enumerate(inner.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(n, self.num_heads, self.head_dim)
+            k = attn.k_proj(h).view(n, self.num_kv_heads, self.head_dim)
+            v = attn.v_proj(h).view(n, self.num_kv_heads, self.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            head = self.heads[li]
+            logits = head.logits(q, x)
+            if self.collect_logits and logits is not None:
+                self.logit_log.append(logits.detach())
+            q = head.strip_channel(q)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q = head.strip_channel(q)
+            decisions = self.rule.decide(logits, pos, self.num_kv_heads)
+            o = self._attend(li, q, k, v, decisions, pos, attn.scaling)
+            x = x + attn.o_proj(o.reshape(n, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        self.seen += n
+        return hf.lm_head(inner.norm(x)).float()
+
+    def _attend(self, li: int, q, k, v, decisions, pos, scale: float) -> torch.Tensor:
+        n, G = q.shape[0], self.num_heads // self.num_kv_heads
+        w = self.rule.window
+        out = torch.empty_like(q)
+        chunk_flags = torch.zeros_like(decisions)
+        chunk_flags[:-1] = decisions[1:]
+        for h in range(self.num_kv_heads):
+            row = self.rows[li][h]
+            if row.flag.numel():  # the first new token decides the fate of the newest kept token
+                row.flag[-1] = decisions[0, h]
+            keys = torch.cat([row.k, k[:, h]])
+            vals = torch.cat([row.v, v[:, h]])
+            kpos = torch.cat([row.pos, pos])
+            kflag = torch.cat([row.flag, chunk_flags[:, h]])
+            dist = pos[:, None] - kpos[None, :]
+            visible = (dist >= 0) & ((dist <= w) | ~kflag[None, :])  # [n, m]
+            qh = q[:, h * G : (h + 1) * G].float()  # [n, G, D]
+            scores = torch.einsum("ngd,md->gnm", qh, keys.float()) * scale
+            scores = scores.masked_fill(~visible[None], float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            out[:, h * G : (h + 1) * G] = torch.einsum("gnm,md->ngd", probs, vals.float()).to(q.dtype)
+            # Drop what the newest token (and so every later one) can no longer see.
+            keep = ~kflag | (pos[-1] - kpos <= w)
+            self.rows[li][h] = Row(keys[keep], vals[keep], kpos[keep], kflag[keep])
+        return out

@@ -1,0 +1,92 @@
+"""The thinking-budget controller of one request (research/budget.md §1.4–1.5). Torch-free.
+
+Phases: "thinking" (reasoning tokens are counted from the open tag in the prompt), "closing" (the
+budget is spent: the hand-off text and the close tag are fed as forced tokens), "answer" (the
+model writes its answer; it may not reopen a thinking block). The reasoning count includes the
+forced hand-off and close tag, so it never exceeds the budget; the answer keeps its own reserve.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from budgetllm.types import ThinkingConfig
+
+
+@dataclass
+class ThinkingController:
+    budget: int | None  # None: no thinking phase at all
+    answer_reserve: int
+    max_tokens: int
+    encode: Callable[[str], list[int]]
+    config: ThinkingConfig = field(default_factory=ThinkingConfig)
+    phase: str = "answer"
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0
+    forced_close: bool = False
+    _forced: deque = field(default_factory=deque)
+    _close_ids: list[int] = field(default_factory=list)
+    _handoff_ids: list[int] = field(default_factory=list)
+    _reasoning_text: str = ""
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and self.budget > 0:
+            self.phase = "thinking"
+            self._close_ids = self.encode(self.config.close_tag + self.config.after_close)
+            self._handoff_ids = self.encode(self.config.handoff)
+            # The answer reserve holds: thinking may use at most max_tokens - reserve.
+            self.budget = max(0, min(self.budget, self.max_tokens - self.answer_reserve))
+            if self.budget < len(self._close_ids):
+                self.budget = 0
+                self.phase = "answer"
+
+    @property
+    def thinking(self) -> bool:
+        return self.phase in ("thinking", "closing")
+
+    def prompt_suffix(self) -> str:
+        """Text to append to the prompt so the model starts inside a thinking block."""
+        return self.config.open_tag if self.phase == "thinking" else ""
+
+    def next_forced(self) -> int | None:
+        """The token to feed instead of sampling, if the controller is closing the block."""
+        if self.phase == "thinking" and self.reasoning_tokens + len(self._close_ids) >= self.budget:
+            self._begin_close(with_handoff=True)
+        return self._forced[0] if self._forced else None
+
+    def _begin_close(self, with_handoff: bool) -> None:
+        self.phase = "closing"
+        self.forced_close = True
+        room = self.budget - self.reasoning_tokens - len(self._close_ids)
+        handoff = self._handoff_ids if with_handoff and room >= len(self._handoff_ids) else []
+        self._forced = deque(handoff + self._close_ids)
+
+    def observe(self, token_id: int, text_so_far: str | None = None, is_eos: bool = False) -> bool:
+        """Record a generated token. Returns False when the token must not be emitted (an EOS
+        inside the thinking block: the block is closed gracefully instead)."""
+        if self.phase == "closing":
+            self._forced.popleft()
+            self.reasoning_tokens += 1
+            if not self._forced:
+                self.phase = "answer"
+            return True
+        if self.phase == "thinking":
+            if is_eos:  # ending inside the block would leave no answer: close it properly
+                self._begin_close(with_handoff=False)
+                return False
+            self.reasoning_tokens += 1
+            if text_so_far is not None and self.config.close_tag in text_so_far:
+                self.phase = "answer"  # the model closed the block itself
+            return True
+        self.answer_tokens += 1
+        return True
+
+    def model_closed(self) -> None:
+        """The model wrote the close tag itself: the answer phase starts."""
+        if self.phase == "thinking":
+            self.phase = "answer"
+
+    def answer_budget_left(self) -> int:
+        return self.max_tokens - self.reasoning_tokens - self.answer_tokens

@@ -1,0 +1,151 @@
+"""Paged decode attention over rows of per-(sequence, layer, KV head) length, read from device memory.
+
+One program per (sequence, KV head, split): the G query heads of the group share the row, so the
+K/V tile is loaded once and multiplied with the [G_PAD, D] query tile (tl.dot, G padded to 16).
+With num_splits > 1 each program covers a contiguous range of the row and a second kernel
+combines the partial (max, sum, out). No host reads: CUDA-graph friendly for a fixed num_splits.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from budgetllm.kernels.paged_kv import PagedKV
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def decode_attention_kernel(q, k_pool, v_pool, block_tables, row_lens, slot_ids, out, part_o, part_ml,
+                            sm_scale, H, G, D, MAXP, NS, s_qb, s_qh, s_ob, s_oh,
+                            PAGE: tl.constexpr, G_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                            SPLIT: tl.constexpr, IEEE: tl.constexpr):
+    i_b, i_h, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    s = tl.load(slot_ids + i_b)
+    row = s * H + i_h
+    n = tl.load(row_lens + row)
+    chunk = tl.cdiv(tl.cdiv(n, NS), BLOCK_N) * BLOCK_N
+    lo = i_s * chunk
+    hi = tl.minimum(lo + chunk, n)
+    o_g = tl.arange(0, G_PAD)
+    o_d = tl.arange(0, BLOCK_D)
+    m_g = o_g < G
+    m_d = o_d < D
+    # [G_PAD, BLOCK_D]
+    b_q = tl.load(q + i_b * s_qb + (i_h * G + o_g)[:, None] * s_qh + o_d[None, :],
+                  mask=m_g[:, None] & m_d[None, :], other=0.0)
+    b_m = tl.full([G_PAD], -1e30, tl.float32)
+    b_l = tl.zeros([G_PAD], tl.float32)
+    b_acc = tl.zeros([G_PAD, BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        o_n = start + tl.arange(0, BLOCK_N)
+        m_n = o_n < hi
+        b_pg = tl.load(block_tables + row * MAXP + o_n // PAGE, mask=m_n, other=0)
+        p_kv = (b_pg.to(tl.int64) * PAGE + o_n % PAGE)[:, None] * D + o_d[None, :]
+        m_kv = m_n[:, None] & m_d[None, :]
+        # [BLOCK_N, BLOCK_D]
+        b_k = tl.load(k_pool + p_kv, mask=m_kv, other=0.0)
+        b_v = tl.load(v_pool + p_kv, mask=m_kv, other=0.0)
+        # [G_PAD, BLOCK_N]
+        if IEEE:
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
+        else:
+            b_s = tl.dot(b_q, tl.trans(b_k))
+        b_s = tl.where(m_n[None, :], b_s * sm_scale, float("-inf"))
+        m_new = tl.maximum(b_m, tl.max(b_s, 1))
+        b_p = tl.math.exp2(b_s - m_new[:, None])
+        alpha = tl.math.exp2(b_m - m_new)
+        b_l = b_l * alpha + tl.sum(b_p, 1)
+        if IEEE:
+            b_acc = b_acc * alpha[:, None] + tl.dot(b_p, b_v.to(tl.float32), input_precision="ieee")
+        else:
+            b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+        b_m = m_new
+    m_out = m_g[:, None] & m_d[None, :]
+    if SPLIT:
+        # partials: o [B, Hq, NS, D] (unnormalised), ml [B, Hq, NS, 2] (max in log2 units, sum)
+        hq = i_h * G + o_g
+        base = (i_b * H * G + hq) * NS + i_s
+        tl.store(part_o + base[:, None] * D + o_d[None, :], b_acc, mask=m_out)
+        tl.store(part_ml + base * 2, b_m, mask=m_g)
+        tl.store(part_ml + base * 2 + 1, b_l, mask=m_g)
+    else:
+        b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
+        tl.store(out + i_b * s_ob + (i_h * G + o_g)[:, None] * s_oh + o_d[None, :],
+                 b_o.to(out.dtype.element_ty), mask=m_out)
+
+
+@triton.jit
+def decode_reduce_kernel(part_o, part_ml, out, Hq, D, NS, s_ob, s_oh,
+                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    i_b, i_hq = tl.program_id(0), tl.program_id(1)
+    o_s = tl.arange(0, BLOCK_S)
+    o_d = tl.arange(0, BLOCK_D)
+    m_s = o_s < NS
+    base = (i_b * Hq + i_hq) * NS + o_s
+    b_m = tl.load(part_ml + base * 2, mask=m_s, other=-1e30)
+    b_l = tl.load(part_ml + base * 2 + 1, mask=m_s, other=0.0)
+    # [BLOCK_S, BLOCK_D]
+    b_o = tl.load(part_o + base[:, None] * D + o_d[None, :], mask=m_s[:, None] & (o_d < D)[None, :], other=0.0)
+    m_all = tl.max(b_m, 0)
+    w = tl.math.exp2(b_m - m_all)
+    l_all = tl.sum(b_l * w, 0)
+    o = tl.sum(b_o * w[:, None], 0) / tl.where(l_all > 0, l_all, 1.0)
+    tl.store(out + i_b * s_ob + i_hq * s_oh + o_d, o.to(out.dtype.element_ty), mask=o_d < D)
+
+
+def default_num_splits(batch: int, num_kv_heads: int, max_row_len: int, device: torch.device) -> int:
+    """Host-only heuristic (no length reads): about 2 programs per SM, at least 256 tokens per split."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    ns = triton.cdiv(2 * sms, batch * num_kv_heads)
+    return max(1, min(ns, triton.cdiv(max_row_len, 256), 64))
+
+
+def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: torch.Tensor, scale: float,
+                           num_splits: int | None = None, block_n: int | None = None) -> torch.Tensor:
+    """Decode attention of one query token per sequence over its paged rows.
+
+    Args:
+        q: ``[B, Hq, D]`` queries (post-RoPE); query heads ``h*G .. h*G+G-1`` use KV head h (G = Hq / H).
+        kv: the cache; rows ``(layer, slot_ids[b], h)`` of length ``kv.row_lens[layer, slot_ids[b], h]``.
+        layer: layer index.
+        slot_ids: ``[B] int32`` sequence slots.
+        scale: softmax scale (usually D ** -0.5).
+        num_splits: split-K factor (fixed per call, graph friendly); None picks one from shapes only.
+        block_n: entries per tile (a multiple of PAGE or a divisor of it); default 64.
+
+    Returns:
+        ``[B, Hq, D]`` in q's dtype; rows of length 0 give zeros. Accumulation in fp32; fp32 inputs
+        use IEEE dot products (no tf32).
+    """
+    kv.check()
+    B, Hq, D = q.shape
+    L, S, H, MAXP = kv.block_tables.shape
+    assert Hq % H == 0 and D == kv.head_dim and q.stride(-1) == 1 and 0 <= layer < L
+    assert q.dtype == kv.k_pool.dtype, f"q is {q.dtype}, the pool {kv.k_pool.dtype}"
+    assert slot_ids.shape == (B,) and slot_ids.dtype == torch.int32 and slot_ids.device == q.device
+    G = Hq // H
+    if num_splits is None:
+        num_splits = default_num_splits(B, H, MAXP * kv.page_size, q.device)
+    block_n = block_n or 64
+    out = torch.empty_like(q)
+    if B == 0:
+        return out
+    split = num_splits > 1
+    part_o = torch.empty(B, Hq, num_splits, D, dtype=torch.float32, device=q.device) if split else out
+    part_ml = torch.empty(B, Hq, num_splits, 2, dtype=torch.float32, device=q.device) if split else out
+    BLOCK_D = triton.next_power_of_2(D)
+    decode_attention_kernel[(B, H, num_splits)](
+        q, kv.k_pool, kv.v_pool, kv.block_tables[layer], kv.row_lens[layer], slot_ids.contiguous(), out, part_o,
+        part_ml, scale * _LOG2E, H, G, D, MAXP, num_splits, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        PAGE=kv.page_size, G_PAD=max(16, triton.next_power_of_2(G)), BLOCK_N=block_n, BLOCK_D=BLOCK_D,
+        SPLIT=split, IEEE=q.dtype == torch.float32, num_warps=4,
+    )
+    if split:
+        decode_reduce_kernel[(B, Hq)](
+            part_o, part_ml, out, Hq, D, num_splits, out.stride(0), out.stride(1),
+            BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=BLOCK_D,
+        )
+    return out

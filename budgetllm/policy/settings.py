@@ -1,0 +1,142 @@
+"""Partial plan settings, layered with reasons, and the one place that turns them into a Plan.
+
+Every policy resolves a stack of layers (built-in defaults, file defaults, effort, tier, tool,
+step, the caller) into ``PlanSettings`` plus, per field, the layer that set it. ``build_plan``
+then applies the token limits no layer may break, in this order:
+
+1. the caller's ``max_tokens`` (a hard ceiling, as in Anthropic's API);
+2. the model's context (``max_context - prompt_tokens``) and the agent's ``tokens_left``;
+3. ``answer_reserve <= max_tokens`` and ``thinking_budget + answer_reserve <= max_tokens``:
+   when the ceiling is tight the thinking budget shrinks first, so the answer keeps its room
+   (research/budget.md §1.5: "thinking eats max_tokens -> empty answer").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from budgetllm.policy.base import CallContext, Plan
+from budgetllm.policy.cost import with_estimates
+
+DEFAULT_ANSWER_RESERVE = 256
+# Majority vote over identical greedy samples is pointless; width > 1 needs sampling.
+VOTING_TEMPERATURE = 0.7
+REQUESTED = "requested by the caller"
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Any subset of a plan's fields; ``None`` means "this layer does not say"."""
+
+    thinking_budget: int | None = None
+    answer_reserve: int | None = None
+    max_tokens: int | None = None
+    compression: float | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    width: int | None = None
+    effort: str | None = None
+
+    def set_fields(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+class Layers:
+    """Settings merged layer by layer, remembering which layer set each field."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+        self.reasons: dict[str, str] = {}
+
+    def apply(self, settings: PlanSettings, why: str) -> None:
+        for name, value in settings.set_fields().items():
+            if name == "effort":
+                continue  # the effort level is expanded by the caller of apply, not stored
+            self.values[name] = value
+            self.reasons[name] = why
+
+    def get(self, name: str, default: object = None) -> object:
+        return self.values.get(name, default)
+
+
+def note(reasons: dict[str, str], name: str, text: str) -> dict[str, str]:
+    """A copy of ``reasons`` with ``text`` appended to the reason of ``name`` (stages add, never erase)."""
+    out = dict(reasons)
+    out[name] = f"{out[name]}; {text}" if out.get(name) else text
+    return out
+
+
+def fit_tokens(plan: Plan, ceiling: int, why: str) -> Plan:
+    """Lower ``max_tokens`` to ``ceiling``; the thinking budget gives way before the answer reserve."""
+    ceiling = max(int(ceiling), 0)
+    reasons = dict(plan.reasons)
+    max_tokens = plan.max_tokens
+    if max_tokens > ceiling:
+        reasons = note(reasons, "max_tokens", f"lowered from {max_tokens} to {ceiling} ({why})")
+        max_tokens = ceiling
+    reserve = plan.answer_reserve
+    if reserve > max_tokens:
+        reasons = note(reasons, "answer_reserve", f"lowered from {reserve} to {max_tokens} to fit max_tokens")
+        reserve = max_tokens
+    budget = plan.thinking_budget
+    if budget and budget + reserve > max_tokens:
+        new_budget = max(max_tokens - reserve, 0)
+        reasons = note(
+            reasons, "thinking_budget", f"lowered from {budget} to {new_budget} so the answer keeps {reserve} tokens"
+        )
+        budget = new_budget
+    return replace(plan, max_tokens=max_tokens, answer_reserve=reserve, thinking_budget=budget, reasons=reasons)
+
+
+def build_plan(context: CallContext, layers: Layers, policy: str) -> Plan:
+    """Turn resolved layers into a Plan that keeps every token invariant (see the module docstring)."""
+    model = context.model
+    reasons = dict(layers.reasons)
+    budget = layers.get("thinking_budget")
+    reserve = int(layers.get("answer_reserve", DEFAULT_ANSWER_RESERVE))
+    reasons.setdefault("answer_reserve", "built-in default")
+    compression = layers.get("compression")
+    if compression is None:
+        compression = model.native_compression if model.native_compression > 1 else 1.0
+        reasons["compression"] = "the model's native DMS ratio" if compression > 1 else "dense (no compression set)"
+    compression = max(float(compression), 1.0)
+    if not model.supports_compression and compression != 1.0:
+        reasons = note(reasons, "compression", "model has no DMS: the engine uses sliding-window mode")
+    width = max(int(layers.get("width", 1)), 1)
+    reasons.setdefault("width", "one sample")
+    max_tokens = layers.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = (budget or 0) + reserve
+        reasons["max_tokens"] = "thinking budget + answer reserve"
+    elif budget and int(budget) + reserve > int(max_tokens) and reasons.get("max_tokens") != REQUESTED:
+        # A file's max_tokens smaller than its own budget + reserve: the budget wins over a default.
+        reasons = note(reasons, "max_tokens", f"raised from {max_tokens} to fit thinking budget + answer reserve")
+        max_tokens = int(budget) + reserve
+    temperature = layers.get("temperature")
+    if width > 1 and not temperature and "temperature" not in reasons:
+        temperature = VOTING_TEMPERATURE
+        reasons["temperature"] = f"{VOTING_TEMPERATURE}: voting over {width} samples needs sampling"
+    plan = Plan(
+        thinking_budget=None if budget is None else int(budget),
+        answer_reserve=reserve,
+        compression=compression,
+        max_tokens=int(max_tokens),
+        temperature=None if temperature is None else float(temperature),
+        top_p=layers.get("top_p"),
+        width=width,
+        reasons=reasons,
+        policy=policy,
+    )
+    return with_estimates(context, apply_token_limits(context, plan))
+
+
+def apply_token_limits(context: CallContext, plan: Plan) -> Plan:
+    """The ceilings no stage may lift: caller max_tokens, model context, agent tokens left."""
+    requested = context.requested.max_tokens
+    if requested is not None:
+        plan = fit_tokens(plan, requested, "the caller's max_tokens")
+    room = context.model.max_context - context.prompt_tokens
+    plan = fit_tokens(plan, room, f"the model's context holds {context.model.max_context} tokens")
+    if context.agent.tokens_left is not None:
+        plan = fit_tokens(plan, context.agent.tokens_left, "the agent's tokens left")
+    return fit_tokens(plan, plan.max_tokens, "")  # re-check reserve/budget invariants

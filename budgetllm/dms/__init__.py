@@ -7,7 +7,7 @@ May use: torch, ``budgetllm.models``. Must not import: engine, policy, accountin
 
 from budgetllm.dms.decisions import DecisionHead, apply_rope, rotate_half
 from budgetllm.dms.mask import dms_visibility_mask, evict_flags_from_decisions
-from budgetllm.dms.oracle import dms_attention_bruteforce
+from budgetllm.dms.oracle import dms_attention_bruteforce, masked_model_forward
 
 __all__ = [
     "DecisionHead",
@@ -15,5 +15,6 @@ __all__ = [
     "dms_attention_bruteforce",
     "dms_visibility_mask",
     "evict_flags_from_decisions",
+    "masked_model_forward",
     "rotate_half",
 ]

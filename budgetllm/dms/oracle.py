@@ -20,3 +20,46 @@ def dms_attention_bruteforce(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return torch.einsum("hqk,khd->qhd", probs, vd)
+
+
+@torch.no_grad()
+def masked_model_forward(model, token_ids, rule) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The whole sequence in one pass with every layer's attention under the hard DMS mask.
+
+    Physical eviction (the reference backend, the paged engine) must give the same logits at every
+    position as this. Returns (logits [T, vocab] float64-accurate in float32, per-layer flags [T, H]).
+    """
+    from budgetllm.dms.decisions import DecisionHead, apply_rope
+    from budgetllm.dms.mask import evict_flags_from_decisions
+
+    hf = model.hf_model
+    inner = hf.model
+    cfg = hf.config
+    Hq, H = cfg.num_attention_heads, cfg.num_key_value_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // Hq
+    ids = torch.as_tensor(token_ids, device=model.device).view(-1)
+    T = ids.shape[0]
+    pos = torch.arange(T, device=ids.device)
+    x = inner.embed_tokens(ids)
+    cos, sin = inner.rotary_emb(x[None], pos[None])
+    cos, sin = cos[0].to(x.dtype), sin[0].to(x.dtype)
+    all_flags = []
+    for li, layer in enumerate(inner.layers):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(T, Hq, D)
+        k = attn.k_proj(h).view(T, H, D)
+        v = attn.v_proj(h).view(T, H, D)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        head = DecisionHead(model.dms, li, Hq, H)
+        logits = head.logits(q, x)
+        q = head.strip_channel(q)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = head.strip_channel(q)
+        flags = evict_flags_from_decisions(rule.decide(logits, pos, H))
+        all_flags.append(flags)
+        o = dms_attention_bruteforce(q, k, v, flags, rule.window, attn.scaling).to(x.dtype)
+        x = x + attn.o_proj(o.reshape(T, -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return hf.lm_head(inner.norm(x)).float(), all_flags

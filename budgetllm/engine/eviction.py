@@ -23,7 +23,7 @@ class EvictionRule:
     def decide(self, logits: torch.Tensor | None, positions: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
         """Decisions [T, H] for tokens at ``positions``: decision t is the fate of token t-1."""
         T = positions.shape[0]
-        if self.mode == "dms" and logits is not None and math.isfinite(self.threshold):
+        if self.mode == "dms" and logits is not None and self.threshold != math.inf:
             out = logits > self.threshold
         elif self.mode == "window":
             out = (positions - 1 >= self.sinks)[:, None].expand(T, num_kv_heads)
@@ -33,4 +33,4 @@ class EvictionRule:
 
     @property
     def evicts(self) -> bool:
-        return self.mode == "window" or (self.mode == "dms" and math.isfinite(self.threshold))
+        return self.mode == "window" or (self.mode == "dms" and self.threshold != math.inf)

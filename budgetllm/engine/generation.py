@@ -94,6 +94,9 @@ class ReferenceBackend:
                 yield StepOutput(tok, thinking)
                 if req.cancelled:
                     return
+                if not ctrl.thinking and ctrl.answer_budget_left() <= 0:
+                    yield StepOutput(-1, False, finished="length")  # no need to feed the last token
+                    return
                 with self._lock:
                     logits = seq.forward([tok])[-1]
                 self.tokens_generated += 1

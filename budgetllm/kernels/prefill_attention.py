@@ -72,26 +72,26 @@ def prefill_attention_kernel(q, k, v, decisions, k_pool, v_pool, slot_pos, slot_
         b_pos = tl.load(slot_pos + b_slot, mask=m_n, other=0)
         b_fl = tl.load(slot_flag + b_slot, mask=m_n, other=0).to(tl.int32)
         b_fl = tl.where(b_pos == p0 - 1, dec0, b_fl)
-        live = m_n & ((b_fl == 0) | (p0 + i_last - b_pos <= W))
+        live = m_n & ((b_fl == 0) | (p0 + i_m * BLOCK_M - b_pos <= W))
         if tl.max(live.to(tl.int32), 0) > 0:
             m_kv = m_n[:, None] & m_d[None, :]
             b_k = tl.load(k_pool + b_slot[:, None] * D + o_d[None, :], mask=m_kv, other=0.0)
             b_v = tl.load(v_pool + b_slot[:, None] * D + o_d[None, :], mask=m_kv, other=0.0)
             dist = (p0 + o_m)[:, None] - b_pos[None, :]
-            keep = live[None, :] & (dist >= 0) & ((dist <= W) | (b_fl == 0)[None, :])
+            keep = m_n[None, :] & (dist >= 0) & ((dist <= W) | (b_fl == 0)[None, :])
             b_m, b_l, b_acc = _online_softmax(b_q, b_k, b_v, keep, b_m, b_l, b_acc, sm_scale, IEEE)
     # (b) chunk tokens j <= i: visible if i - j <= W or not flag(j) (= decision of token j+1)
     for start in range(0, i_last + 1, BLOCK_N):
         o_n = start + tl.arange(0, BLOCK_N)
         m_n = o_n <= i_last
         b_fl = tl.load(decisions + (bos + o_n + 1) * s_dn + i_h, mask=m_n & (o_n + 1 < n_tok), other=0).to(tl.int32)
-        live = m_n & ((b_fl == 0) | (i_last - o_n <= W))
+        live = m_n & ((b_fl == 0) | (i_m * BLOCK_M - o_n <= W))
         if tl.max(live.to(tl.int32), 0) > 0:
             m_kv = m_n[:, None] & m_d[None, :]
             b_k = tl.load(k + (bos + o_n)[:, None] * s_kn + i_h * s_kh + o_d[None, :], mask=m_kv, other=0.0)
             b_v = tl.load(v + (bos + o_n)[:, None] * s_vn + i_h * s_vh + o_d[None, :], mask=m_kv, other=0.0)
             dist = o_m[:, None] - o_n[None, :]
-            keep = live[None, :] & (dist >= 0) & ((dist <= W) | (b_fl == 0)[None, :])
+            keep = m_n[None, :] & (dist >= 0) & ((dist <= W) | (b_fl == 0)[None, :])
             b_m, b_l, b_acc = _online_softmax(b_q, b_k, b_v, keep, b_m, b_l, b_acc, sm_scale, IEEE)
     b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
     tl.store(out + (bos + o_m)[:, None] * s_on + i_hq * s_oh + o_d[None, :], b_o.to(out.dtype.element_ty),

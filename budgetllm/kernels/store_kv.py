@@ -34,11 +34,13 @@ def store_decode_kv_kernel(k_new, v_new, evict_prev, slot_ids, seq_pos, k_pool, 
     # 1. the decision of token p is the flag of token p-1
     has_prev = p >= 1
     j_prev = tl.load(ring + row * W1 + (p - 1 + W1) % W1, mask=has_prev, other=0)
+    has_prev = has_prev & (j_prev >= 0) & (j_prev < n)  # guards rows left incomplete by an overflow
     pg_prev = tl.load(block_tables + row * MAXP + j_prev // PAGE, mask=has_prev, other=-1)
     tl.store(slot_flag + pg_prev * PAGE + j_prev % PAGE, ev, mask=has_prev & (pg_prev >= 0))
     # 2. token p - W1 leaves the window: reuse its slot if flagged
     has_old = p >= W1
     j_old = tl.load(ring + row * W1 + p % W1, mask=has_old, other=0)
+    has_old = has_old & (j_old >= 0) & (j_old < n)
     pg_old = tl.load(block_tables + row * MAXP + j_old // PAGE, mask=has_old, other=-1)
     fl_old = tl.load(slot_flag + pg_old * PAGE + j_old % PAGE, mask=has_old & (pg_old >= 0), other=0)
     fl_old = tl.where(W1 == 1, ev, fl_old)  # w = 0: token p-1 leaves now, its flag is in a register
@@ -61,7 +63,7 @@ def store_decode_kv_kernel(k_new, v_new, evict_prev, slot_ids, seq_pos, k_pool, 
     ok = ~fail
     slot = pg * PAGE + idx % PAGE
     o_d = tl.arange(0, BLOCK_D)
-    m_d = (o_d < D) & ok
+    m_d = o_d < tl.where(ok, D, 0)  # (scalar & vector bools: interpreter bug, fold into the compare)
     b_k = tl.load(k_new + i_b * s_kb + i_h * s_kh + o_d, mask=m_d)
     b_v = tl.load(v_new + i_b * s_vb + i_h * s_vh + o_d, mask=m_d)
     tl.store(k_pool + slot.to(tl.int64) * D + o_d, b_k.to(k_pool.dtype.element_ty), mask=m_d)
@@ -120,6 +122,7 @@ def store_prefill_meta_kernel(decisions, cu_seqlens, slot_ids, seq_pos, slot_pos
     # step 1 of the first chunk token: flag of the last old token
     has_prev = (p0 >= 1) & (n_tok > 0)
     j_prev = tl.load(ring + row * W1 + (p0 - 1 + W1) % W1, mask=has_prev, other=0)
+    has_prev = has_prev & (j_prev >= 0) & (j_prev < n)
     pg_prev = tl.load(block_tables + row * MAXP + j_prev // PAGE, mask=has_prev, other=-1)
     tl.store(slot_flag + pg_prev * PAGE + j_prev % PAGE, dec0, mask=has_prev & (pg_prev >= 0))
     # lane r holds token q = p0 + r - W1 (leaves the window when token p0 + r arrives)
@@ -128,6 +131,7 @@ def store_prefill_meta_kernel(decisions, cu_seqlens, slot_ids, seq_pos, slot_pos
     q = p0 + o_r - W1
     m_q = m_r & (q >= 0)
     c_idx = tl.load(ring + row * W1 + (p0 + o_r) % W1, mask=m_q, other=0)
+    m_q = m_q & (c_idx >= 0) & (c_idx < n)
     c_pg = tl.load(block_tables + row * MAXP + c_idx // PAGE, mask=m_q, other=-1)
     c_flag = tl.load(slot_flag + c_pg * PAGE + c_idx % PAGE, mask=m_q & (c_pg >= 0), other=0)
     c_flag = tl.where(q == p0 - 1, dec0, c_flag)
@@ -150,21 +154,23 @@ def store_prefill_meta_kernel(decisions, cu_seqlens, slot_ids, seq_pos, slot_pos
         tl.atomic_add(alloc_state, -k, mask=empty)
         ok = (~failed) & (have + k <= MAXP) & (~empty)
         got = want & (~empty)
-        b_new = tl.load(free_stack + t + o_k, mask=got & (o_k < k), other=-1)
-        tl.store(block_tables + row * MAXP + have + o_k, b_new, mask=got & (o_k < k))
+        m_k = o_k < tl.where(got, k, 0)
+        b_new = tl.load(free_stack + t + o_k, mask=m_k, other=-1)
+        tl.store(block_tables + row * MAXP + have + o_k, b_new, mask=m_k)
+        m_ok = m & (o_r < tl.where(ok, BLOCK_W, 0))
         pb = idx // PAGE
         is_new = pb >= have
-        pg_new = tl.load(free_stack + t + pb - have, mask=m & ok & is_new & got, other=-1)
-        pg_old = tl.load(block_tables + row * MAXP + pb, mask=m & ok & (~is_new), other=-1)
+        pg_new = tl.load(free_stack + t + pb - have, mask=m_ok & is_new, other=-1)
+        pg_old = tl.load(block_tables + row * MAXP + pb, mask=m_ok & (~is_new), other=-1)
         pg = tl.where(is_new, pg_new, pg_old)
         # this token's flag: decision of the next chunk token (0 for the last one)
         fl = tl.load(decisions + (bos + i + 1) * s_dn + i_h, mask=m & (i + 1 < n_tok), other=0).to(tl.int8)
-        survives = m & ok & ((fl == 0) | (i + W1 >= n_tok))  # else token i + W1 takes the slot
+        survives = m_ok & ((fl == 0) | (i + W1 >= n_tok))  # else token i + W1 takes the slot
         slot = pg * PAGE + idx % PAGE
         tl.store(dest + (bos + i) * H + i_h, tl.where(survives, slot, -1), mask=m)
         tl.store(slot_pos + slot, p0 + i, mask=survives)
         tl.store(slot_flag + slot, fl, mask=survives)
-        tl.store(ring + row * W1 + (p0 + i) % W1, idx, mask=m & ok)
+        tl.store(ring + row * W1 + (p0 + i) % W1, idx, mask=m_ok)
         n = tl.where(ok, n + cnt, n)
         failed = failed | (~ok)
         c_idx = idx

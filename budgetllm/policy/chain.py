@@ -11,7 +11,7 @@ stages on the escalated plan, so a retry never exceeds a cap either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, Plan
@@ -68,7 +68,7 @@ class PolicyChain:
         for stage in self.stages:
             plan = stage.refine(context, plan)
         plan = with_estimates(context, apply_token_limits(context, plan))
-        return plan if self.name is None else _renamed(plan, self.name)
+        return plan if self.name is None else replace(plan, policy=self.name)
 
     def plan(self, context: CallContext) -> Plan:
         return self._finish(context, self.base.plan(context))
@@ -86,8 +86,3 @@ class PolicyChain:
             return None  # the caps undo the escalation: retrying would repeat the same call
         return plan
 
-
-def _renamed(plan: Plan, name: str) -> Plan:
-    from dataclasses import replace
-
-    return replace(plan, policy=name)

@@ -4,8 +4,9 @@ Also clamps the plain limits of a policy file (max thinking budget, width, compr
 max_tokens), so it is the stage that makes a file's caps hold; put it last in a chain.
 
 Order of the levers, cheapest in accuracy first: raise compression through the allowed levels
-(DMS keeps accuracy up to its trained ratio), then lower the thinking budget (largest budget
-that fits, found by bisection: the cost is monotone in generated tokens), then lower the width.
+(DMS keeps accuracy up to its trained ratio), then lower max_tokens (first the answer's slack
+beyond its reserve, then the thinking budget down to the minimum: the largest that fits, found by
+bisection since the cost is monotone in generated tokens), then lower the width.
 When even compression at its maximum, the minimum budget and one sample cannot fit (a very long
 prompt), the plan is left at that minimum and its ``memory`` reason says "cannot fit".
 """
@@ -133,7 +134,7 @@ class MemoryCapPolicy(StageAsPolicy):
         if plan.compression < self.max_compression:
             why = f"raised from {plan.compression:g} to {self.max_compression:g} to fit the memory cap"
             plan = replace(plan, compression=self.max_compression, reasons=note(plan.reasons, "compression", why))
-        # 2. Lower the thinking budget (then the answer slack), at each width from the planned one down.
+        # 2. Lower max_tokens (answer slack, then thinking budget), at each width from the planned one down.
         for width in range(plan.width, 0, -1):
             candidate = replace(plan, width=width)
             shrunk = self._largest_fitting(candidate, fits)

@@ -1,0 +1,138 @@
+"""The policy file schema (pydantic v2, the only pydantic in the package: files are the edge).
+
+Every model forbids unknown fields (so a misspelling is an error, not a silent default) and is
+strict (``"4"`` is not 4, ``true`` is not 1). Rules that span fields raise ``rule_error`` with a
+dotted field and a fix, which the loader turns into "file, line N: field: message. Fix: ...".
+Sizes accept integers (bytes) or strings with a unit: ``512MiB``, ``2 GiB``, ``1.5GB``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+EffortName = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def rule_error(field: str, message: str, fix: str) -> PydanticCustomError:
+    """An error for a rule across fields; ``field`` is dotted, relative to the model raising it."""
+    return PydanticCustomError("policy_rule", message, {"field": field, "fix": fix})
+
+
+def _parse_size(value: Any) -> Any:
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if not match or match.group(2).lower() not in _UNITS:
+            raise PydanticCustomError(
+                "size", "is not a size", {"fix": "write bytes as an integer or with a unit: 512MiB, 2GiB, 1.5GB"}
+            )
+        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    return value
+
+
+Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=1)]
+Tokens = Annotated[int, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class EffortEntry(_Strict):
+    thinking_budget: Tokens | None = None
+    answer_reserve: Tokens | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    compression: Annotated[float, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    width: Annotated[int, Field(ge=1, le=64)] | None = None
+
+
+class SettingsModel(EffortEntry):
+    effort: EffortName | None = None
+
+
+class LimitsModel(_Strict):
+    max_peak_kv_bytes: Size | None = None
+    max_peak_kv_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_kv_bytes_read: Size | None = None
+    max_thinking_budget: Tokens | None = None
+    min_thinking_budget: Tokens = 0
+    max_width: Annotated[int, Field(ge=1, le=64)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    compressions: Annotated[list[Annotated[float, Field(ge=1)]], Field(min_length=1)] = [1.0, 2.0, 4.0, 8.0]
+    max_compression: Annotated[float, Field(ge=1)] | None = None
+    fit_free_memory: bool = False
+    decode_tokens_per_second: Annotated[float, Field(gt=0)] | None = None
+
+
+class LoadBandModel(_Strict):
+    free_below: Annotated[float, Field(gt=0, le=1)]
+    min_compression: Annotated[float, Field(ge=1)] | None = None
+    max_width: Annotated[int, Field(ge=1)] | None = None
+    budget_scale: Annotated[float, Field(gt=0, le=1)] | None = None
+
+
+class ParetoModel(_Strict):
+    calibration: Annotated[str, Field(min_length=1)]
+    task: str | None = None
+    objective: Literal["max_accuracy", "min_memory"] = "max_accuracy"
+    accuracy_floor: Annotated[float, Field(ge=0, le=1)] | None = None
+    answer_reserve: Tokens = 256
+
+
+class EscalationStepModel(_Strict):
+    thinking_budget_factor: Annotated[float, Field(ge=1)] = 1.0
+    thinking_budget: Tokens | None = None
+    compression_factor: Annotated[float, Field(ge=1)] = 1.0
+    width: Annotated[int, Field(ge=1, le=64)] | None = None
+
+
+class ModelSection(_Strict):
+    """Optional: lets ``check`` find caps no call can meet, and ``explain`` estimate bytes."""
+
+    name: str = "model"
+    kv_bytes_per_token: Annotated[int, Field(ge=0)] = 0
+    window: Tokens = 512
+    max_context: Annotated[int, Field(ge=1)] = 8192
+    native_compression: Annotated[float, Field(ge=1)] = 1.0
+
+
+def _string_keys(value: Any) -> Any:
+    # YAML reads `steps: {0: ...}` with an int key; steps are matched as strings.
+    if isinstance(value, dict):
+        return {str(k) if isinstance(k, int) and not isinstance(k, bool) else k: v for k, v in value.items()}
+    return value
+
+
+class PolicyFileModel(_Strict):
+    version: Literal[1] = 1
+    name: str | None = None
+    description: str | None = None
+    model: ModelSection | None = None
+    defaults: SettingsModel = SettingsModel()
+    effort: dict[EffortName, EffortEntry] = {}
+    default_effort: EffortName = "medium"
+    default_tier: str | None = None
+    tiers: dict[str, SettingsModel] = {}
+    tools: dict[str, SettingsModel] = {}
+    steps: Annotated[dict[str, SettingsModel], BeforeValidator(_string_keys)] = {}
+    limits: LimitsModel = LimitsModel()
+    load: list[LoadBandModel] = []
+    pareto: ParetoModel | None = None
+    escalation: list[EscalationStepModel] = []
+
+    @field_validator("steps")
+    @classmethod
+    def _step_keys(cls, steps: dict[str, SettingsModel]) -> dict[str, SettingsModel]:
+        for key in steps:
+            if key.lstrip().startswith((">", "<", "=")) and not re.match(r"^\s*>=\s*\d+\s*$", key):
+                raise rule_error(key, f"step key '{key}' is not a step range", "write a step name, a number, or '>=N'")
+        return steps

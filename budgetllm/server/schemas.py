@@ -1,0 +1,180 @@
+"""Pydantic models of the HTTP edge: what a request may hold, checked before the engine sees it.
+
+Unknown fields are ignored (OpenAI clients send fields such as ``user`` or ``parallel_tool_calls``
+that change nothing here); known fields with a wrong type or range are a 400 with the field named.
+The budgetllm extras (``thinking_budget``, ``compression``, ``policy_tier``, ...) sit next to the
+OpenAI fields, where ``openai``'s ``extra_body`` and LangChain's ``model_kwargs`` put them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+
+
+class _Edge(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class FunctionCall(_Edge):
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCallIn(_Edge):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Edge):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # str, or a list of content parts ({"type": "text", "text": ...}); None for tool-call turns.
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _tool_result_names_its_call(self) -> Message:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message with role 'tool' needs tool_call_id (the id of the call it answers)")
+        return self
+
+    def to_engine(self) -> dict[str, Any]:
+        d = self.model_dump(exclude_none=True)
+        # Small models' chat templates know "system" but not OpenAI's newer "developer" role.
+        if d["role"] == "developer":
+            d["role"] = "system"
+        return d
+
+
+class FunctionDef(_Edge):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Edge):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class StreamOptions(_Edge):
+    include_usage: bool = False
+
+
+class AgentBudgetIn(_Edge):
+    tokens_left: int | None = Field(default=None, ge=0)
+    kv_byte_seconds_left: float | None = Field(default=None, ge=0)
+    calls_left: int | None = Field(default=None, ge=0)
+    step: int = Field(default=0, ge=0)
+
+
+class ChatCompletionRequest(_Edge):
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)  # OpenAI's newer name
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    n: int = Field(default=1, ge=1)
+    response_format: dict[str, Any] | None = None
+    # budgetllm extras
+    reasoning_effort: ReasoningEffort | None = None
+    thinking_budget: int | None = Field(default=None, ge=0)
+    answer_reserve: int | None = Field(default=None, ge=0)
+    compression: float | None = Field(default=None, ge=1.0)  # 1 = dense (no eviction)
+    policy_tier: str | None = Field(default=None, min_length=1)
+    agent_budget: AgentBudgetIn | None = None
+    tool_name: str | None = None
+    return_token_ids: bool = False
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError("only n=1 is supported (one choice per request); send several requests instead")
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and v.get("type", "text") != "text":
+            raise ValueError(f"response_format type {v.get('type')!r} is not supported; only 'text'")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: str | list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        v = [v] if isinstance(v, str) else v
+        if len(v) > 16 or any(not s for s in v):
+            raise ValueError("stop takes at most 16 non-empty strings")
+        return v
+
+    def engine_messages(self) -> list[dict[str, Any]]:
+        return [m.to_engine() for m in self.messages]
+
+    def engine_options(self) -> dict[str, Any]:
+        """The LLM.generate keyword arguments this request asks for (unset fields left out)."""
+        opts: dict[str, Any] = {}
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        for key, value in (
+            ("max_tokens", max_tokens),
+            ("temperature", self.temperature),
+            ("top_p", self.top_p),
+            ("top_k", self.top_k),
+            ("seed", self.seed),
+            ("stop", self.stop),
+            ("reasoning_effort", self.reasoning_effort),
+            ("thinking_budget", self.thinking_budget),
+            ("answer_reserve", self.answer_reserve),
+            ("compression", self.compression),
+            ("policy_tier", self.policy_tier),
+            ("tool_name", self.tool_name),
+            ("tool_choice", self.tool_choice),
+        ):
+            if value is not None:
+                opts[key] = value
+        if self.tools:
+            opts["tools"] = [t.model_dump(exclude_none=True) for t in self.tools]
+        if self.agent_budget is not None:
+            from budgetllm.policy.base import AgentBudget
+
+            opts["agent_budget"] = AgentBudget(**self.agent_budget.model_dump())
+        return opts
+
+
+class TokenizeRequest(_Edge):
+    """The ``/v1/tokenize`` extra: how many prompt tokens these messages (and tools) make."""
+
+    model: str | None = None
+    messages: list[Message] | str = Field(min_length=1)
+    tools: list[Tool] | None = None
+
+
+def describe_validation_error(err: ValidationError) -> tuple[str, str | None]:
+    """A readable message naming each bad field, and the first field's dotted path (for ``param``)."""
+    parts, first = [], None
+    for e in err.errors()[:5]:
+        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-after"))
+        first = first or loc or None
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+        parts.append(f"{loc or 'body'}: {msg}{shown}")
+    if len(err.errors()) > 5:
+        parts.append(f"... and {len(err.errors()) - 5} more")
+    return "; ".join(parts), first

@@ -17,7 +17,6 @@ from budgetllm.errors import (
     RequestCancelledError,
     UnsupportedArchitectureError,
 )
-from budgetllm.llm import LLM, get_llm
 from budgetllm.policy import (
     AgentBudget,
     BudgetPolicy,
@@ -38,15 +37,25 @@ from budgetllm.types import (
     Usage,
 )
 
-try:  # policy files (pydantic at the edge)
-    from budgetllm.policy import load_policy
-except ImportError:  # pragma: no cover - while the policy package is incomplete
-    load_policy = None
+# Loaded on first use, so that torch-free parts (policy, accounting, the HTTP client) import
+# without torch: ``import budgetllm.policy`` must not pull in the engine.
+_LAZY = {
+    "LLM": ("budgetllm.llm", "LLM"),
+    "get_llm": ("budgetllm.llm", "get_llm"),
+    "RemoteLLM": ("budgetllm.server.client", "RemoteLLM"),
+    "load_policy": ("budgetllm.policy", "load_policy"),
+}
 
-try:  # the HTTP client (torch-free)
-    from budgetllm.server.client import RemoteLLM
-except ImportError:  # pragma: no cover - the server extra is optional
-    RemoteLLM = None
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'budgetllm' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

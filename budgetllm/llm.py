@@ -116,6 +116,11 @@ class LLM:
             # A default reserve never starves a budget the caller asked for: it shrinks to what the
             # budget leaves (at least a quarter of max_tokens stays for the answer).
             reserve = min(reserve, max(plan.max_tokens - plan.thinking_budget, plan.max_tokens // 4))
+        if reserve != plan.answer_reserve:
+            from dataclasses import replace
+
+            plan = replace(plan, answer_reserve=reserve, reasons={
+                **plan.reasons, "answer_reserve": f"shrunk to {reserve} so the thinking budget fits max_tokens"})
         ctrl = ThinkingController(plan.thinking_budget, reserve, plan.max_tokens,
                                   encode=self.prompter.encode_text, config=self.thinking_config)
         prompt_ids = prompt_ids + self.prompter.encode_text(ctrl.prompt_suffix())

@@ -106,6 +106,16 @@ async def _read_json(request: Request, limit: int) -> Any:
     return data
 
 
+async def _final_generation(events: Any) -> Any:
+    try:
+        async for ev in events:
+            if ev.kind == "done":
+                return ev.generation
+    finally:
+        await _close(events)  # also when cancelled: closing is what cancels the engine request
+    raise RuntimeError("the engine's stream ended without a 'done' event")
+
+
 async def _close(events: Any) -> None:
     aclose = getattr(events, "aclose", None)
     if aclose is not None:
@@ -219,12 +229,17 @@ def create_app(
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         metrics.start()
         if not req.stream:
+            # Not llm.agenerate: it may run in a worker thread that a task cancel cannot stop,
+            # while closing astream cancels the engine request when the client goes away.
+            events = llm.astream(messages, **opts)
             try:
-                gen = await race_disconnect(request, llm.agenerate(messages, **opts))
+                gen = await race_disconnect(request, _final_generation(events))
             except ClientGone:
+                await _close(events)
                 metrics.finish("cancelled")
                 return JSONResponse({}, status_code=499)  # nobody reads it; nginx's "client closed"
             except Exception as e:
+                await _close(events)
                 err = api_error_for(e)
                 metrics.finish("client_error" if err.status < 500 else "error")
                 raise err from None

@@ -62,7 +62,7 @@ def _add_generate(sub) -> None:
 # Subcommands owned by other packages: (module, function that adds the subparser).
 _PLUGINS = [
     ("budgetllm.policy.cli", "add_policy_subcommands"),
-    ("budgetllm.policy.calibrate", "add_calibrate_subcommand"),
+    ("budgetllm.calibrate", "add_calibrate_subcommand"),
     ("budgetllm.dms.train", "add_retrofit_subcommand"),
     ("budgetllm.dms.quality", "add_eval_subcommand"),
     ("budgetllm.server", "add_serve_subcommand"),

@@ -106,3 +106,51 @@ def make_tiny_checkpoint(
     for f in tok_dir.iterdir():
         (path / f.name).write_bytes(f.read_bytes())
     return path
+
+
+# Real shapes of the families the benchmarks cover (config.json values of the public checkpoints).
+REAL_SHAPES = {
+    "qwen2.5-1.5b": dict(arch="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
+                         max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(arch="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+                       max_position_embeddings=32768, rope_theta=1000000.0),
+    "qwen3-8b": dict(arch="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                     max_position_embeddings=40960, rope_theta=1000000.0),
+    "llama-3.2-1b": dict(arch="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                         max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True,
+                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+}
+
+
+def random_model(shape: str, device: str = "cuda", dtype=torch.bfloat16, dms: str | None = None):
+    """A LoadedModel of a real family's shape with random weights, built in memory (no download).
+
+    Weights are drawn N(0, 0.02) (never zeros: zeros hide wrong indexing and run unrealistically
+    fast). The tokenizer is the embedded one (its vocabulary is smaller; benchmarks feed ids).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from budgetllm.models.dms_spec import DMSSpec
+    from budgetllm.models.loading import LoadedModel
+
+    spec = dict(REAL_SHAPES[shape])
+    arch = spec.pop("arch")
+    tie = spec.pop("tie_word_embeddings", False)
+    config = tiny_config(arch, **{**spec, "tie_word_embeddings": tie})
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.no_grad():
+        g = torch.Generator(device=device).manual_seed(0)
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02, generator=g)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir()))
+    dms_spec = DMSSpec(variant="none", native_cr=1.0) if dms is None else DMSSpec(variant=dms, window=512, native_cr=8.0)
+    return LoadedModel(hf_model=model, tokenizer=tok, name=f"random-{shape}", arch=arch, dms=dms_spec,
+                       device=torch.device(device), dtype=dtype)

@@ -1,0 +1,119 @@
+"""Baselines measured in the same run as the engine: HF generate and a CUDA-graphed dense torch step."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def measured_bandwidth(nbytes: int = 2 << 30) -> float:
+    """Device copy bandwidth in bytes/s (bytes read + bytes written), median of 10."""
+    a = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda").random_(0, 255)
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(12):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1000)
+    del a, b
+    return nbytes / sorted(times[2:])[len(times[2:]) // 2]
+
+
+def weight_bytes(hf_model) -> int:
+    """Bytes a decode step must read for the weights (the input embedding table is only gathered)."""
+    emb = hf_model.get_input_embeddings().weight
+    total = sum(p.numel() * p.element_size() for p in hf_model.parameters())
+    tied = hf_model.get_output_embeddings().weight.data_ptr() == emb.data_ptr()
+    return total if tied else total - emb.numel() * emb.element_size()
+
+
+@torch.no_grad()
+def hf_generate_decode_rate(hf_model, batch: int, context: int, new_tokens: int = 32, static: bool = False) -> dict:
+    """Decode tokens/s of HF ``generate`` (dense cache; or its static cache + compiled step)."""
+    ids = torch.randint(100, 30000, (batch, context), device="cuda")
+    kw = dict(do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=0, eos_token_id=None)
+    if static:
+        kw.update(cache_implementation="static")
+    hf_model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)  # warm-up (and compile)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    hf_model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+    torch.cuda.synchronize()
+    t_prefill = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hf_model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
+    torch.cuda.synchronize()
+    t_total = time.perf_counter() - t0
+    decode = max(t_total - t_prefill, 1e-9)
+    return {"tok_s": batch * (new_tokens - 1) / decode, "step_ms": 1000 * decode / (new_tokens - 1),
+            "ttft_s": t_prefill}
+
+
+class GraphedDenseStep:
+    """One dense decode step in plain torch (cuBLAS matmuls + SDPA with GQA over a static cache),
+    captured in a CUDA graph: the 'paging costs nothing' yardstick of TARGETS.md."""
+
+    def __init__(self, hf_model, batch: int, context: int):
+        cfg = hf_model.config
+        self.m = hf_model
+        self.L = cfg.num_hidden_layers
+        self.Hq, self.H = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.Hq
+        dev, dt = "cuda", next(hf_model.parameters()).dtype
+        self.k = [torch.randn(batch, self.H, context + 1, self.D, device=dev, dtype=dt) for _ in range(self.L)]
+        self.v = [torch.randn(batch, self.H, context + 1, self.D, device=dev, dtype=dt) for _ in range(self.L)]
+        self.ids = torch.randint(100, 30000, (batch,), device=dev)
+        self.pos = torch.full((batch,), context, device=dev, dtype=torch.long)
+        self.context = context
+        self.graph = None
+
+    def _step(self):
+        inner = self.m.model
+        x = inner.embed_tokens(self.ids)
+        cos, sin = inner.rotary_emb(x[:, None], self.pos[:, None])
+        cos, sin = cos[:, 0, None], sin[:, 0, None]
+        B = x.shape[0]
+        for li, layer in enumerate(inner.layers):
+            a = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = a.q_proj(h).view(B, self.Hq, self.D)
+            k = a.k_proj(h).view(B, self.H, self.D)
+            v = a.v_proj(h).view(B, self.H, self.D)
+            if hasattr(a, "q_norm"):
+                q, k = a.q_norm(q), a.k_norm(k)
+            half = self.D // 2
+            rot = lambda t: torch.cat((-t[..., half:], t[..., :half]), -1)  # noqa: E731
+            q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+            self.k[li][:, :, self.context] = k
+            self.v[li][:, :, self.context] = v
+            o = F.scaled_dot_product_attention(q[:, :, None], self.k[li], self.v[li], enable_gqa=True)
+            x = x + a.o_proj(o.reshape(B, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.m.lm_head(inner.norm(x)).argmax(-1)
+
+    @torch.no_grad()
+    def time_step_ms(self, iters: int = 30) -> float:
+        if self.graph is None:
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(3):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(s)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self._step()
+        times = []
+        for _ in range(iters):
+            st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            st.record()
+            self.graph.replay()
+            en.record()
+            torch.cuda.synchronize()
+            times.append(st.elapsed_time(en))
+        return sorted(times)[len(times) // 2]

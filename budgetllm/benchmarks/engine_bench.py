@@ -1,0 +1,106 @@
+"""Drive a backend with a batch of concurrent requests and measure decode rate, TTFT and memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from budgetllm.accounting.meter import KVMeter, KVShape
+from budgetllm.engine.eviction import EvictionRule
+from budgetllm.engine.generation import GenerationRequest
+from budgetllm.engine.thinking import ThinkingController
+from budgetllm.types import SamplingParams
+
+
+@dataclass
+class BatchResult:
+    batch: int
+    context: int
+    compression: float
+    decode_tok_s: float
+    step_ms: float
+    ttft_s: float
+    peak_pages: int
+    peak_reserved_bytes: int
+    live_bytes_end: int
+    logical_bytes_end: int
+    kv_read_per_step: float
+    achieved_compression: float
+
+
+def kv_shape_of(loaded) -> KVShape:
+    cfg = loaded.config
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return KVShape(cfg.num_hidden_layers, cfg.num_key_value_heads, d, loaded.dtype.itemsize)
+
+
+def rule_for(compression: float, window: int = 512) -> EvictionRule:
+    """Random-weight models: every head evicts exactly 1 - 1/CR of its tokens (the forced pattern)."""
+    if compression <= 1:
+        return EvictionRule("dense", window=window)
+    return EvictionRule("forced", window=window, period=int(round(compression)))
+
+
+def make_request(loaded, prompt_len: int, new_tokens: int, compression: float, seed: int) -> GenerationRequest:
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(100, min(30000, loaded.config.vocab_size), (prompt_len,), generator=g).tolist()
+    ctrl = ThinkingController(None, 0, new_tokens, encode=lambda s: [])
+    return GenerationRequest(prompt_ids=prompt, rule=rule_for(compression), sampling=SamplingParams(),
+                             controller=ctrl, meter=KVMeter(kv_shape_of(loaded), compression, "forced"),
+                             eos_ids=set())
+
+
+def run_batch(backend, loaded, batch: int, context: int, new_tokens: int, compression: float) -> BatchResult:
+    """``batch`` requests of ``context`` prompt tokens, each decoding ``new_tokens``, all at once."""
+    reqs = [make_request(loaded, context, new_tokens, compression, seed=i) for i in range(batch)]
+    first: list[float] = [0.0] * batch
+    last: list[float] = [0.0] * batch
+    counts = [0] * batch
+    peak = {"pages": 0, "bytes": 0}
+    done = threading.Event()
+
+    def consume(i: int) -> None:
+        for step in backend.run(reqs[i]):
+            if step.finished:
+                break
+            now = time.perf_counter()
+            if counts[i] == 0:
+                first[i] = now
+            counts[i] += 1
+            last[i] = now
+
+    def watch() -> None:
+        while not done.is_set():
+            stats = backend.pool_stats()
+            peak["pages"] = max(peak["pages"], int(stats.get("pages_used", 0)))
+            peak["bytes"] = max(peak["bytes"], int(stats.get("reserved_bytes", stats.get("used_bytes", 0))))
+            time.sleep(0.005)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(batch)]
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    watcher.join()
+    # Decode rate over the window where every request is decoding (after the last first token).
+    t0 = max(first)
+    decoded = sum(sum(1 for _ in range(c)) for c in counts) - batch
+    span = max(max(last) - t0, 1e-9)
+    steps = max(counts) - 1
+    kv = [r.meter.result() for r in reqs]
+    return BatchResult(
+        batch=batch, context=context, compression=compression,
+        decode_tok_s=decoded / span if steps > 0 else 0.0, step_ms=1000 * span / max(steps, 1),
+        ttft_s=sum(f - start for f in first) / batch, peak_pages=peak["pages"],
+        peak_reserved_bytes=max(peak["bytes"], sum(k.reserved_bytes for k in kv)),
+        live_bytes_end=sum(k.live_bytes for k in kv), logical_bytes_end=sum(k.logical_bytes for k in kv),
+        kv_read_per_step=sum(k.kv_bytes_read for k in kv) / max(steps, 1),
+        achieved_compression=sum(k.logical_bytes for k in kv) / max(1, sum(k.live_bytes for k in kv)),
+    )

@@ -109,8 +109,11 @@ class LLM:
         """Stream reasoning / text deltas, complete tool calls, then a "done" event with usage.
         Closing the iterator early cancels the request."""
         call = CallOptions.parse(opts)
-        prompt_ids = self.prompter.encode_prompt(messages, call.tools)
+        prompt_text = self.prompter.render(messages, call.tools)
+        prompt_ids = self.prompter.encode_text(prompt_text)
         plan = self._plan(call, len(prompt_ids))
+        # Templates that already open the block (R1 distills) think without being asked.
+        opened = prompt_text.rstrip().endswith(self.thinking_config.open_tag.strip())
         reserve = plan.answer_reserve
         if call.answer_reserve is None and plan.thinking_budget:
             # A default reserve never starves a budget the caller asked for: it shrinks to what the
@@ -121,9 +124,13 @@ class LLM:
 
             plan = replace(plan, answer_reserve=reserve, reasons={
                 **plan.reasons, "answer_reserve": f"shrunk to {reserve} so the thinking budget fits max_tokens"})
-        ctrl = ThinkingController(plan.thinking_budget, reserve, plan.max_tokens,
+        budget = plan.thinking_budget
+        if opened and budget is None:
+            budget = plan.max_tokens
+        ctrl = ThinkingController(budget, reserve, plan.max_tokens,
                                   encode=self.prompter.encode_text, config=self.thinking_config)
-        prompt_ids = prompt_ids + self.prompter.encode_text(ctrl.prompt_suffix())
+        if not opened:
+            prompt_ids = prompt_ids + self.prompter.encode_text(ctrl.prompt_suffix())
         if len(prompt_ids) + min(plan.max_tokens, plan.answer_reserve) > self.max_context:
             raise PromptTooLongError(len(prompt_ids), self.max_context, plan.answer_reserve)
         plan_max = min(plan.max_tokens, self.max_context - len(prompt_ids))
@@ -166,7 +173,8 @@ class LLM:
         from budgetllm.engine.detok import IncrementalDecoder, TextAssembler
 
         decoder = IncrementalDecoder(self.prompter.decode)
-        text = TextAssembler(ctrl.thinking, self.thinking_config.close_tag.strip(), call.stop or [])
+        text = TextAssembler(ctrl.thinking, self.thinking_config.close_tag.strip(), call.stop or [],
+                             open_tag=self.thinking_config.open_tag.strip() if plan.thinking_budget != 0 else "")
         tools = self.prompter.tool_splitter() if call.tools else None
         generated: list[int] = []
         finish = "length"
@@ -176,6 +184,8 @@ class LLM:
                 if step.token_id >= 0 and step.finished is None:
                     generated.append(step.token_id)
                     pieces = text.feed(decoder.push(step.token_id))
+                    if text.opened_by_model and text.in_reasoning and not ctrl.thinking:
+                        ctrl.model_opened(plan.thinking_budget)
                     if not text.in_reasoning:
                         ctrl.model_closed()
                     yield from self._emit(pieces, tools)

@@ -72,7 +72,7 @@ def resolve_rule(dms, compression: float, total_tokens: int, backend, prompt_ids
     * a model with learned decisions: the threshold from :meth:`DMSSpec.threshold_for` (native ratio:
       logit > 0; other ratios: the adapter's threshold table). Without a table, the fallback
       calibrates on the prompt itself: one dense pass collects every layer's decision logits and
-      the threshold is their (1 - 1/ratio) quantile (prompts under 16 tokens use the native rule).
+      the threshold is their 1/ratio quantile (so 1 - 1/ratio of them evict) (prompts under 16 tokens use the native rule).
     * a model without decisions: the training-free sliding window (StreamingLLM: 4 sink tokens
       and the last W tokens) with W chosen so that the whole call lands near the ratio (W >= 64:
       shorter windows wreck quality, so short calls compress less, and the measured ratio says so).
@@ -92,5 +92,5 @@ def resolve_rule(dms, compression: float, total_tokens: int, backend, prompt_ids
             import torch
 
             logits = torch.cat([x.flatten() for x in backend.prompt_logits(prompt_ids)]).float()
-            threshold = float(torch.quantile(logits, 1.0 - 1.0 / compression))
+            threshold = float(torch.quantile(logits, 1.0 / compression))  # keep 1/ratio of the decisions
     return EvictionRule("dms", window=dms.window, threshold=threshold)

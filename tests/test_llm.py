@@ -126,3 +126,19 @@ def test_closing_the_stream_cancels(tiny_llm):
     next(it)
     it.close()
     assert llm.backend.active == 0
+
+
+def test_fallback_threshold_calibrates_on_the_prompt(tiny_llm):
+    """No threshold table and a ratio other than the native one: the prompt's own logits set it."""
+    import random
+
+    llm = tiny_llm("qwen3", "borrowed")
+    rng = random.Random(0)
+    prompt = " ".join(rng.choice(["cat", "dog", "tree", "blue", "run", "seven", "house", "light"]) for _ in range(240))
+    ratios = {}
+    for cr in (2, 4):
+        out = llm.generate(prompt, compression=cr, max_tokens=2)
+        assert out.usage.kv.mode == "dms"
+        ratios[cr] = out.usage.kv.compression_achieved
+    # The window (8 tokens here) is never evicted, so the ratio lands a little under the target.
+    assert 1.6 < ratios[2] <= 2.2 and 2.8 < ratios[4] <= 4.4

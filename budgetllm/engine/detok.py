@@ -50,9 +50,11 @@ class TextAssembler:
     Stop strings apply to the answer only. Text that may be the start of a marker is held back.
     """
 
-    def __init__(self, thinking: bool, close_tag: str, stops: list[str]):
+    def __init__(self, thinking: bool, close_tag: str, stops: list[str], open_tag: str = "<think>"):
         self.in_reasoning = thinking
         self.close_tag = close_tag
+        self.open_tag = open_tag
+        self.opened_by_model = False
         self.stops = [s for s in stops if s]
         self.reasoning = ""
         self.answer = ""
@@ -82,6 +84,15 @@ class TextAssembler:
         if not self.answer and not self._pending.strip():
             self._pending = ""
             return out
+        if not self.answer and not self.opened_by_model and self.open_tag:
+            head = self._pending.lstrip()
+            if head.startswith(self.open_tag):  # the model opens its own thinking block
+                self.opened_by_model = True
+                self.in_reasoning = True
+                self._pending = head[len(self.open_tag):]
+                return out + self.feed("")
+            if self.open_tag.startswith(head):
+                return out  # could still become the open tag: wait
         if not self.answer:
             self._pending = self._pending.lstrip()
         self.answer += self._pending

@@ -83,6 +83,18 @@ class ThinkingController:
         self.answer_tokens += 1
         return True
 
+    def model_opened(self, budget: int | None) -> None:
+        """The model opened a thinking block itself (templates that let it, e.g. Qwen3): count from here."""
+        if self.phase == "answer" and self.answer_tokens <= 2 and not self.forced_close:
+            self.reasoning_tokens += self.answer_tokens  # the open tag itself is reasoning
+            self.answer_tokens = 0
+            self.budget = self.max_tokens - self.answer_reserve if budget is None else min(
+                budget, self.max_tokens - self.answer_reserve)
+            if not self._close_ids:
+                self._close_ids = self.encode(self.config.close_tag + self.config.after_close)
+                self._handoff_ids = self.encode(self.config.handoff)
+            self.phase = "thinking"
+
     def model_closed(self) -> None:
         """The model wrote the close tag itself: the answer phase starts."""
         if self.phase == "thinking":

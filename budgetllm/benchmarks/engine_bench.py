@@ -44,18 +44,20 @@ def rule_for(compression: float, window: int = 512) -> EvictionRule:
     return EvictionRule("forced", window=window, period=int(round(compression)))
 
 
-def make_request(loaded, prompt_len: int, new_tokens: int, compression: float, seed: int) -> GenerationRequest:
+def make_request(loaded, prompt_len: int, new_tokens: int, compression: float, seed: int,
+                 window: int = 512) -> GenerationRequest:
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(100, min(30000, loaded.config.vocab_size), (prompt_len,), generator=g).tolist()
     ctrl = ThinkingController(None, 0, new_tokens, encode=lambda s: [])
-    return GenerationRequest(prompt_ids=prompt, rule=rule_for(compression), sampling=SamplingParams(),
+    return GenerationRequest(prompt_ids=prompt, rule=rule_for(compression, window), sampling=SamplingParams(),
                              controller=ctrl, meter=KVMeter(kv_shape_of(loaded), compression, "forced"),
                              eos_ids=set())
 
 
-def run_batch(backend, loaded, batch: int, context: int, new_tokens: int, compression: float) -> BatchResult:
+def run_batch(backend, loaded, batch: int, context: int, new_tokens: int, compression: float,
+              window: int = 512) -> BatchResult:
     """``batch`` requests of ``context`` prompt tokens, each decoding ``new_tokens``, all at once."""
-    reqs = [make_request(loaded, context, new_tokens, compression, seed=i) for i in range(batch)]
+    reqs = [make_request(loaded, context, new_tokens, compression, seed=i, window=window) for i in range(batch)]
     first: list[float] = [0.0] * batch
     last: list[float] = [0.0] * batch
     counts = [0] * batch
@@ -91,7 +93,7 @@ def run_batch(backend, loaded, batch: int, context: int, new_tokens: int, compre
     watcher.join()
     # Decode rate over the window where every request is decoding (after the last first token).
     t0 = max(first)
-    decoded = sum(sum(1 for _ in range(c)) for c in counts) - batch
+    decoded = sum(counts) - batch
     span = max(max(last) - t0, 1e-9)
     steps = max(counts) - 1
     kv = [r.meter.result() for r in reqs]

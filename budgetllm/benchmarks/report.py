@@ -1,0 +1,127 @@
+"""From bench.json to summary.json (one entry per performance line of TARGETS.md) and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _find(rows, **kw):
+    return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
+
+
+def _one(rows, **kw):
+    hits = _find(rows, **kw)
+    return hits[0] if hits else None
+
+
+def _target(name, goal, measured, met, note=""):
+    return {"name": name, "goal": goal, "measured": measured, "met": bool(met) if measured is not None else False,
+            **({"note": note} if note else {})}
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def summarize(results: dict, shape: str = "qwen2.5-1.5b") -> dict:
+    paged = [r for r in results["paged"] if r["shape"] == shape]
+    bw = results["bandwidth"]
+    t = []
+
+    def pages(ctx, cr, batch=None):
+        rows = _find(paged, context=ctx, compression=cr, **({"batch": batch} if batch else {}))
+        rows = sorted(rows, key=lambda r: -r["batch"])
+        return (rows[0]["peak_pages"] / rows[0]["batch"]) if rows and rows[0]["peak_pages"] else None
+
+    for ctx, goal in ((32768, 7.5), (8192, 6.5)):
+        m = _ratio(pages(ctx, 1), pages(ctx, 8))
+        t.append(_target(f"memory: pages held dense / CR 8 at {ctx // 1024}K", f">= {goal}x", m, m and m >= goal))
+    a, b = _one(paged, context=32768, batch=16, compression=8), _one(paged, context=32768, batch=16, compression=1)
+    m = _ratio(a and a["decode_tok_s"], b and b["decode_tok_s"])
+    t.append(_target("equal batch: decode tok/s CR 8 / CR 1 at 32K, batch 16", ">= 3x", m, m and m >= 3))
+    eq = results["equal_memory"][0] if results["equal_memory"] else None
+    m = _ratio(eq and eq["cr8"]["decode_tok_s"], eq and eq["cr1"]["decode_tok_s"])
+    t.append(_target("equal memory: tok/s of the larger CR 8 batch / dense in the same pool", ">= 5x", m, m and m >= 5,
+                     f"pool {eq['pool_pages']} pages; dense batch {eq['dense_batch']}, CR 8 batch {eq['cr8']['batch']}" if eq else ""))
+    ratios = []
+    for r in _find(paged, compression=8):
+        d = _one(paged, shape=r["shape"], context=r["context"], batch=r["batch"], compression=1)
+        if d and d["decode_tok_s"]:
+            ratios.append(r["decode_tok_s"] / d["decode_tok_s"])
+    m = round(min(ratios), 3) if ratios else None
+    t.append(_target("never slower: min over points of CR 8 / CR 1 decode tok/s", ">= 1.0x", m, m and m >= 1.0))
+    big = max(paged, key=lambda r: (r["batch"], -r["context"]), default=None)
+    m = round(big["achieved_bw"] / bw, 3) if big else None
+    t.append(_target("close to the limit: bytes moved / measured bandwidth at large batch", ">= 0.80", m, m and m >= 0.8,
+                     f"batch {big['batch']}, {big['context']} ctx, CR {big['compression']}" if big else ""))
+    one = [r for r in paged if r["batch"] == 1]
+    m = round(max(r["achieved_bw"] for r in one) / bw, 3) if one else None
+    t.append(_target("close to the limit: at batch 1", ">= 0.50", m, m and m >= 0.5))
+    ratios = []
+    for g in results["graphed_dense"]:
+        p = _one(paged, shape=g["shape"], context=g["context"], batch=g["batch"], compression=1)
+        if p:
+            ratios.append(p["decode_tok_s"] / g["tok_s"])
+    m = round(min(ratios), 3) if ratios else None
+    t.append(_target("paging costs nothing: paged CR 1 / CUDA-graphed dense torch step (min)", ">= 0.9x", m, m and m >= 0.9))
+    for key, goal, label in (("hf_generate", 20, "HF generate (dense cache)"), ("hf_static", 5, "HF generate (static cache, compiled)")):
+        ratios = []
+        for h in results[key]:
+            p = _one(paged, shape=h["shape"], context=h["context"], batch=h["batch"], compression=8)
+            if p:
+                ratios.append(p["decode_tok_s"] / h["tok_s"])
+        m = round(min(ratios), 2) if ratios else None
+        t.append(_target(f"against users' default: paged CR 8 / {label}", f">= {goal}x", m, m and m >= goal))
+    a, b = _one(paged, context=32768, batch=1, compression=8), _one(paged, context=32768, batch=1, compression=1)
+    m = _ratio(a and a["ttft_s"], b and b["ttft_s"])
+    t.append(_target("prefill: DMS prefill time / dense at 32K", "<= 1.2x", m, m is not None and m <= 1.2))
+    rt = results.get("resumed_turn")
+    m = _ratio(rt and rt["full_ttft_s"], rt and rt["resumed_ttft_s"])
+    t.append(_target("resumed turns: TTFT of re-prefilling / TTFT reusing the compressed prefix", ">= 5x", m,
+                     m and m >= 5, "" if rt else "prefix reuse across calls is not implemented in the paged engine"))
+    return {"card": results["card"], "bandwidth_bytes_per_s": bw, "targets": t}
+
+
+def plot(results: dict, out_dir: str | Path, shape: str = "qwen2.5-1.5b") -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    paged = [r for r in results["paged"] if r["shape"] == shape]
+    files = []
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for batch, style in ((1, "--"), (16, "-")):
+        for cr in sorted({r["compression"] for r in paged}):
+            rows = sorted(_find(paged, batch=batch, compression=cr), key=lambda r: r["context"])
+            if len(rows) < 2:
+                continue
+            x = [r["context"] for r in rows]
+            axes[0].plot(x, [r["decode_tok_s"] for r in rows], style, marker="o", label=f"CR {cr:g}, batch {batch}")
+            axes[1].plot(x, [r["peak_pages"] * 1 for r in rows], style, marker="o", label=f"CR {cr:g}, batch {batch}")
+            axes[2].plot(x, [r["achieved_bw"] / results["bandwidth"] for r in rows], style, marker="o",
+                         label=f"CR {cr:g}, batch {batch}")
+    for ax, title, ylabel in zip(axes, ("decode throughput", "KV pages held (peak)", "bytes moved / measured bandwidth"),
+                                 ("tokens/s", "pages", "fraction")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens)")
+        ax.set_title(f"{title} — {shape}")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    fig.suptitle(f"budgetllm paged engine on {results['card']}")
+    fig.tight_layout()
+    path = out_dir / "bench-throughput-memory.png"
+    fig.savefig(path, dpi=110)
+    files.append(path)
+    return files
+
+
+def write_report(results: dict, out_dir: str | Path) -> dict:
+    summary = summarize(results)
+    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=1))
+    plot(results, out_dir)
+    return summary

@@ -1,0 +1,43 @@
+"""The benchmark driver on the reference backend (CPU) and the summary arithmetic."""
+
+from __future__ import annotations
+
+from budgetllm.benchmarks.engine_bench import run_batch
+from budgetllm.benchmarks.report import summarize
+from budgetllm.engine.generation import ReferenceBackend
+from budgetllm.models import load_model
+
+
+def test_forced_pattern_reaches_the_ratio_and_driver_counts(tiny_dir):
+    loaded = load_model(str(tiny_dir("llama")), device="cpu", progress=False)
+    backend = ReferenceBackend(loaded)
+    dense = run_batch(backend, loaded, batch=2, context=400, new_tokens=4, compression=1)
+    cr4 = run_batch(backend, loaded, batch=2, context=400, new_tokens=4, compression=4, window=16)
+    assert dense.achieved_compression == 1.0
+    # every head keeps 1 token in 4 beyond the 17 visible ones: 404 / (387 / 4 + 17) ~ 3.5
+    assert 3.3 < cr4.achieved_compression < 3.7
+    assert dense.decode_tok_s > 0 and dense.kv_read_per_step > 0
+
+
+def test_summary_computes_each_target():
+    def row(ctx, batch, cr, tok_s, pages, ttft=1.0):
+        return {"shape": "qwen2.5-1.5b", "context": ctx, "batch": batch, "compression": cr, "decode_tok_s": tok_s,
+                "peak_pages": pages, "achieved_bw": 2.4e12 if batch == 16 else 1.0e12, "ttft_s": ttft}
+
+    results = {
+        "card": "test", "bandwidth": 3.0e12,
+        "paged": [row(32768, 16, 1, 100, 8000), row(32768, 16, 8, 400, 1000), row(8192, 16, 1, 500, 2000),
+                  row(8192, 16, 8, 600, 300), row(32768, 1, 1, 50, 500, ttft=2.0), row(32768, 1, 8, 60, 70, ttft=2.2)],
+        "graphed_dense": [{"shape": "qwen2.5-1.5b", "context": 8192, "batch": 16, "tok_s": 520}],
+        "hf_generate": [{"shape": "qwen2.5-1.5b", "context": 8192, "batch": 16, "tok_s": 20}],
+        "hf_static": [], "equal_memory": [], "skipped": [],
+    }
+    s = {t["name"].split(":")[0] + t["goal"]: t for t in summarize(results)["targets"]}
+    assert s["memory>= 7.5x"]["measured"] == 8.0 and s["memory>= 7.5x"]["met"]
+    assert s["memory>= 6.5x"]["measured"] == round(2000 / 300, 3)
+    assert s["equal batch>= 3x"]["measured"] == 4.0
+    assert s["never slower>= 1.0x"]["measured"] == 1.2
+    assert s["paging costs nothing>= 0.9x"]["measured"] == round(500 / 520, 3)
+    assert s["against users' default>= 20x"]["measured"] == 30.0
+    assert s["prefill<= 1.2x"]["measured"] == 1.1 and s["prefill<= 1.2x"]["met"]
+    assert not s["resumed turns>= 5x"]["met"] and not s["equal memory>= 5x"]["met"]

@@ -98,12 +98,41 @@ class LLM:
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, messages, **opts: Any) -> Generation:
+        """Generate one answer. A policy with ``escalate`` (policy files with retries) gets another
+        attempt with its escalated plan when the answer came back empty."""
+        final = self._generate_once(messages, opts)
+        policy = opts.get("policy") or self.policy
+        attempt = 1
+        while not final.text.strip() and not final.tool_calls and hasattr(policy, "escalate"):
+            ctx = self._context(CallOptions.parse(dict(opts)), final.usage.input_tokens)
+            previous = final.usage.plan or {}
+            nxt = policy.escalate(ctx, self._plan_from_dict(previous), attempt)
+            if nxt is None:
+                break
+            attempt += 1
+            retry = dict(opts, thinking_budget=nxt.thinking_budget, compression=nxt.compression,
+                         max_tokens=nxt.max_tokens)
+            final = self._generate_once(messages, retry)
+            if final.usage.plan is not None:
+                final.usage.plan["escalation_attempt"] = attempt
+        return final
+
+    def _generate_once(self, messages, opts: dict) -> Generation:
         final = None
         for event in self.stream(messages, **opts):
             if event.kind == "done":
                 final = event.generation
         assert final is not None
         return final
+
+    @staticmethod
+    def _plan_from_dict(d: dict):
+        from dataclasses import fields
+
+        from budgetllm.policy.base import Plan
+
+        names = {f.name for f in fields(Plan)}
+        return Plan(**{k: v for k, v in d.items() if k in names})
 
     def stream(self, messages, **opts: Any) -> Iterator[StreamEvent]:
         """Stream reasoning / text deltas, complete tool calls, then a "done" event with usage.
@@ -145,16 +174,18 @@ class LLM:
             banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config))
         yield from self._drive(req, call, plan, ctrl)
 
-    def _plan(self, call: CallOptions, prompt_tokens: int):
-        policy = call.policy or self.policy
-        ctx = CallContext(
+    def _context(self, call: CallOptions, prompt_tokens: int) -> CallContext:
+        return CallContext(
             prompt_tokens=prompt_tokens,
             requested=RequestedLimits(call.thinking_budget, call.compression, call.reasoning_effort,
                                       call.max_tokens, call.temperature_requested, call.top_p_requested),
             agent=call.agent_budget or CallContext.__dataclass_fields__["agent"].default_factory(),
             model=self.profile, tool_name=call.tool_name, tier=call.policy_tier,
             **self._pool_memory())
-        plan = policy.plan(ctx)
+
+    def _plan(self, call: CallOptions, prompt_tokens: int):
+        policy = call.policy or self.policy
+        plan = policy.plan(self._context(call, prompt_tokens))
         if plan.compression <= 0 or not math.isfinite(plan.compression):
             raise InvalidRequestError("compression", f"the policy chose {plan.compression}; it must be > 0")
         if call.answer_reserve is not None:
@@ -242,7 +273,17 @@ class LLM:
 
     # -- async ------------------------------------------------------------------------------
     async def agenerate(self, messages, **opts: Any) -> Generation:
-        return await asyncio.to_thread(self.generate, messages, **opts)
+        """Built on :meth:`astream`, so cancelling the awaiting task cancels the request."""
+        final = None
+        stream = self.astream(messages, **opts)
+        try:
+            async for event in stream:
+                if event.kind == "done":
+                    final = event.generation
+        finally:
+            await stream.aclose()
+        assert final is not None
+        return final
 
     async def astream(self, messages, **opts: Any) -> AsyncIterator[StreamEvent]:
         """The sync stream run in a worker thread; ``aclose()`` cancels the request."""

@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,14 @@ class CalibrationPoint:
     prompt_tokens: float = 0.0  # mean prompt length of the task's items (for re-estimating costs)
 
 
-_NUMERIC = ("thinking_budget", "compression", "accuracy", "mean_reasoning_tokens", "peak_kv_bytes", "kv_bytes_read")
+_NUMERIC = (
+    "thinking_budget",
+    "compression",
+    "accuracy",
+    "mean_reasoning_tokens",
+    "peak_kv_bytes",
+    "kv_bytes_read",
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,10 @@ class CalibrationTable:
         return sorted({p.task for p in self.points})
 
     def points_for(self, task: str) -> list[CalibrationPoint]:
-        return sorted((p for p in self.points if p.task == task), key=lambda p: (p.width, p.compression, p.thinking_budget))
+        return sorted(
+            (p for p in self.points if p.task == task),
+            key=lambda p: (p.width, p.compression, p.thinking_budget),
+        )
 
     def compressions(self, task: str) -> list[float]:
         return sorted({p.compression for p in self.points_for(task)})
@@ -78,15 +89,20 @@ class CalibrationTable:
             {
                 p.thinking_budget
                 for p in self.points_for(task)
-                if (compression is None or p.compression == compression) and (width is None or p.width == width)
+                if (compression is None or p.compression == compression)
+                and (width is None or p.width == width)
             }
         )
 
-    def interpolate(self, task: str, thinking_budget: int, compression: float, width: int = 1) -> CalibrationPoint:
+    def interpolate(
+        self, task: str, thinking_budget: int, compression: float, width: int = 1
+    ) -> CalibrationPoint:
         """Every metric at an arbitrary budget / compression, from the neighbouring grid points."""
         widths = self.widths(task)
         if not widths:
-            raise KeyError(f"no calibration points for task {task!r}; tasks: {', '.join(self.tasks()) or 'none'}")
+            raise KeyError(
+                f"no calibration points for task {task!r}; tasks: {', '.join(self.tasks()) or 'none'}"
+            )
         # Width is not interpolated: use the largest measured width not above the asked one.
         width = max([w for w in widths if w <= width] or [min(widths)])
         levels = sorted({p.compression for p in self.points_for(task) if p.width == width})
@@ -98,7 +114,11 @@ class CalibrationTable:
         return _mix(a, b, t, thinking_budget=thinking_budget, compression=compression)
 
     def _along_budget(self, task: str, compression: float, width: int, budget: int) -> CalibrationPoint:
-        curve = {p.thinking_budget: p for p in self.points_for(task) if p.compression == compression and p.width == width}
+        curve = {
+            p.thinking_budget: p
+            for p in self.points_for(task)
+            if p.compression == compression and p.width == width
+        }
         low, high, t = _bracket(sorted(curve), budget, lambda b: math.log2(1 + b))
         return curve[low] if low == high else _mix(curve[low], curve[high], t, thinking_budget=budget)
 
@@ -112,7 +132,12 @@ class CalibrationTable:
 
     # -- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"version": 1, "model": self.model, "meta": self.meta, "points": [asdict(p) for p in self.points]}
+        return {
+            "version": 1,
+            "model": self.model,
+            "meta": self.meta,
+            "points": [asdict(p) for p in self.points],
+        }
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -120,17 +145,23 @@ class CalibrationTable:
     @classmethod
     def from_dict(cls, data: Any, source: str = "<calibration>") -> CalibrationTable:
         if not isinstance(data, dict) or not isinstance(data.get("points"), list):
-            raise PolicyFileError(f'{source}: a calibration file is a JSON object with a "points" list. Fix: write {{"version": 1, "points": [...]}}')
+            raise PolicyFileError(
+                f'{source}: a calibration file is a JSON object with a "points" list. Fix: write {{"version": 1, "points": [...]}}'
+            )
         known = {f.name for f in fields(CalibrationPoint)}
         points = []
         for i, raw in enumerate(data["points"]):
             where = f"{source}: points[{i}]"
             if not isinstance(raw, dict):
-                raise PolicyFileError(f"{where}: must be an object. Fix: write {{\"task\": ..., \"thinking_budget\": ...}}")
+                raise PolicyFileError(
+                    f'{where}: must be an object. Fix: write {{"task": ..., "thinking_budget": ...}}'
+                )
             unknown = sorted(set(raw) - known)
             missing = sorted(known - set(raw) - {"width", "prompt_tokens"})
             if unknown or missing:
-                raise PolicyFileError(f"{where}: unknown fields {unknown}, missing fields {missing}. Fix: use exactly {sorted(known)}")
+                raise PolicyFileError(
+                    f"{where}: unknown fields {unknown}, missing fields {missing}. Fix: use exactly {sorted(known)}"
+                )
             _check_point(raw, where)
             points.append(CalibrationPoint(**raw))
         return cls(points=points, model=str(data.get("model", "")), meta=dict(data.get("meta") or {}))
@@ -140,11 +171,17 @@ class CalibrationTable:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
-            raise PolicyFileError(f"{path}: cannot read the calibration file ({exc.strerror}). Fix: check the path") from None
+            raise PolicyFileError(
+                f"{path}: cannot read the calibration file ({exc.strerror}). Fix: check the path"
+            ) from None
         except UnicodeDecodeError:
-            raise PolicyFileError(f"{path}: the calibration file is not UTF-8 text. Fix: write it as JSON") from None
+            raise PolicyFileError(
+                f"{path}: the calibration file is not UTF-8 text. Fix: write it as JSON"
+            ) from None
         except json.JSONDecodeError as exc:
-            raise PolicyFileError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg}). Fix: check the syntax near that line") from None
+            raise PolicyFileError(
+                f"{path}, line {exc.lineno}: invalid JSON ({exc.msg}). Fix: check the syntax near that line"
+            ) from None
         return cls.from_dict(data, str(path))
 
 
@@ -155,7 +192,7 @@ def build_table(
     on_point: Callable[[CalibrationPoint], None] | None = None,
 ) -> CalibrationTable:
     """Measure every grid point with ``measure(task, thinking_budget, compression, width)``."""
-    table = CalibrationTable(model=model, meta={"grid": asdict(grid)})
+    table = CalibrationTable(model=model, meta={"grid": {k: list(v) for k, v in asdict(grid).items()}})
     for task, budget, compression, width in grid:
         point = measure(task, budget, compression, width)
         table.points.append(point)
@@ -169,13 +206,26 @@ def _check_point(raw: dict[str, Any], where: str) -> None:
     for key in numeric:
         value = raw[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise PolicyFileError(f"{where}.{key}: must be a number (got {value!r}). Fix: write a plain number")
+            raise PolicyFileError(
+                f"{where}.{key}: must be a number (got {value!r}). Fix: write a plain number"
+            )
     if not isinstance(raw["task"], str) or not raw["task"]:
-        raise PolicyFileError(f"{where}.task: must be a non-empty string (got {raw['task']!r}). Fix: name the task")
+        raise PolicyFileError(
+            f"{where}.task: must be a non-empty string (got {raw['task']!r}). Fix: name the task"
+        )
     if not 0 <= raw["accuracy"] <= 1:
-        raise PolicyFileError(f"{where}.accuracy: must be in 0..1 (got {raw['accuracy']!r}). Fix: write a fraction, not a percentage")
-    if raw["compression"] < 1 or raw["thinking_budget"] < 0 or raw["n_samples"] < 1 or raw.get("width", 1) < 1:
-        raise PolicyFileError(f"{where}: compression >= 1, thinking_budget >= 0, n_samples >= 1 and width >= 1 are required. Fix: correct the point")
+        raise PolicyFileError(
+            f"{where}.accuracy: must be in 0..1 (got {raw['accuracy']!r}). Fix: write a fraction, not a percentage"
+        )
+    if (
+        raw["compression"] < 1
+        or raw["thinking_budget"] < 0
+        or raw["n_samples"] < 1
+        or raw.get("width", 1) < 1
+    ):
+        raise PolicyFileError(
+            f"{where}: compression >= 1, thinking_budget >= 0, n_samples >= 1 and width >= 1 are required. Fix: correct the point"
+        )
 
 
 def _bracket(values: list[float], x: float, scale: Callable[[float], float]) -> tuple[float, float, float]:
@@ -184,13 +234,19 @@ def _bracket(values: list[float], x: float, scale: Callable[[float], float]) -> 
         return values[0], values[0], 0.0
     if x >= values[-1]:
         return values[-1], values[-1], 0.0
-    for low, high in zip(values, values[1:]):
+    for low, high in pairwise(values):
         if low <= x <= high:
             return low, high, (scale(x) - scale(low)) / (scale(high) - scale(low))
     return values[-1], values[-1], 0.0  # unreachable for sorted input
 
 
 def _mix(a: CalibrationPoint, b: CalibrationPoint, t: float, **fixed: Any) -> CalibrationPoint:
-    metrics = {k: getattr(a, k) + t * (getattr(b, k) - getattr(a, k)) for k in ("accuracy", "mean_reasoning_tokens", "prompt_tokens")}
-    costs = {k: int(round(getattr(a, k) + t * (getattr(b, k) - getattr(a, k)))) for k in ("peak_kv_bytes", "kv_bytes_read")}
+    metrics = {
+        k: getattr(a, k) + t * (getattr(b, k) - getattr(a, k))
+        for k in ("accuracy", "mean_reasoning_tokens", "prompt_tokens")
+    }
+    costs = {
+        k: int(round(getattr(a, k) + t * (getattr(b, k) - getattr(a, k))))
+        for k in ("peak_kv_bytes", "kv_bytes_read")
+    }
     return replace(a, **metrics, **costs, n_samples=min(a.n_samples, b.n_samples), **fixed)

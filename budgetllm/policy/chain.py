@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, Plan
 from budgetllm.policy.cost import with_estimates
-from budgetllm.policy.settings import apply_token_limits
+from budgetllm.policy.settings import apply_token_limits, normalized
 
 
 @runtime_checkable
@@ -65,6 +65,7 @@ class PolicyChain:
     name: str | None = None
 
     def _finish(self, context: CallContext, plan: Plan) -> Plan:
+        plan = normalized(plan)
         for stage in self.stages:
             plan = stage.refine(context, plan)
         plan = with_estimates(context, apply_token_limits(context, plan))
@@ -85,4 +86,3 @@ class PolicyChain:
         if _same_effort(plan, previous):
             return None  # the caps undo the escalation: retrying would repeat the same call
         return plan
-

@@ -16,6 +16,7 @@ allowed token generated), which is what a cap must hold against.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from budgetllm.policy.base import CallContext, Plan
@@ -89,3 +90,18 @@ def format_bytes(n: float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"  # unreachable; keeps type checkers quiet
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | str) -> int:
+    """'2GiB' -> 2147483648, '1.5 GB' -> 1500000000, 4096 -> 4096; ValueError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"{value!r} is not a size; write bytes or a number with a unit: 512MiB, 2GiB, 1.5GB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])

@@ -55,7 +55,9 @@ def check_effort_name(name: str, field_name: str = "reasoning_effort") -> str:
         return name
     close = difflib.get_close_matches(str(name), EFFORT_LEVELS, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    raise InvalidRequestError(field_name, f"unknown effort '{name}'; {hint}use one of {', '.join(EFFORT_LEVELS)}")
+    raise InvalidRequestError(
+        field_name, f"unknown effort '{name}'; {hint}use one of {', '.join(EFFORT_LEVELS)}"
+    )
 
 
 def caller_layer(context: CallContext) -> PlanSettings:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, Plan
 from budgetllm.policy.cost import with_estimates
-from budgetllm.policy.settings import VOTING_TEMPERATURE, apply_token_limits, note
+from budgetllm.policy.settings import VOTING_TEMPERATURE, apply_token_limits, normalized, note
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class EscalationPolicy:
         if context.agent.calls_left is not None and context.agent.calls_left <= 0:
             return None
         step = self.steps[attempt - 1]
+        previous = normalized(previous)
         why = f"escalation {attempt}/{len(self.steps)}: no answer extracted"
         reasons = dict(previous.reasons)
         old_budget = previous.thinking_budget
@@ -57,7 +58,9 @@ class EscalationPolicy:
         max_tokens = previous.max_tokens + (budget or 0) - (old_budget or 0)
         if budget != old_budget:
             reasons = note(reasons, "thinking_budget", f"{old_budget} -> {budget} ({why})")
-        compression = min(previous.compression * step.compression_factor, max(self.max_compression, previous.compression))
+        compression = min(
+            previous.compression * step.compression_factor, max(self.max_compression, previous.compression)
+        )
         if compression != previous.compression:
             reasons = note(reasons, "compression", f"{previous.compression:g} -> {compression:g} ({why})")
         width = step.width if step.width is not None else previous.width

@@ -9,6 +9,7 @@ must be >= 0 (got -5). Fix: use 0 to disable thinking or a positive token count.
 from __future__ import annotations
 
 import difflib
+import reprlib
 import types
 from dataclasses import dataclass
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -16,9 +17,10 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from budgetllm.errors import PolicyFileError
-from budgetllm.policy.file_schema import PolicyFileModel
+from budgetllm.policy.file_schema import EffortName, PolicyFileModel
 
 Path_ = tuple[Any, ...]
+MAX_SHOWN = 20  # a wholly wrong file should still give a readable message
 
 FIX_HINTS = {
     "thinking_budget": "use 0 to disable thinking or a positive token count",
@@ -60,7 +62,13 @@ class Problem:
 
 
 def raise_problems(source: str, problems: list[Problem]) -> None:
-    text = "\n".join(p.render(source) for p in problems)
+    problems = sorted(problems, key=lambda p: p.line or 0)  # read top to bottom, like the file
+    lines = [p.render(source) for p in problems[:MAX_SHOWN]]
+    if len(problems) > MAX_SHOWN:
+        lines.append(
+            f"{source}: ... and {len(problems) - MAX_SHOWN} more problems. Fix: correct the ones above first."
+        )
+    text = "\n".join(lines)
     raise PolicyFileError(text, problems)
 
 
@@ -71,8 +79,12 @@ def dotted(path: Path_) -> str:
     return out
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 30, 30  # bounded even for alias bombs
+
+
 def _got(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -119,34 +131,64 @@ def translate(error: ValidationError) -> list[tuple[Path_, str, str]]:
         kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
         name = next((p for p in reversed(loc) if isinstance(p, str) and p != "[key]"), "")
         fix = FIX_HINTS.get(name, "correct the value")
-        if loc and loc[-1] == "[key]":  # a bad key of a mapping (effort levels)
-            path = loc[:-1]
-            message, fix = f"unknown key {_got(path[-1])}", _suggest(path[-1], ["none", "minimal", "low", "medium", "high", "xhigh"]) + FIX_HINTS["effort"]
+        if loc and loc[-1] == "[key]" and kind == "literal_error":  # an unknown effort level
+            path = (*loc[:-2], str(loc[-2]))
+            message = f"unknown key {_got(path[-1])}"
+            fix = _suggest(path[-1], list(get_args(EffortName))) + FIX_HINTS["effort"]
+        elif loc and loc[-1] == "[key]":  # e.g. `tiers: {1: ...}` in YAML gives an int key
+            path = (*loc[:-2], str(loc[-2]))
+            message, fix = f"keys here must be names (got {_got(loc[-2])})", "quote the key"
         elif kind == "extra_forbidden":
             path, options = loc, fields_at(loc[:-1])
             message = f"unknown field '{loc[-1]}'"
-            fix = _suggest(loc[-1], options) + (f"valid fields here: {', '.join(options)}" if options else "remove it")
+            fix = _suggest(loc[-1], options) + (
+                f"valid fields here: {', '.join(options)}" if options else "remove it"
+            )
         elif kind == "missing":
             path, message, fix = loc, "required field is missing", f"add `{name}`"
         elif kind == "policy_rule":
             path = loc + tuple(str(ctx["field"]).split(".")) if ctx.get("field") else loc
             message, fix = err["msg"], str(ctx.get("fix", fix))
         elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-            sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+            sign = {
+                "greater_than_equal": ">=",
+                "greater_than": ">",
+                "less_than_equal": "<=",
+                "less_than": "<",
+            }[kind]
             limit = next(iter(ctx.values()))
+            limit = f"{limit:g}" if isinstance(limit, float) else limit
             path, message = loc, f"must be {sign} {limit} (got {_got(value)})"
         elif kind == "literal_error":
-            expected = [s.strip(" '") for s in str(ctx.get("expected", "")).replace(" or ", ",").split(",") if s.strip()]
+            expected = [
+                s.strip(" '")
+                for s in str(ctx.get("expected", "")).replace(" or ", ",").split(",")
+                if s.strip()
+            ]
             path, message = loc, f"must be one of {', '.join(expected)} (got {_got(value)})"
             fix = _suggest(value, expected) + fix
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
-            path, message, fix = loc, f"must be a mapping of fields (got {_got(value)})", "write it as `key: value` pairs"
+            path, message, fix = (
+                loc,
+                f"must be a mapping of fields (got {_got(value)})",
+                "write it as `key: value` pairs",
+            )
         else:
             path, message = loc, f"{_type_words(kind, err['msg'])} (got {_got(value)})"
             if "fix" in ctx:
                 fix = str(ctx["fix"])
+            elif isinstance(value, str) and _is_number(value):
+                fix = f"write {value} without quotes"
         out.append((tuple(p for p in path if p != "[key]"), message, fix))
     return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _type_words(kind: str, fallback: str) -> str:

@@ -14,11 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-EffortName = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+from budgetllm.policy.cost import parse_size
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+EffortName = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 def rule_error(field: str, message: str, fix: str) -> PydanticCustomError:
@@ -28,12 +26,14 @@ def rule_error(field: str, message: str, fix: str) -> PydanticCustomError:
 
 def _parse_size(value: Any) -> Any:
     if isinstance(value, str):
-        match = _SIZE.match(value)
-        if not match or match.group(2).lower() not in _UNITS:
+        try:
+            return parse_size(value)
+        except ValueError:
             raise PydanticCustomError(
-                "size", "is not a size", {"fix": "write bytes as an integer or with a unit: 512MiB, 2GiB, 1.5GB"}
-            )
-        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+                "size",
+                "is not a size",
+                {"fix": "write bytes as an integer or with a unit: 512MiB, 2GiB, 1.5GB"},
+            ) from None
     return value
 
 
@@ -81,7 +81,8 @@ class LoadBandModel(_Strict):
 
 
 class ParetoModel(_Strict):
-    calibration: Annotated[str, Field(min_length=1)]
+    # A JSON path relative to the policy file; omitted: the engine's calibration for its model.
+    calibration: Annotated[str, Field(min_length=1)] | None = None
     task: str | None = None
     objective: Literal["max_accuracy", "min_memory"] = "max_accuracy"
     accuracy_floor: Annotated[float, Field(ge=0, le=1)] | None = None
@@ -134,5 +135,7 @@ class PolicyFileModel(_Strict):
     def _step_keys(cls, steps: dict[str, SettingsModel]) -> dict[str, SettingsModel]:
         for key in steps:
             if key.lstrip().startswith((">", "<", "=")) and not re.match(r"^\s*>=\s*\d+\s*$", key):
-                raise rule_error(key, f"step key '{key}' is not a step range", "write a step name, a number, or '>=N'")
+                raise rule_error(
+                    key, f"step key '{key}' is not a step range", "write a step name, a number, or '>=N'"
+                )
         return steps

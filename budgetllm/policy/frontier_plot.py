@@ -36,19 +36,33 @@ def plot_frontier(
 
     mib = 1024 * 1024
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], tasks):
+    for ax, name in zip(axes[0], tasks, strict=True):
         for width in table.widths(name):
             for compression in table.compressions(name):
-                points = [p for p in table.points_for(name) if p.compression == compression and p.width == width]
+                points = [
+                    p for p in table.points_for(name) if p.compression == compression and p.width == width
+                ]
                 if not points:
                     continue
                 xs = [getattr(p, cost) / mib for p in points]
                 label = f"CR {compression:g}" + (f", width {width}" if width > 1 else "")
                 ax.plot(xs, [p.accuracy for p in points], marker="o", label=label)
-                for p, x in zip(points, xs):
-                    ax.annotate(str(p.thinking_budget), (x, p.accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                for p, x in zip(points, xs, strict=True):
+                    ax.annotate(
+                        str(p.thinking_budget),
+                        (x, p.accuracy),
+                        fontsize=7,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
         front = table.frontier(name, cost)
-        ax.plot([getattr(p, cost) / mib for p in front], [p.accuracy for p in front], "k--", linewidth=1, label="Pareto frontier")
+        ax.plot(
+            [getattr(p, cost) / mib for p in front],
+            [p.accuracy for p in front],
+            "k--",
+            linewidth=1,
+            label="Pareto frontier",
+        )
         ax.set_xscale("log")
         ax.set_xlabel(_COSTS[cost])
         ax.set_ylabel("accuracy")

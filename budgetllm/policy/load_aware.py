@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, Plan
 from budgetllm.policy.chain import StageAsPolicy
 from budgetllm.policy.cost import with_estimates
-from budgetllm.policy.settings import note
+from budgetllm.policy.settings import normalized, note
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class LoadAwarePolicy(StageAsPolicy):
         return min(applying, key=lambda b: b.free_below) if applying else None
 
     def refine(self, context: CallContext, plan: Plan) -> Plan:
+        plan = normalized(plan)
         free, total = context.free_kv_bytes, context.total_kv_bytes
         if free is None or not total:
             return replace(plan, reasons=note(plan.reasons, "load", "pool load unknown: no change"))
@@ -52,7 +53,9 @@ class LoadAwarePolicy(StageAsPolicy):
         why = f"pool only {fraction:.0%} free (< {band.free_below:.0%})"
         reasons = note(plan.reasons, "load", why)
         if band.min_compression is not None and plan.compression < band.min_compression:
-            reasons = note(reasons, "compression", f"raised from {plan.compression:g} to {band.min_compression:g}: {why}")
+            reasons = note(
+                reasons, "compression", f"raised from {plan.compression:g} to {band.min_compression:g}: {why}"
+            )
             plan = replace(plan, compression=band.min_compression)
         if band.max_width is not None and plan.width > band.max_width:
             reasons = note(reasons, "width", f"lowered from {plan.width} to {band.max_width}: {why}")
@@ -62,6 +65,10 @@ class LoadAwarePolicy(StageAsPolicy):
             budget = int(plan.thinking_budget * band.budget_scale)
             cut = plan.thinking_budget - budget
             if cut > 0:
-                reasons = note(plan.reasons, "thinking_budget", f"scaled by {band.budget_scale:g} to {budget}: {why}")
-                plan = replace(plan, thinking_budget=budget, max_tokens=plan.max_tokens - cut, reasons=reasons)
+                reasons = note(
+                    plan.reasons, "thinking_budget", f"scaled by {band.budget_scale:g} to {budget}: {why}"
+                )
+                plan = replace(
+                    plan, thinking_budget=budget, max_tokens=plan.max_tokens - cut, reasons=reasons
+                )
         return with_estimates(context, plan)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, Plan
 from budgetllm.policy.chain import StageAsPolicy
 from budgetllm.policy.cost import format_bytes, plan_kv_tokens_read, plan_peak_kv_tokens, with_estimates
-from budgetllm.policy.settings import fit_tokens, note
+from budgetllm.policy.settings import apply_token_limits, fit_tokens, normalized, note
 
 
 @dataclass
@@ -55,10 +55,19 @@ class MemoryCapPolicy(StageAsPolicy):
         if plan.thinking_budget is not None and plan.thinking_budget < self.min_thinking_budget:
             changes["thinking_budget"] = self.min_thinking_budget
             changes["max_tokens"] = plan.max_tokens + self.min_thinking_budget - plan.thinking_budget
-            reasons = note(reasons, "thinking_budget", f"raised to the minimum {self.min_thinking_budget} (limits)")
+            reasons = note(
+                reasons, "thinking_budget", f"raised to the minimum {self.min_thinking_budget} (limits)"
+            )
         if self.max_width is not None and plan.width > self.max_width:
             changes["width"] = self.max_width
             reasons = note(reasons, "width", f"capped at {self.max_width} (limits)")
+        if plan.compression < self.compressions[0] <= self.max_compression:
+            changes["compression"] = self.compressions[0]
+            reasons = note(
+                reasons,
+                "compression",
+                f"raised to {self.compressions[0]:g}, the smallest allowed level (limits)",
+            )
         if plan.compression > self.max_compression:
             changes["compression"] = self.max_compression
             reasons = note(reasons, "compression", f"capped at {self.max_compression:g} (limits)")
@@ -96,12 +105,14 @@ class MemoryCapPolicy(StageAsPolicy):
         return peak, reads, said
 
     def refine(self, context: CallContext, plan: Plan) -> Plan:
-        plan = self._clamp(plan)
+        plan = apply_token_limits(context, self._clamp(normalized(plan)))
         peak_cap, read_cap, said = self._caps(context)
         has_byte_cap = self.max_peak_kv_bytes is not None or self.max_kv_bytes_read is not None
         if peak_cap is None and read_cap is None:
             if has_byte_cap and context.model.kv_bytes_per_token <= 0:
-                plan = replace(plan, reasons=note(plan.reasons, "memory", "cap not checked: KV bytes per token unknown"))
+                plan = replace(
+                    plan, reasons=note(plan.reasons, "memory", "cap not checked: KV bytes per token unknown")
+                )
             return with_estimates(context, plan)
 
         def fits(p: Plan) -> bool:
@@ -127,13 +138,18 @@ class MemoryCapPolicy(StageAsPolicy):
             return plan, ""
         # 1. Raise compression through the allowed levels.
         for level in [c for c in self.compressions if plan.compression < c <= self.max_compression]:
-            raised = replace(plan, compression=level)
-            if fits(raised):
+            stronger = replace(plan, compression=level)
+            if fits(stronger):
                 why = f"raised from {plan.compression:g} to {level:g} to fit the memory cap"
-                return replace(raised, reasons=note(plan.reasons, "compression", why)), "raising compression"
-        if plan.compression < self.max_compression:
+                return replace(
+                    stronger, reasons=note(plan.reasons, "compression", why)
+                ), "raising compression"
+        raised = plan.compression < self.max_compression
+        if raised:
             why = f"raised from {plan.compression:g} to {self.max_compression:g} to fit the memory cap"
-            plan = replace(plan, compression=self.max_compression, reasons=note(plan.reasons, "compression", why))
+            plan = replace(
+                plan, compression=self.max_compression, reasons=note(plan.reasons, "compression", why)
+            )
         # 2. Lower max_tokens (answer slack, then thinking budget), at each width from the planned one down.
         for width in range(plan.width, 0, -1):
             candidate = replace(plan, width=width)
@@ -142,11 +158,13 @@ class MemoryCapPolicy(StageAsPolicy):
                 if width != plan.width:
                     why = f"lowered from {plan.width} to {width} to fit the memory cap"
                     shrunk = replace(shrunk, reasons=note(shrunk.reasons, "width", why))
-                return shrunk, "raising compression and lowering the budget"
+                return shrunk, ("raising compression and " if raised else "") + "lowering max_tokens"
         return None, ""
 
     def _floor_tokens(self, plan: Plan) -> int:
-        return (min(plan.thinking_budget, self.min_thinking_budget) if plan.thinking_budget else 0) + plan.answer_reserve
+        return (
+            min(plan.thinking_budget, self.min_thinking_budget) if plan.thinking_budget else 0
+        ) + plan.answer_reserve
 
     def _largest_fitting(self, plan: Plan, fits: Callable[[Plan], bool]) -> Plan | None:
         """The plan with the largest max_tokens in [floor, planned] that fits (bisection), else None."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from budgetllm.errors import InvalidRequestError
 from budgetllm.policy.base import CallContext, Plan
 from budgetllm.policy.calibration import CalibrationTable
 from budgetllm.policy.cost import format_bytes, kv_tokens_read, peak_kv_tokens, with_estimates
@@ -36,7 +37,7 @@ class _Candidate:
 
 @dataclass
 class ParetoPolicy:
-    table: CalibrationTable
+    table: CalibrationTable | None = None  # None: the model profile's calibration, from the engine
     task: str | None = None
     objective: str = "max_accuracy"  # or "min_memory"
     max_peak_kv_bytes: int | None = None
@@ -50,25 +51,40 @@ class ParetoPolicy:
         if self.objective == "min_memory" and self.accuracy_floor is None:
             raise ValueError("objective 'min_memory' needs an accuracy_floor")
 
-    def _task(self, context: CallContext) -> str:
-        task = context.task or self.task or (self.table.tasks()[0] if len(self.table.tasks()) == 1 else None)
-        if task is None or task not in self.table.tasks():
-            raise ValueError(f"calibration task {task!r} not in the table (tasks: {', '.join(self.table.tasks())})")
+    def _table(self, context: CallContext) -> CalibrationTable:
+        table = self.table if self.table is not None else context.model.calibration
+        if not isinstance(table, CalibrationTable) or not table.points:
+            raise InvalidRequestError(
+                "calibration", f"the Pareto policy has no calibration table for model {context.model.name!r}; "
+                "run `budgetllm calibrate` and name the file in the policy's pareto.calibration"
+            )  # fmt: skip
+        return table
+
+    def _task(self, context: CallContext, table: CalibrationTable) -> str:
+        tasks = table.tasks()
+        task = context.task or self.task or (tasks[0] if len(tasks) == 1 else None)
+        if task is None or task not in tasks:
+            raise InvalidRequestError(
+                "task", f"calibration task {task!r} is not in the table (tasks: {', '.join(tasks)})"
+            )
         return task
 
-    def _candidates(self, context: CallContext, task: str) -> list[_Candidate]:
+    def _candidates(self, context: CallContext, table: CalibrationTable, task: str) -> list[_Candidate]:
         req, model = context.requested, context.model
         ceiling = req.max_tokens - self.answer_reserve if req.max_tokens is not None else None
         limit = min(x for x in (req.thinking_budget, ceiling, 10**9) if x is not None)
-        compressions = [req.compression] if req.compression is not None else self.table.compressions(task)
+        compressions = [req.compression] if req.compression is not None else table.compressions(task)
         out = []
-        for width in self.table.widths(task):
+        for width in table.widths(task):
             for compression in compressions:
-                budgets = set(self.table.budgets(task, width=width)) | {self._largest_fitting(context, compression, width)}
+                budgets = set(table.budgets(task, width=width)) | {
+                    self._largest_fitting(context, compression, width)
+                }
+                budgets.add(0)  # thinking off is always a candidate, so the caller's limits never leave none
                 if req.thinking_budget is not None:
                     budgets.add(req.thinking_budget)
                 for budget in sorted(b for b in budgets if 0 <= b <= max(limit, 0)):
-                    point = self.table.interpolate(task, budget, compression, width)
+                    point = table.interpolate(task, budget, compression, width)
                     generated = budget + self.answer_reserve
                     if model.kv_bytes_per_token > 0:
                         args = (context.prompt_tokens, generated, compression, model.window, width)
@@ -87,7 +103,13 @@ class ParetoPolicy:
         low, high = -1, 1 << 20
         while low < high:  # bisection: peak grows with the budget
             mid = (low + high + 1) // 2
-            args = (context.prompt_tokens, mid + self.answer_reserve, compression, context.model.window, width)
+            args = (
+                context.prompt_tokens,
+                mid + self.answer_reserve,
+                compression,
+                context.model.window,
+                width,
+            )
             if peak_kv_tokens(*args) * per_token <= self.max_peak_kv_bytes:
                 low = mid
             else:
@@ -100,17 +122,18 @@ class ParetoPolicy:
         )
 
     def plan(self, context: CallContext) -> Plan:
-        task = self._task(context)
-        candidates = self._candidates(context, task)
-        if not candidates:
-            raise ValueError(f"no calibration candidates for task {task!r} under the caller's limits")
+        table = self._table(context)
+        task = self._task(context, table)
+        candidates = self._candidates(context, table, task)
         fitting = [c for c in candidates if self._fits(c)]
         cap = f"peak cap {format_bytes(self.max_peak_kv_bytes)}" if self.max_peak_kv_bytes else "no peak cap"
         if not fitting:
             best = min(candidates, key=lambda c: (c.peak, -c.accuracy))
             why = f"nothing fits the {cap}: took the smallest-memory point"
         elif self.objective == "min_memory" and any(c.accuracy >= self.accuracy_floor for c in fitting):
-            best = min((c for c in fitting if c.accuracy >= self.accuracy_floor), key=lambda c: (c.peak, -c.accuracy))
+            best = min(
+                (c for c in fitting if c.accuracy >= self.accuracy_floor), key=lambda c: (c.peak, -c.accuracy)
+            )
             why = f"least memory reaching accuracy {self.accuracy_floor:.2f}"
         else:
             best = max(fitting, key=lambda c: (c.accuracy, -c.peak, -c.budget))
@@ -129,11 +152,18 @@ class ParetoPolicy:
             temperature=context.requested.temperature,
             top_p=context.requested.top_p,
             width=best.width,
-            reasons={k: text for k in ("thinking_budget", "compression", "width")}
-            | {"answer_reserve": "policy default", "max_tokens": "thinking budget + answer reserve"},
+            reasons={
+                "thinking_budget": text,
+                "compression": "calibrated Pareto: chosen with the thinking budget (see its reason)",
+                "width": "calibrated Pareto: chosen with the thinking budget (see its reason)",
+                "answer_reserve": "policy default",
+                "max_tokens": "thinking budget + answer reserve",
+            },
             policy="pareto",
             expected_accuracy=best.accuracy,
         )
         if best.width > 1 and not plan.temperature:
-            plan = replace(plan, temperature=0.7, reasons=plan.reasons | {"temperature": "0.7: voting needs sampling"})
+            plan = replace(
+                plan, temperature=0.7, reasons=plan.reasons | {"temperature": "0.7: voting needs sampling"}
+            )
         return with_estimates(context, apply_token_limits(context, plan))

@@ -82,10 +82,33 @@ def fit_tokens(plan: Plan, ceiling: int, why: str) -> Plan:
     if budget and budget + reserve > max_tokens:
         new_budget = max(max_tokens - reserve, 0)
         reasons = note(
-            reasons, "thinking_budget", f"lowered from {budget} to {new_budget} so the answer keeps {reserve} tokens"
+            reasons,
+            "thinking_budget",
+            f"lowered from {budget} to {new_budget} so the answer keeps {reserve} tokens",
         )
         budget = new_budget
-    return replace(plan, max_tokens=max_tokens, answer_reserve=reserve, thinking_budget=budget, reasons=reasons)
+    return replace(
+        plan, max_tokens=max_tokens, answer_reserve=reserve, thinking_budget=budget, reasons=reasons
+    )
+
+
+def normalized(plan: Plan) -> Plan:
+    """A plan from any policy made consistent: ``max_tokens >= thinking_budget + answer_reserve``.
+
+    A base policy may hand over a budget larger than its max_tokens (e.g. ``FixedPolicy(
+    thinking_budget=4096)`` with its default max_tokens); the budget is the intent, so max_tokens
+    grows. Real ceilings (caller, context, agent) are applied afterwards by ``apply_token_limits``.
+    """
+    reserve = max(plan.answer_reserve, 0)
+    need = (plan.thinking_budget or 0) + reserve
+    if plan.max_tokens >= need and reserve == plan.answer_reserve:
+        return plan
+    reasons = note(
+        plan.reasons,
+        "max_tokens",
+        f"raised from {plan.max_tokens} to {need} to hold thinking budget + answer reserve",
+    )
+    return replace(plan, answer_reserve=reserve, max_tokens=max(plan.max_tokens, need), reasons=reasons)
 
 
 def build_plan(context: CallContext, layers: Layers, policy: str) -> Plan:
@@ -98,7 +121,9 @@ def build_plan(context: CallContext, layers: Layers, policy: str) -> Plan:
     compression = layers.get("compression")
     if compression is None:
         compression = model.native_compression if model.native_compression > 1 else 1.0
-        reasons["compression"] = "the model's native DMS ratio" if compression > 1 else "dense (no compression set)"
+        reasons["compression"] = (
+            "the model's native DMS ratio" if compression > 1 else "dense (no compression set)"
+        )
     compression = max(float(compression), 1.0)
     if not model.supports_compression and compression != 1.0:
         reasons = note(reasons, "compression", "model has no DMS: the engine uses sliding-window mode")
@@ -110,7 +135,9 @@ def build_plan(context: CallContext, layers: Layers, policy: str) -> Plan:
         reasons["max_tokens"] = "thinking budget + answer reserve"
     elif budget and int(budget) + reserve > int(max_tokens) and reasons.get("max_tokens") != REQUESTED:
         # A file's max_tokens smaller than its own budget + reserve: the budget wins over a default.
-        reasons = note(reasons, "max_tokens", f"raised from {max_tokens} to fit thinking budget + answer reserve")
+        reasons = note(
+            reasons, "max_tokens", f"raised from {max_tokens} to fit thinking budget + answer reserve"
+        )
         max_tokens = int(budget) + reserve
     temperature = layers.get("temperature")
     if width > 1 and not temperature and "temperature" not in reasons:

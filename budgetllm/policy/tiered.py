@@ -46,7 +46,9 @@ class TieredPolicy:
         if tier is not None and tier not in self.tiers:
             close = difflib.get_close_matches(tier, list(self.tiers), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise InvalidRequestError("tier", f"unknown tier '{tier}'; {hint}known tiers: {', '.join(self.tiers) or 'none'}")
+            raise InvalidRequestError(
+                "tier", f"unknown tier '{tier}'; {hint}known tiers: {', '.join(self.tiers) or 'none'}"
+            )
         return tier
 
     def step_key(self, context: CallContext) -> str | None:

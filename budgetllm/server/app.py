@@ -14,6 +14,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -22,6 +23,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from budgetllm.errors import (
@@ -34,7 +36,13 @@ from budgetllm.errors import (
 from budgetllm.server import wire
 from budgetllm.server.metrics import ServerMetrics, render_metrics
 from budgetllm.server.schemas import ChatCompletionRequest, TokenizeRequest, describe_validation_error
-from budgetllm.server.streaming import ChunkWriter, ClientGone, ClosingStreamingResponse, race_disconnect, sse_body
+from budgetllm.server.streaming import (
+    ChunkWriter,
+    ClientGone,
+    ClosingStreamingResponse,
+    race_disconnect,
+    sse_body,
+)
 
 log = logging.getLogger("budgetllm.server")
 
@@ -181,7 +189,8 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_name}
+        # pid: tells replicas apart behind a router (Ray Serve), for operators and tests.
+        return {"status": "ok", "model": model_name, "pid": os.getpid()}
 
     def model_card() -> dict[str, Any]:
         return {"id": model_name, "object": "model", "created": 0, "owned_by": "budgetllm",
@@ -211,7 +220,8 @@ def create_app(
         messages = req.messages if isinstance(req.messages, str) else [m.to_engine() for m in req.messages]
         tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
         try:
-            count = llm.count_tokens(messages, tools=tools)
+            # Off the event loop: templating and tokenizing a long prompt takes a while.
+            count = await run_in_threadpool(llm.count_tokens, messages, tools=tools)
         except Exception as e:
             raise api_error_for(e) from None
         return {"count": int(count), "max_context": int(getattr(llm, "max_context", 0) or 0)}

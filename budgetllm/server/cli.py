@@ -124,6 +124,8 @@ def serve_command(args: argparse.Namespace) -> int:
         return 2
     if args.ray:
         try:
+            import ray.serve  # noqa: F401  (a bare namespace "ray" dir on sys.path is not Ray)
+
             ray_integration = import_ray_integration()
         except ImportError as e:
             print(f"budgetllm serve --ray needs Ray Serve: pip install 'budgetllm[ray]' ({e})", file=sys.stderr)

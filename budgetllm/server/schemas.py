@@ -165,16 +165,31 @@ class TokenizeRequest(_Edge):
     tools: list[Tool] | None = None
 
 
+_TYPE_NAMES = {"str", "int", "float", "bool", "none"}
+_TYPE_PREFIXES = ("list[", "dict[", "function-", "literal[")
+
+
+def _is_type_tag(x: object) -> bool:
+    return isinstance(x, str) and (x.lower() in _TYPE_NAMES or x.lower().startswith(_TYPE_PREFIXES))
+
+
+def _field_path(loc: tuple) -> str:
+    # pydantic adds the union member it tried ("str", "list[dict[str,any]]") to the location.
+    return ".".join(str(x) for x in loc if not _is_type_tag(x))
+
+
 def describe_validation_error(err: ValidationError) -> tuple[str, str | None]:
     """A readable message naming each bad field, and the first field's dotted path (for ``param``)."""
-    parts, first = [], None
-    for e in err.errors()[:5]:
-        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-after"))
-        first = first or loc or None
-        msg = e["msg"].removeprefix("Value error, ")
+    by_field: dict[str, list[str]] = {}
+    for e in err.errors():
         got = e.get("input")
         shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-        parts.append(f"{loc or 'body'}: {msg}{shown}")
-    if len(err.errors()) > 5:
-        parts.append(f"... and {len(err.errors()) - 5} more")
-    return "; ".join(parts), first
+        msg = e["msg"].removeprefix("Value error, ") + shown
+        msgs = by_field.setdefault(_field_path(e["loc"]) or "body", [])
+        if msg not in msgs:
+            msgs.append(msg)
+    parts = [f"{field}: {' or '.join(msgs)}" for field, msgs in list(by_field.items())[:5]]
+    if len(by_field) > 5:
+        parts.append(f"... and {len(by_field) - 5} more fields")
+    first = next(iter(by_field), None)
+    return "; ".join(parts), (None if first == "body" else first)

@@ -26,7 +26,8 @@ def _text(content: Any) -> str:
 
 class FakeLLM:
     """Echoes the last user message. Magic words in it: "weather" -> a tool call, "broken" -> an
-    invalid tool call, "explode" -> an unexpected exception, "full" -> PoolExhaustedError.
+    invalid tool call, "explode" -> an unexpected exception, "full" -> PoolExhaustedError,
+    "crash" -> an exception after the first streamed delta.
 
     delay: seconds between streamed events (a slow stream, for disconnect tests).
     """
@@ -87,6 +88,8 @@ class FakeLLM:
         n = call.max_tokens if call.max_tokens is not None else self.pieces
         text = [] if calls else [f"echo{i}:{last} "[: 40] for i in range(min(n, self.pieces))]
         events += [StreamEvent("text", t) for t in text]
+        if "crash" in last:  # fails after the first delta, when the 200 has already gone out
+            events.insert(1, None)  # type: ignore[arg-type]
         events += [StreamEvent("tool_call", tool_call=c) for c in [*calls, *invalid]]
         out_tokens = len(reasoning) + len(text) + len(calls) + len(invalid)
         usage = Usage(
@@ -131,6 +134,8 @@ class FakeLLM:
             for ev in events:
                 if self.delay:
                     time.sleep(self.delay)
+                if ev is None:
+                    raise RuntimeError("the engine crashed mid-stream")
                 yield ev
                 sent += 1
             finished = True
@@ -148,6 +153,8 @@ class FakeLLM:
             for ev in events:
                 if self.delay:
                     await asyncio.sleep(self.delay)
+                if ev is None:
+                    raise RuntimeError("the engine crashed mid-stream")
                 yield ev
                 sent += 1
             finished = True

@@ -11,10 +11,10 @@ import uvicorn
 
 
 class LiveServer:
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, port: int = 0):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))  # loopback only, a port the OS picks
+        self.sock.bind(("127.0.0.1", port))  # loopback only; port 0: one the OS picks
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)

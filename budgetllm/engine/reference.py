@@ -28,6 +28,8 @@ class Row:
 class ReferenceSequence:
     """One sequence's compressed cache and its forward pass."""
 
+    QUERY_BLOCK = 256  # long chunks attend block by block, skipping keys no query of a block can see
+
     def __init__(self, model: LoadedModel, rule: EvictionRule, collect_logits: bool = False):
         self.model = model
         self.rule = rule
@@ -104,13 +106,20 @@ class ReferenceSequence:
             vals = torch.cat([row.v, v[:, h]])
             kpos = torch.cat([row.pos, pos])
             kflag = torch.cat([row.flag, chunk_flags[:, h]])
-            dist = pos[:, None] - kpos[None, :]
-            visible = (dist >= 0) & ((dist <= w) | ~kflag[None, :])  # [n, m]
-            qh = q[:, h * G : (h + 1) * G].float()  # [n, G, D]
-            scores = torch.einsum("ngd,md->gnm", qh, keys.float()) * scale
-            scores = scores.masked_fill(~visible[None], float("-inf"))
-            probs = torch.softmax(scores, dim=-1)
-            out[:, h * G : (h + 1) * G] = torch.einsum("gnm,md->ngd", probs, vals.float()).to(q.dtype)
+            kf, vf = keys.float(), vals.float()
+            for a in range(0, n, self.QUERY_BLOCK):
+                b = min(n, a + self.QUERY_BLOCK)
+                # Keys that are flagged and already out of the window for this block's first query
+                # are invisible to all of its queries: leave them out (the work then shrinks with CR).
+                useful = (~kflag | (pos[a] - kpos <= w)) & (kpos <= pos[b - 1])
+                idx = useful.nonzero().squeeze(1)
+                dist = pos[a:b, None] - kpos[idx][None, :]
+                visible = (dist >= 0) & ((dist <= w) | ~kflag[idx][None, :])  # [b - a, m']
+                qh = q[a:b, h * G : (h + 1) * G].float()  # [b - a, G, D]
+                scores = torch.einsum("ngd,md->gnm", qh, kf[idx]) * scale
+                scores = scores.masked_fill(~visible[None], float("-inf"))
+                probs = torch.softmax(scores, dim=-1)
+                out[a:b, h * G : (h + 1) * G] = torch.einsum("gnm,md->ngd", probs, vf[idx]).to(q.dtype)
             # Drop what the newest token (and so every later one) can no longer see.
             keep = ~kflag | (pos[-1] - kpos <= w)
             self.rows[li][h] = Row(keys[keep], vals[keep], kpos[keep], kflag[keep])

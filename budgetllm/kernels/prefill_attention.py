@@ -1,9 +1,11 @@
 """Chunked-prefill attention under the DMS mask, over the chunk plus the sequence's old paged rows.
 
 Flash-attention style (online softmax, exp2), one program per (block of BLOCK_M chunk tokens, query
-head). It runs BEFORE the chunk is stored (docs/engine-layout.md, "Attention"). A key tile whose
-keys are all flagged and all beyond the window of every query of the block is skipped after
-loading only its flags (and positions).
+head). It runs BEFORE the chunk is stored (docs/engine-layout.md, "Attention"). Chunk keys farther
+than the window from every query of the block are read from a per-head list of the unflagged chunk
+tokens (built in the launcher), so the far part costs (1 - evicted fraction) of dense attention.
+An old-row tile whose entries are all flagged and out of the window is skipped after loading only
+its positions and flags.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ def _online_softmax(b_q, b_k, b_v, keep, b_m, b_l, b_acc, sm_scale, IEEE: tl.con
 
 @triton.jit
 def prefill_attention_kernel(q, k, v, decisions, k_pool, v_pool, slot_pos, slot_flag, block_tables, row_lens,
-                             seq_pos, slot_ids, cu_seqlens, out, sm_scale, H, G, D, MAXP, W,
+                             seq_pos, slot_ids, cu_seqlens, keep_idx, keep_cnt, out, sm_scale, H, G, D, MAXP, W,
                              s_qn, s_qh, s_kn, s_kh, s_vn, s_vh, s_dn, s_on, s_oh,
                              PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
-    i_m, i_b, i_hq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_m, i_b, i_hq = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2)  # long first
     i_h = i_hq // G
     bos = tl.load(cu_seqlens + i_b)
     n_tok = tl.load(cu_seqlens + i_b + 1) - bos
@@ -80,27 +82,57 @@ def prefill_attention_kernel(q, k, v, decisions, k_pool, v_pool, slot_pos, slot_
             dist = (p0 + o_m)[:, None] - b_pos[None, :]
             keep = m_n[None, :] & (dist >= 0) & ((dist <= W) | (b_fl == 0)[None, :])
             b_m, b_l, b_acc = _online_softmax(b_q, b_k, b_v, keep, b_m, b_l, b_acc, sm_scale, IEEE)
-    # (b) chunk tokens j <= i: visible if i - j <= W or not flag(j) (= decision of token j+1)
-    for start in range(0, i_last + 1, BLOCK_N):
+    # (b) chunk tokens j <= i: visible if i - j <= W or not flag(j) (= decision of token j+1).
+    # Far keys j < lim = i_first - W: only the unflagged ones are visible, and to every query of the
+    # block, so they come from the compacted list keep_idx (no mask). Near keys [lim, i_last]: full mask.
+    lim = i_m * BLOCK_M - W
+    n_far = tl.load(keep_cnt + (bos + tl.maximum(lim, 0)) * H + i_h) - tl.load(keep_cnt + bos * H + i_h)
+    for start in range(0, n_far, BLOCK_N):
+        o_c = start + tl.arange(0, BLOCK_N)
+        m_c = o_c < n_far
+        b_j = tl.load(keep_idx + (bos + o_c) * H + i_h, mask=m_c, other=0)
+        m_kv = m_c[:, None] & m_d[None, :]
+        b_k = tl.load(k + b_j[:, None] * s_kn + i_h * s_kh + o_d[None, :], mask=m_kv, other=0.0)
+        b_v = tl.load(v + b_j[:, None] * s_vn + i_h * s_vh + o_d[None, :], mask=m_kv, other=0.0)
+        b_m, b_l, b_acc = _online_softmax(b_q, b_k, b_v, m_c[None, :], b_m, b_l, b_acc, sm_scale, IEEE)
+    for start in range(tl.maximum(lim, 0), i_last + 1, BLOCK_N):
         o_n = start + tl.arange(0, BLOCK_N)
         m_n = o_n <= i_last
         b_fl = tl.load(decisions + (bos + o_n + 1) * s_dn + i_h, mask=m_n & (o_n + 1 < n_tok), other=0).to(tl.int32)
-        live = m_n & ((b_fl == 0) | (i_m * BLOCK_M - o_n <= W))
-        if tl.max(live.to(tl.int32), 0) > 0:
-            m_kv = m_n[:, None] & m_d[None, :]
-            b_k = tl.load(k + (bos + o_n)[:, None] * s_kn + i_h * s_kh + o_d[None, :], mask=m_kv, other=0.0)
-            b_v = tl.load(v + (bos + o_n)[:, None] * s_vn + i_h * s_vh + o_d[None, :], mask=m_kv, other=0.0)
-            dist = o_m[:, None] - o_n[None, :]
-            keep = m_n[None, :] & (dist >= 0) & ((dist <= W) | (b_fl == 0)[None, :])
-            b_m, b_l, b_acc = _online_softmax(b_q, b_k, b_v, keep, b_m, b_l, b_acc, sm_scale, IEEE)
+        m_kv = m_n[:, None] & m_d[None, :]
+        b_k = tl.load(k + (bos + o_n)[:, None] * s_kn + i_h * s_kh + o_d[None, :], mask=m_kv, other=0.0)
+        b_v = tl.load(v + (bos + o_n)[:, None] * s_vn + i_h * s_vh + o_d[None, :], mask=m_kv, other=0.0)
+        dist = o_m[:, None] - o_n[None, :]
+        keep = m_n[None, :] & (dist >= 0) & ((dist <= W) | (b_fl == 0)[None, :])
+        b_m, b_l, b_acc = _online_softmax(b_q, b_k, b_v, keep, b_m, b_l, b_acc, sm_scale, IEEE)
     b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
     tl.store(out + (bos + o_m)[:, None] * s_on + i_hq * s_oh + o_d[None, :], b_o.to(out.dtype.element_ty),
              mask=m_m[:, None] & m_d[None, :])
 
 
+def _compact_unflagged(dec: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per KV head, the chunk tokens that are NOT flagged, in order, per sequence (no host sync).
+
+    Returns ``keep_idx [N, H] int32``: for sequence b, ``keep_idx[bos + r]`` is the global index of its
+    r-th unflagged token; ``keep_cnt [N+1, H] int32``: exclusive prefix count of unflagged tokens.
+    """
+    N, H = dec.shape
+    flag = torch.zeros(N, H, dtype=torch.int32, device=dec.device)
+    flag[:-1] = dec[1:].to(torch.int32)
+    flag[(cu_seqlens[1:] - 1).clamp_min(0).long()] = 0  # the last token of each chunk is not flagged (yet)
+    seq = torch.searchsorted(cu_seqlens[1:].contiguous(), torch.arange(N, device=dec.device, dtype=torch.int32),
+                             right=True)
+    order = torch.argsort((seq[:, None] * 2 + flag).T.contiguous(), dim=1, stable=True)
+    keep_idx = order.T.to(torch.int32).contiguous()
+    keep_cnt = torch.zeros(N + 1, H, dtype=torch.int32, device=dec.device)
+    keep_cnt[1:] = torch.cumsum(1 - flag, 0, dtype=torch.int32)
+    return keep_idx, keep_cnt
+
+
 def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decisions: torch.Tensor, kv: PagedKV,
                           layer: int, slot_ids: torch.Tensor, scale: float, cu_seqlens: torch.Tensor | None = None,
-                          max_seqlen: int | None = None, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
+                          max_seqlen: int | None = None, block_m: int = 128, block_n: int = 64,
+                          num_warps: int | None = None, num_stages: int = 2) -> torch.Tensor:
     """Attention of a prefill chunk (per sequence) over the old rows plus the chunk, DMS-masked.
 
     Args:
@@ -117,7 +149,8 @@ def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
         scale: softmax scale.
         cu_seqlens: ``[B+1] int32`` chunk boundaries; None means one chunk (B = 1).
         max_seqlen: longest chunk (host int, sizes the grid); None means N.
-        block_m, block_n: tile sizes (>= 16).
+        block_m, block_n: tile sizes (>= 16); num_warps defaults to 8 for block_m >= 128, else 4.
+            (sm_90, D=128: 128/64/8 warps compiles to 223 registers, no spills.)
 
     Returns:
         ``[N, Hq, D]`` in q's dtype; fp32 accumulation (fp32 inputs: IEEE dot products).
@@ -140,12 +173,13 @@ def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
     max_seqlen = N if max_seqlen is None else max_seqlen
     if N == 0 or max_seqlen == 0:
         return out
+    keep_idx, keep_cnt = _compact_unflagged(dec, cu_seqlens)
     prefill_attention_kernel[(triton.cdiv(max_seqlen, block_m), B, Hq)](
         q, k, v, dec, kv.k_pool, kv.v_pool, kv.slot_pos, kv.slot_flag, kv.block_tables[layer], kv.row_lens[layer],
-        kv.seq_pos, slot_ids.contiguous(), cu_seqlens, out, scale * _LOG2E, H, Hq // H, D, MAXP, kv.window,
+        kv.seq_pos, slot_ids.contiguous(), cu_seqlens, keep_idx, keep_cnt, out, scale * _LOG2E, H, Hq // H, D, MAXP, kv.window,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dec.stride(0),
         out.stride(0), out.stride(1),
         PAGE=kv.page_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(D),
-        IEEE=q.dtype == torch.float32, num_warps=4, num_stages=2,
+        IEEE=q.dtype == torch.float32, num_warps=num_warps or (8 if block_m >= 128 else 4), num_stages=num_stages,
     )
     return out

@@ -1,6 +1,6 @@
 """Naive PyTorch versions of every kernel op (the test oracle). Slow, obviously right, float64 maths.
 
-Same signatures as the Triton ops. The store ops pop pages one by one from ``free_stack`` in
+Same signatures as the Triton ops (tuning arguments are accepted and ignored). The store ops pop pages one by one from ``free_stack`` in
 order, so page ids may differ from the kernels' (atomics): compare rows with ``read_row``.
 """
 
@@ -113,7 +113,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tenso
 
 
 def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: torch.Tensor, scale: float,
-                           num_splits: int | None = None) -> torch.Tensor:
+                           num_splits: int | None = None, block_n: int | None = None) -> torch.Tensor:
     B, Hq, D = q.shape
     H = kv.block_tables.shape[2]
     G = Hq // H
@@ -128,7 +128,8 @@ def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: t
 
 def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decisions: torch.Tensor, kv: PagedKV,
                           layer: int, slot_ids: torch.Tensor, scale: float, cu_seqlens=None,
-                          max_seqlen: int | None = None) -> torch.Tensor:
+                          max_seqlen: int | None = None, block_m: int = 128, block_n: int = 64,
+                          num_warps: int | None = None, num_stages: int = 2) -> torch.Tensor:
     N, Hq, D = q.shape
     H = k.shape[1]
     G, w = Hq // H, kv.window

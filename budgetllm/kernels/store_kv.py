@@ -92,6 +92,8 @@ def store_decode_kv(kv: PagedKV, k_new: torch.Tensor, v_new: torch.Tensor, evict
     assert k_new.stride(-1) == 1 and v_new.stride(-1) == 1
     assert evict_prev.shape == (B, H) and slot_ids.shape == (B,) and slot_ids.dtype == torch.int32
     assert 0 <= layer < L
+    if B == 0:
+        return
     ev = _as_i8(evict_prev).contiguous()
     store_decode_kv_kernel[(B, H)](
         k_new, v_new, ev, slot_ids.contiguous(), kv.seq_pos, kv.k_pool, kv.v_pool, kv.slot_pos, kv.slot_flag,
@@ -175,6 +177,7 @@ def store_prefill_meta_kernel(decisions, cu_seqlens, slot_ids, seq_pos, slot_pos
         failed = failed | (~ok)
         c_idx = idx
         c_flag = tl.where(m, fl, 0)
+        tl.debug_barrier()  # this wave's block-table entries are read by other threads in the next wave
     tl.store(row_lens + row, n)
     tl.atomic_add(alloc_state + 1, 1, mask=failed)
     tl.store(slot_oom + s, 1, mask=failed)
@@ -222,6 +225,8 @@ def store_prefill_kv(kv: PagedKV, k: torch.Tensor, v: torch.Tensor, decisions: t
         cu_seqlens = torch.tensor([0, N], dtype=torch.int32, device=k.device)
     assert cu_seqlens.dtype == torch.int32 and cu_seqlens.shape == (slot_ids.shape[0] + 1,)
     B, W1, PAGE = slot_ids.shape[0], kv.window + 1, kv.page_size
+    if N == 0 or B == 0:
+        return
     dec = _as_i8(decisions).contiguous()
     dest = torch.empty(N, H, dtype=torch.int32, device=k.device)
     BLOCK_W = triton.next_power_of_2(W1)

@@ -88,3 +88,15 @@ def test_threshold_shifts_eviction(tiny_dir):
         kept.append(seq.live_entries())
     assert kept[0] < kept[1] < kept[2] <= kept[3]
     assert kept[3] == 60 * model.config.num_hidden_layers * model.config.num_key_value_heads
+
+
+def test_query_blocking_skips_only_invisible_keys(tiny_dir, monkeypatch):
+    """Long chunks are attended block by block; the result is still the masked-attention oracle."""
+    monkeypatch.setattr(ReferenceSequence, "QUERY_BLOCK", 5)
+    model = load_model(str(tiny_dir("qwen2", "adapter")), device="cpu", progress=False)
+    ids = torch.randint(0, 49152, (47,), generator=torch.Generator().manual_seed(9))
+    rule = EvictionRule("dms", window=model.dms.window, threshold=0.0)
+    expected, _ = masked_model_forward(model, ids, rule)
+    seq = ReferenceSequence(model, rule)
+    got = torch.cat([seq.forward(ids[:23]), seq.forward(ids[23:24]), seq.forward(ids[24:])])
+    assert torch.allclose(got, expected, atol=2e-4, rtol=1e-4)

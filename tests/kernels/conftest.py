@@ -1,8 +1,10 @@
 """Kernel tests: on a machine without CUDA the Triton kernels run in the interpreter.
 
-TRITON_INTERPRET is read when ``@triton.jit`` decorates, so it is set here, before any test module
-imports budgetllm.kernels. Every tensor made by ``torch.empty``/``empty_like`` during a test is
-poisoned (NaN / garbage ints), so kernels that leave outputs unwritten fail loudly.
+TRITON_INTERPRET is read when ``@triton.jit`` decorates (triton's own library too), so it must be
+set before triton is first imported: here for ``pytest tests/kernels``; a whole-suite run needs the
+same two lines at the top of tests/conftest.py (another package may import triton first).
+Every tensor made by ``torch.empty``/``empty_like`` during a test is poisoned (NaN / garbage
+ints), so kernels that leave outputs unwritten fail loudly.
 """
 
 import os

@@ -56,15 +56,15 @@ def assert_same_rows(a: PagedKV, b: PagedKV, layers=None, slots=None) -> None:
     L, S, H, _ = a.block_tables.shape
     W1 = a.window + 1
     assert torch.equal(a.row_lens, b.row_lens), (a.row_lens, b.row_lens)
-    for l in layers if layers is not None else range(L):
+    for layer in layers if layers is not None else range(L):
         for s in slots if slots is not None else range(S):
             p = int(a.seq_pos[s])
             for h in range(H):
-                ra, rb = ref.read_row(a, l, s, h), ref.read_row(b, l, s, h)
-                for name, x, y in zip(("pos", "flag", "k", "v"), ra, rb):
-                    assert torch.equal(x, y), f"row {(l, s, h)} {name}: {x} vs {y}"
+                ra, rb = ref.read_row(a, layer, s, h), ref.read_row(b, layer, s, h)
+                for name, x, y in zip(("pos", "flag", "k", "v"), ra, rb, strict=True):
+                    assert torch.equal(x, y), f"row {(layer, s, h)} {name}: {x} vs {y}"
                 last = torch.arange(max(0, p - W1), p) % W1
-                assert torch.equal(a.ring[l, s, h, last.to(a.ring.device)], b.ring[l, s, h, last.to(b.ring.device)])
+                assert torch.equal(a.ring[layer, s, h, last.to(a.ring.device)], b.ring[layer, s, h, last.to(b.ring.device)])
 
 
 def assert_allocator_consistent(kv: PagedKV) -> None:

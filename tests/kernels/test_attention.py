@@ -14,7 +14,7 @@ def _fill(kv, slots, lens, seed, dtype, layer=0, p_evict=0.6):
     """Store one random sequence per slot (reference store), set seq_pos; return its tokens."""
     H, D = kv.block_tables.shape[2], kv.head_dim
     seqs = []
-    for i, (s, n) in enumerate(zip(slots, lens)):
+    for i, (s, n) in enumerate(zip(slots, lens, strict=True)):
         _, k, v, dec = random_tokens(n, H, D, dtype, seed + i, p_evict)
         ref.store_prefill_kv(kv, k, v, dec, layer, torch.tensor([s], dtype=torch.int32))
         kv.seq_pos[s] = n
@@ -78,7 +78,7 @@ def test_decode_loop_matches_dense_oracle():
     dense DMS attention of the last token over the whole history (the layout's core promise)."""
     H, G, D, window, seed = 2, 3, 16, 5, 77
     kv = make_kv(D=D, H=H, S=3, L=1, window=window, seed=seed)
-    slots, lens = [2, 0], [11, 0]
+    slots = [2, 0]
     q, k, v, dec = random_tokens(11, H, D, torch.float32, seed, 0.7, Hq=H * G)
     sl = torch.tensor(slots, dtype=torch.int32, device=DEVICE)
     hist = [[k, v, dec], [k[:0], v[:0], dec[:0]]]

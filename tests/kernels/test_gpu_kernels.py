@@ -8,8 +8,14 @@ import pytest
 import torch
 from kvtestlib import assert_allocator_consistent, assert_same_rows, clone, flags_of, make_kv, relerr
 
-from budgetllm.kernels import (dms_prefill_attention, num_free_pages, paged_decode_attention, release_rows,
-                               store_decode_kv, store_prefill_kv)
+from budgetllm.kernels import (
+    dms_prefill_attention,
+    num_free_pages,
+    paged_decode_attention,
+    release_rows,
+    store_decode_kv,
+    store_prefill_kv,
+)
 from budgetllm.kernels import reference as ref
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -66,7 +72,7 @@ def test_gpu_decode_attention_long_rows(D, num_splits):
     lens = [0, 1, 777, 8197, 32765]
     kv = make_kv(P=6000, PAGE=PAGE, D=D, L=2, S=6, H=H, MAXP=2048, window=512, dtype=torch.bfloat16, seed=D)
     slots = [4, 0, 5, 2, 1]
-    for i, (s, n) in enumerate(zip(slots, lens)):
+    for i, (s, n) in enumerate(zip(slots, lens, strict=True)):
         for h in range(H):
             _fill_direct(kv, 1, s, h, max(0, n - 5 * h), seed=100 * i + h)
     q = torch.randn(len(slots), H * G, D, device="cuda").to(torch.bfloat16)
@@ -137,3 +143,50 @@ def test_gpu_prefill_attention_and_store_32k(D, old, chunk):
     assert relerr(o1, d1) < BF16_TOL
     kept = int(kv.row_lens[0, 1].max())
     assert kept < 0.3 * T + window + 2, kept  # ~85% of old tokens evicted
+
+
+def test_gpu_decode_step_replays_in_a_cuda_graph():
+    """store_decode_kv + paged_decode_attention for 2 layers + seq_pos advance, captured once in a CUDA
+    graph and replayed 40 times (rows grow, pages are allocated, slots are reused): same as eager."""
+    H, G, D = 2, 6, 128
+    kv = make_kv(P=3000, PAGE=16, D=D, L=2, S=4, H=H, MAXP=128, window=512, dtype=torch.bfloat16, seed=9)
+    slots, lens = [3, 1, 0], [600, 1, 1200]
+    sl = torch.tensor(slots, dtype=torch.int32, device="cuda")
+    cu = torch.tensor([0, 600, 601, 1801], dtype=torch.int32, device="cuda")
+    for layer in range(2):
+        _, k, v, dec = _tokens(sum(lens), H, D, 100 + layer, 0.8)
+        store_prefill_kv(kv, k, v, dec, layer, sl, cu)
+    kv.seq_pos[sl.long()] += torch.tensor(lens, dtype=torch.int32, device="cuda")
+    q = torch.zeros(3, H * G, D, dtype=torch.bfloat16, device="cuda")
+    kn = torch.zeros(3, H, D, dtype=torch.bfloat16, device="cuda")
+    vn = torch.zeros_like(kn)
+    dn = torch.zeros(3, H, dtype=torch.bool, device="cuda")
+    idx = sl.long()
+
+    def step(x):
+        outs = []
+        for layer in range(2):
+            store_decode_kv(x, kn, vn, dn, layer, sl)
+            outs.append(paged_decode_attention(q, x, layer, sl, D**-0.5, num_splits=None if layer else 4))
+        x.seq_pos[idx] += 1
+        return torch.stack(outs)
+
+    step(clone(kv))  # compile outside the capture
+    eager = clone(kv)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step(kv)
+    for i in range(40):
+        qi, ki, vi, di = _tokens(3, H, D, 500 + i, 0.8, Hq=H * G)
+        q.copy_(qi[0:3])
+        kn.copy_(ki)
+        vn.copy_(vi)
+        dn.copy_(di)
+        graph.replay()
+        exp = step(eager)
+        assert torch.equal(static_out, exp), i
+    assert torch.equal(kv.seq_pos, eager.seq_pos)
+    assert_same_rows(kv, eager, slots=slots)
+    assert_allocator_consistent(kv)
+    assert int(kv.alloc_state[1]) == 0

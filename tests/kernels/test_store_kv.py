@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from kvtestlib import (DEVICE, assert_allocator_consistent, assert_same_rows, clone, make_kv, random_tokens)
+from kvtestlib import DEVICE, assert_allocator_consistent, assert_same_rows, clone, make_kv, random_tokens
 
 from budgetllm.kernels import num_free_pages, release_rows, store_decode_kv, store_prefill_kv
 from budgetllm.kernels import reference as ref
@@ -20,7 +20,7 @@ def _prefill_both(kv_tri, kv_ref, lens, slots, layer, seed, H, D, dtype, p_evict
 
 def _advance(kvs, slots, lens):
     for kv in kvs:
-        for s, n in zip(slots, lens):
+        for s, n in zip(slots, lens, strict=True):
             kv.seq_pos[s] += n
 
 
@@ -140,3 +140,21 @@ def test_max_pages_per_row_is_an_overflow():
     assert int(kv.alloc_state[1]) > 0 and int(kv.slot_oom[1]) == 1
     assert int(kv.row_lens.max()) <= 8
     assert_allocator_consistent(kv)
+
+
+def test_strided_views_and_int8_decisions():
+    """k/v as views of a packed qkv tensor (row stride 3*H*D) and int8 decisions work like contiguous ones."""
+    H, D, N = 2, 16, 23
+    a = make_kv(H=H, D=D, window=5, seed=51)
+    b = clone(a)
+    _, k, v, dec = random_tokens(N, H, D, torch.float32, 52)
+    kv_packed = torch.stack([torch.zeros_like(k), k, v], 1)  # [N, 3, H, D]
+    sl = torch.tensor([2], dtype=torch.int32, device=DEVICE)
+    store_prefill_kv(a, kv_packed[:, 1], kv_packed[:, 2], dec.to(torch.int8), 0, sl)
+    store_prefill_kv(b, k, v, dec, 0, sl)
+    for x in (a, b):
+        x.seq_pos[2] = N
+    assert_same_rows(a, b, slots=[2])
+    store_decode_kv(a, kv_packed[:3, 1], kv_packed[:3, 2], dec[:3].to(torch.int8), 1, torch.arange(3, dtype=torch.int32, device=DEVICE))
+    store_decode_kv(b, k[:3], v[:3], dec[:3], 1, torch.arange(3, dtype=torch.int32, device=DEVICE))
+    assert_same_rows(a, b)

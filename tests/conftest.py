@@ -8,6 +8,13 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    # Triton kernels run in its interpreter on CPU; triton reads this when kernels are defined,
+    # so it must be set before anything imports budgetllm.kernels.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):

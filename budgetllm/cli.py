@@ -66,7 +66,7 @@ _PLUGINS = [
     ("budgetllm.dms.train", "add_retrofit_subcommand"),
     ("budgetllm.dms.quality", "add_eval_subcommand"),
     ("budgetllm.server", "add_serve_subcommand"),
-    ("bench.run", "add_bench_subcommand"),
+    ("budgetllm.benchmarks.cli", "add_bench_subcommand"),
 ]
 
 

@@ -11,7 +11,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from budgetllm.benchmarks.baselines import GraphedDenseStep, hf_generate_decode_rate, measured_bandwidth, weight_bytes  # noqa: E402
+from budgetllm.benchmarks.baselines import (  # noqa: E402
+    GraphedDenseStep,
+    hf_generate_decode_rate,
+    measured_bandwidth,
+    weight_bytes,
+)
 
 
 def main() -> None:

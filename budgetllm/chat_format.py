@@ -445,7 +445,8 @@ class ToolCallStreamSplitter:
     """Passes text deltas through until tool-call markup starts, then holds everything.
 
     ``feed(delta)`` returns ``[("text", piece), ...]``; anything from ``<tool_call>`` on is held,
-    and so is a tail that may still become ``<tool_call>`` (e.g. ``"<tool_"``). With
+    and so are a tail that may still become ``<tool_call>`` (e.g. ``"<tool_"``) and trailing
+    whitespace (released with the next text, or by ``finish()``). With
     ``bare_json`` the answer is also held while it starts like a Llama-3 JSON call (``{`` or
     ``<|python_tag|>``). ``finish()`` returns the held text; parse the whole answer with
     ``parse_tool_calls``.
@@ -473,13 +474,16 @@ class ToolCallStreamSplitter:
                 return []
         i = self._held.find(TOOL_CALL_OPEN)
         if i >= 0:
-            out, self._held = self._held[:i], self._held[i:]
+            out = self._held[:i].rstrip()
+            self._held = self._held[len(out) :]
             self._locked = True
             return self._emit(out)
         keep = _partial_suffix(self._held, TOOL_CALL_OPEN)
         out = self._held[: len(self._held) - keep]
-        self._held = self._held[len(self._held) - keep :]
-        return self._emit(out)
+        # Trailing whitespace waits for more text: before a tool call it is dropped from the answer.
+        out_visible = out.rstrip()
+        self._held = out[len(out_visible) :] + self._held[len(self._held) - keep :]
+        return self._emit(out_visible)
 
     def _emit(self, text: str) -> list[tuple[str, str]]:
         if not text:

@@ -234,8 +234,7 @@ class LLM:
             steps.close()
         yield from self._emit(text.flush(), tools)
         gen = self._finish(req, plan, ctrl, text, tools, generated, finish)
-        for event in gen[1]:
-            yield event
+        yield from gen[1]
         yield StreamEvent("done", generation=gen[0])
 
     def _emit(self, pieces, tools) -> Iterator[StreamEvent]:

@@ -54,6 +54,11 @@ def hf_generate_decode_rate(hf_model, batch: int, context: int, new_tokens: int 
             "ttft_s": t_prefill}
 
 
+def _rotate_half(t: torch.Tensor) -> torch.Tensor:
+    half = t.shape[-1] // 2
+    return torch.cat((-t[..., half:], t[..., :half]), -1)
+
+
 class GraphedDenseStep:
     """One dense decode step in plain torch (cuBLAS matmuls + SDPA with GQA over a static cache),
     captured in a CUDA graph: the 'paging costs nothing' yardstick of TARGETS.md."""
@@ -86,9 +91,7 @@ class GraphedDenseStep:
             v = a.v_proj(h).view(B, self.H, self.D)
             if hasattr(a, "q_norm"):
                 q, k = a.q_norm(q), a.k_norm(k)
-            half = self.D // 2
-            rot = lambda t: torch.cat((-t[..., half:], t[..., :half]), -1)  # noqa: E731
-            q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
             self.k[li][:, :, self.context] = k
             self.v[li][:, :, self.context] = v
             o = F.scaled_dot_product_attention(q[:, :, None], self.k[li], self.v[li], enable_gqa=True)

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import torch
 
-from budgetllm.benchmarks.baselines import GraphedDenseStep, hf_generate_decode_rate, measured_bandwidth, weight_bytes
+from budgetllm.benchmarks.baselines import (
+    GraphedDenseStep,
+    hf_generate_decode_rate,
+    measured_bandwidth,
+    weight_bytes,
+)
 from budgetllm.benchmarks.engine_bench import kv_shape_of, run_batch
 
 

@@ -103,7 +103,7 @@ def plot(results: dict, out_dir: str | Path, shape: str = "qwen2.5-1.5b") -> lis
             axes[1].plot(x, [r["peak_pages"] * 1 for r in rows], style, marker="o", label=f"CR {cr:g}, batch {batch}")
             axes[2].plot(x, [r["achieved_bw"] / results["bandwidth"] for r in rows], style, marker="o",
                          label=f"CR {cr:g}, batch {batch}")
-    for ax, title, ylabel in zip(axes, ("decode throughput", "KV pages held (peak)", "bytes moved / measured bandwidth"),
+    for ax, title, ylabel in zip(axes,  # noqa: B905 ("decode throughput", "KV pages held (peak)", "bytes moved / measured bandwidth"),
                                  ("tokens/s", "pages", "fraction")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context (tokens)")

@@ -46,8 +46,10 @@ class Sequence:
     preemptions: int = 0
     prefill_overflows: int = 0  # prefills that ran the pool dry: later admissions use the dense bound
     cancelled: bool = False
+    hold: bool = False  # not schedulable for decode until the consumer acknowledged the last token
     finish_reason: str | None = None
     payload: Any = None  # the backend's own per-request object (GenerationRequest, queues, ...)
+    cache_key: Any = None  # what makes two caches of the same tokens equal (the eviction rule)
 
     def __post_init__(self) -> None:
         self.num_prompt = self.num_prompt or len(self.token_ids)
@@ -61,11 +63,11 @@ class Sequence:
 
     @property
     def is_decoding(self) -> bool:
-        return self.status is SeqStatus.RUNNING and self.num_pending == 1
+        return self.status is SeqStatus.RUNNING and self.num_pending == 1 and not self.hold
 
     @property
     def is_prefilling(self) -> bool:
-        return self.status is SeqStatus.RUNNING and self.num_pending > 1
+        return self.status is SeqStatus.RUNNING and self.num_pending > 1 and not self.hold
 
     @property
     def total_tokens(self) -> int:

@@ -77,7 +77,7 @@ class DMSSpec:
                 return pts[0][1]
             if x >= pts[-1][0]:
                 return pts[-1][1]
-            for (x0, t0), (x1, t1) in zip(pts, pts[1:]):
+            for (x0, t0), (x1, t1) in zip(pts, pts[1:], strict=False):
                 if x0 <= x <= x1:
                     return t0 + (t1 - t0) * (x - x0) / (x1 - x0)
         if abs(compression - self.native_cr) < 1e-6:

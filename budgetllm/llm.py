@@ -261,6 +261,7 @@ class LLM:
         plan_dict["forced_close"] = ctrl.forced_close
         usage = Usage(
             input_tokens=len(req.prompt_ids), output_tokens=len(generated), reasoning_tokens=ctrl.reasoning_tokens,
+            cached_tokens=req.cached_tokens,
             kv=req.meter.result(), prefill_seconds=req.prefill_seconds, decode_seconds=req.decode_seconds,
             plan=plan_dict)
         gen = Generation(text=answer.strip() if calls else answer, reasoning=text.reasoning, finish_reason=finish,

@@ -70,6 +70,7 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0  # includes reasoning tokens
     reasoning_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from a reused compressed cache (not prefilled again)
     kv: KVMemory = field(default_factory=KVMemory)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0

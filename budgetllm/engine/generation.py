@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ class GenerationRequest:
     banned_after_thinking: list[int] = field(default_factory=list)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    cached_tokens: int = 0  # prompt tokens whose compressed cache was reused from an earlier call
     cancelled: bool = False
 
 
@@ -43,12 +45,38 @@ class ReferenceBackend:
     """Runs requests one forward at a time (a lock per step, so concurrent streams interleave)."""
 
     name = "reference"
+    PREFIX_CACHE_ENTRIES = 8
 
-    def __init__(self, model: LoadedModel):
+    def __init__(self, model: LoadedModel, prefix_cache: bool = True):
         self.model = model
         self._lock = threading.Lock()
         self.active = 0
         self.tokens_generated = 0
+        # Agents resend the whole conversation every turn: the compressed cache of an earlier call
+        # whose tokens are a prefix of the new prompt is reused, and only the new tokens are fed
+        # (a chunked prefill on top of a compressed cache; exact, because the cache after a prefix
+        # does not depend on what follows it).
+        self.prefix_cache = prefix_cache
+        self._prefixes: OrderedDict[tuple, ReferenceSequence] = OrderedDict()
+
+    def _reuse(self, rule: EvictionRule, prompt_ids: list[int]) -> ReferenceSequence | None:
+        best = None
+        for (r, ids), seq in self._prefixes.items():
+            n = len(ids)
+            if r == rule and n < len(prompt_ids) and (best is None or n > len(best.ids)) and \
+                    tuple(prompt_ids[:n]) == ids:
+                best = seq
+        if best is not None:
+            self._prefixes.move_to_end((rule, tuple(best.ids)))
+            return best.fork()
+        return None
+
+    def _remember(self, rule: EvictionRule, seq: ReferenceSequence) -> None:
+        if not self.prefix_cache or not seq.ids:
+            return
+        self._prefixes[(rule, tuple(seq.ids))] = seq.fork()
+        while len(self._prefixes) > self.PREFIX_CACHE_ENTRIES:
+            self._prefixes.popitem(last=False)
 
     def new_sequence(self, rule: EvictionRule, collect_logits: bool = False) -> ReferenceSequence:
         return ReferenceSequence(self.model, rule, collect_logits=collect_logits)
@@ -61,14 +89,18 @@ class ReferenceBackend:
         return seq.logit_log
 
     def run(self, req: GenerationRequest) -> Iterator[StepOutput]:
-        seq = self.new_sequence(req.rule)
         sampler = Sampler(req.sampling, self.model.device)
         ctrl = req.controller
         self.active += 1
+        seq = None
         try:
             t0 = time.perf_counter()
             with self._lock:
-                logits = seq.forward(req.prompt_ids)[-1]
+                seq = (self._reuse(req.rule, req.prompt_ids) if self.prefix_cache else None) or \
+                    self.new_sequence(req.rule)
+                req.cached_tokens = seq.seen
+                logits = seq.forward(req.prompt_ids[seq.seen:])[-1]
+                self._remember(req.rule, seq)
             req.prefill_seconds = time.perf_counter() - t0
             req.meter.observe(seq.seen, seq.live_entries())
             t0 = time.perf_counter()
@@ -106,6 +138,9 @@ class ReferenceBackend:
                 req.decode_seconds = time.perf_counter() - t0
         finally:
             self.active -= 1
+            if seq is not None and not req.cancelled:
+                with self._lock:
+                    self._remember(req.rule, seq)
 
     def pool_stats(self) -> dict:
         return {"active": self.active, "queued": 0, "tokens_generated": self.tokens_generated}

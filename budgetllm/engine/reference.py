@@ -48,8 +48,18 @@ class ReferenceSequence:
         )
         self.rows = [[empty() for _ in range(self.num_kv_heads)] for _ in range(self.num_layers)]
         self.seen = 0
+        self.ids: list[int] = []  # every token fed so far (the key for reusing this cache)
         self.collect_logits = collect_logits
         self.logit_log: list[torch.Tensor] = []  # per layer decision logits (for calibration)
+
+    def fork(self) -> ReferenceSequence:
+        """A copy that can go on independently (K/V tensors are never written in place; flags are)."""
+        twin = ReferenceSequence.__new__(ReferenceSequence)
+        twin.__dict__.update(self.__dict__)
+        twin.rows = [[Row(r.k, r.v, r.pos, r.flag.clone()) for r in layer] for layer in self.rows]
+        twin.ids = list(self.ids)
+        twin.logit_log = []
+        return twin
 
     # -- accounting -------------------------------------------------------------------------
     def live_entries(self) -> int:
@@ -90,6 +100,7 @@ class ReferenceSequence:
             x = x + attn.o_proj(o.reshape(n, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.seen += n
+        self.ids.extend(ids.tolist())
         return hf.lm_head(inner.norm(x)).float()
 
     def _attend(self, li: int, q, k, v, decisions, pos, scale: float) -> torch.Tensor:

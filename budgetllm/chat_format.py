@@ -319,6 +319,10 @@ def _to_call(obj: Any, raw: str) -> ToolCall | InvalidToolCall:
         args = {}
     if not isinstance(args, dict):
         return InvalidToolCall(new_call_id(), name, raw, f"arguments of {name!r} must be a JSON object, got {type(args).__name__}")
+    try:  # the Python-literal fallback can yield sets, bytes, ...
+        args = json.loads(json.dumps(args))
+    except (TypeError, ValueError) as e:
+        return InvalidToolCall(new_call_id(), name, raw, f"arguments of {name!r} are not JSON values: {e}")
     return ToolCall(new_call_id(), name, args)
 
 

@@ -197,6 +197,11 @@ def test_parse_python_literal_fallback():
     assert bad == [] and calls[0].arguments == {"key": "x", "exact": True}
 
 
+def test_parse_python_literal_that_is_not_json_is_invalid():
+    _, calls, bad = parse_tool_calls("<tool_call>{'name': 'f', 'arguments': {'s': {1, 2}}}</tool_call>")
+    assert calls == [] and bad[0].name == "f" and "JSON" in bad[0].error
+
+
 def test_parse_truncated_last_call_is_invalid():
     out = '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>\n<tool_call>\n{"name": "mul", "argum'
     text, calls, bad = parse_tool_calls(out)
@@ -272,19 +277,24 @@ def test_splitter_plain_text_passes_through():
 
 def test_splitter_holds_markup():
     text, held = _run(["Sure. ", "<tool", "_call>\n{", '"name": "f"}', "\n</tool_call>"])
-    assert text == "Sure. "
-    assert held == '<tool_call>\n{"name": "f"}\n</tool_call>'
+    assert text == "Sure."
+    assert held == ' <tool_call>\n{"name": "f"}\n</tool_call>'
 
 
 def test_splitter_partial_prefix_released_when_not_markup():
     s = ToolCallStreamSplitter()
-    assert s.feed("a <tool_") == [("text", "a ")]
-    assert s.feed("box> b") == [("text", "<tool_box> b")]
+    assert s.feed("a <tool_") == [("text", "a")]
+    assert s.feed("box> b") == [("text", " <tool_box> b")]
     assert s.finish() == ""
 
 
 def test_splitter_partial_prefix_at_end_returned_by_finish():
-    assert _run(["x <tool_"]) == ("x ", "<tool_")
+    assert _run(["x <tool_"]) == ("x", " <tool_")
+
+
+def test_splitter_trailing_whitespace_waits_for_more_text():
+    assert _run(["Hello ", "world\n"]) == ("Hello world", "\n")
+    assert _run(["Let me add.\n", "<tool_call>{}"]) == ("Let me add.", "\n<tool_call>{}")
 
 
 def test_splitter_bare_json_held():

@@ -2,133 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
 import pytest
 
 pytest.importorskip("langchain_core")
 
-from budgetllm import Generation, KVMemory, StreamEvent, Usage  # noqa: E402
-from budgetllm.chat_format import ToolCallStreamSplitter, parse_tool_calls  # noqa: E402
-from budgetllm.options import CallOptions  # noqa: E402
-
-# What ChatDMS should send to the real model in tests: CPU, reference backend, small outputs.
-REAL_PARAMS = {"device": "cpu", "backend": "reference", "max_tokens": 24, "temperature": 0}
+from lc_fakes import REAL_PARAMS, FakeLLM  # noqa: E402
 
 
-@dataclass
-class Scripted:
-    """One scripted answer: raw model output (tool markup included) and optional reasoning."""
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Real-model tests run torch on one thread: on a shared CPU, intra-op threads fighting other
+    processes made decoding ~40x slower (BUDGETLLM_TEST_THREADS overrides)."""
+    import os
 
-    output: str = "Hello! How can I help?"
-    reasoning: str = ""
-    finish: str = "stop"
-
-
-@dataclass
-class FakeLLM:
-    """The LLM surface ChatDMS uses (stream/astream/generate/agenerate/count_tokens), scripted.
-
-    Each call takes the next entry of ``script`` (or calls ``script(messages, opts)``), streams it
-    in small pieces through budgetllm.chat_format like the real engine, and records
-    ``(messages, opts)``. Options are validated with the engine's own CallOptions.
-    """
-
-    script: list[Scripted] | Callable[[list, dict], Scripted] = field(default_factory=list)
-    model_name: str = "fake-dms"
-    max_context: int = 2048
-    piece: int = 4
-    calls: list[tuple[list, dict]] = field(default_factory=list)
-    tokenizer: Any = None
-    closed: int = 0
-
-    @property
-    def profile(self):
-        from budgetllm import ModelProfile
-
-        return ModelProfile(name=self.model_name, kv_bytes_per_token=1024, max_context=self.max_context)
-
-    def count_tokens(self, messages, tools=None) -> int:
-        text = " ".join(str(m.get("content", "")) for m in messages) if isinstance(messages, list) else messages
-        return len(text.split()) + 3 * len(messages) + (20 * len(tools) if tools else 0)
-
-    def _next(self, messages, opts) -> Scripted:
-        if callable(self.script):
-            return self.script(messages, opts)
-        if not self.script:
-            return Scripted()
-        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
-
-    def stream(self, messages, **opts):
-        call = CallOptions.parse(dict(opts))
-        self.calls.append((messages, dict(opts)))
-        s = self._next(messages, opts)
-        try:
-            for i in range(0, len(s.reasoning), self.piece):
-                yield StreamEvent("reasoning", s.reasoning[i : i + self.piece])
-            splitter = ToolCallStreamSplitter() if call.tools else None
-            for i in range(0, len(s.output), self.piece):
-                delta = s.output[i : i + self.piece]
-                pieces = splitter.feed(delta) if splitter else [("text", delta)]
-                for _, p in pieces:
-                    yield StreamEvent("text", p)
-            text, calls, invalid = s.output, [], []
-            finish = s.finish
-            if splitter is not None:
-                tail = splitter.finish()
-                if tail and "<tool_call>" not in tail:
-                    yield StreamEvent("text", tail)
-                text, calls, invalid = parse_tool_calls(s.output)
-                for c in [*calls, *invalid]:
-                    yield StreamEvent("tool_call", tool_call=c)
-                if calls or invalid:
-                    finish = "tool_calls"
-            n_in = self.count_tokens(messages)
-            n_out = len(s.output.split()) + len(s.reasoning.split())
-            comp = call.compression or 8.0
-            logical = (n_in + n_out) * 1024
-            kv = KVMemory(
-                logical_bytes=logical,
-                live_bytes=int(logical / comp),
-                reserved_bytes=logical,
-                peak_live_bytes=int(logical / comp),
-                compression_requested=comp,
-                compression_achieved=comp,
-                evicted_tokens=n_in,
-                kv_bytes_read=n_out * logical // 2,
-                mode="dms",
-            )
-            plan = {
-                "thinking_budget": call.thinking_budget,
-                "compression": comp,
-                "max_tokens": call.max_tokens or 512,
-                "answer_reserve": call.answer_reserve or 0,
-                "reasons": {"compression": "requested by the caller" if call.compression else "policy default"},
-            }
-            usage = Usage(n_in, n_out, len(s.reasoning.split()), kv, 0.01, 0.02, plan)
-            gen = Generation(text, s.reasoning, finish, usage, tool_calls=calls, invalid_tool_calls=invalid, model=self.model_name)
-            yield StreamEvent("done", generation=gen)
-        except GeneratorExit:
-            self.closed += 1
-            raise
-
-    def generate(self, messages, **opts):
-        final = None
-        for e in self.stream(messages, **opts):
-            if e.kind == "done":
-                final = e.generation
-        return final
-
-    async def agenerate(self, messages, **opts):
-        return self.generate(messages, **opts)
-
-    async def astream(self, messages, **opts):
-        for e in self.stream(messages, **opts):
-            await asyncio.sleep(0)
-            yield e
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("BUDGETLLM_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -148,8 +39,8 @@ def chat_fake(fake_llm):
     return make
 
 
-@pytest.fixture(scope="session")
-def real_chat():
+@pytest.fixture(scope="module")
+def real_chat(one_torch_thread):
     """ChatDMS on the embedded SmolLM2-135M (CPU, reference backend), loaded once."""
     from langchain_budgetllm import ChatDMS
 

@@ -6,9 +6,8 @@ import pytest
 
 pytest.importorskip("langchain_tests")
 
-from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
-
 from langchain_budgetllm import ChatDMS  # noqa: E402
+from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
 
 
 class TestChatDMSUnit(ChatModelUnitTests):

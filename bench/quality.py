@@ -1,0 +1,198 @@
+"""Quality of DMS against training-free eviction at the same kept-token budget (budgetllm eval).
+
+    python bench/quality.py --out bench/results [--heldout heldout_stream.json] [--n-tasks 24]
+
+For each requested ratio (2, 4, 8) the DMS run sets the budget: every sequence's baseline keeps as
+many entries per (layer, KV head) row as DMS kept at its last token. Metrics: next-token KL to the
+dense model and greedy agreement on the second half of held-out generated text; exact-match task
+accuracy (teacher-forced greedy answer) on variable tracking and key-value retrieval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+METHODS = ("dms", "window", "tova", "h2o", "random")
+
+
+def _batches(items, size):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _recall_items(tok, n, seed=93):
+    from budgetllm.dms.data import chat_ids, make_tasks
+
+    items = []
+    for t in make_tasks(n, seed=seed, kinds=("variable_tracking", "kv_retrieval"), pairs=120, filler=250,
+                          hops=3):
+        full, prefix = chat_ids(tok, t, with_answer=True), chat_ids(tok, t)
+        if full[: len(prefix)] != prefix or len(full) == len(prefix):
+            continue
+        items.append((full, list(range(len(prefix), len(full))), t.kind))
+    return sorted(items, key=lambda x: len(x[0]))
+
+
+def _run_set(loaded, rows, sel_fn, ratios, methods, deadline, log, answers=None, stride=1):
+    """rows: list of token lists (right-padded per batch). Returns {method: {ratio: metrics}}."""
+    from budgetllm.dms.quality import kl_and_agreement, policy_forward
+
+    pad = loaded.tokenizer.eos_token_id or 0
+    acc: dict = {}
+    for bi, batch in enumerate(_batches(rows, 8)):
+        lens = torch.tensor([len(r) for r in batch])
+        T = int(lens.max())
+        ids = torch.tensor([r + [pad] * (T - len(r)) for r in batch])
+        sel = sel_fn(batch, T)
+        dense, _ = policy_forward(loaded, ids, "dense", sel=sel)
+        tgt = ids.roll(-1, dims=1)[sel].to(dense.device)
+        for r in ratios:
+            thr = loaded.dms.threshold_for(r)
+            dms_logits, kept = policy_forward(loaded, ids, "dms", threshold=0.0 if thr is None else thr, sel=sel)
+            cap = (kept[torch.arange(len(batch)), lens - 1].cpu().round().long() - 1).clamp(min=5)
+            for m in methods:
+                if deadline and time.time() > deadline:
+                    log(f"deadline: skipping {m} at CR {r}")
+                    continue
+                t0 = time.time()
+                logits = dms_logits if m == "dms" else policy_forward(loaded, ids, m, cap=cap, sel=sel, seed=bi,
+                                                                    stride=stride)[0]
+                kl, agree = kl_and_agreement(dense, logits)
+                rec = acc.setdefault(m, {}).setdefault(f"{float(r):g}", {"kl": [], "agree": [], "compression": [], "correct": []})
+                rec["kl"].append((kl, int(sel.sum())))
+                rec["agree"].append((agree, int(sel.sum())))
+                rec["compression"] += (lens.float() / (cap + 1).float()).tolist()
+                if answers is not None:
+                    rec["correct"] += _correct(logits, tgt, sel)
+                log(f"batch {bi} CR {r} {m}: kl {kl:.4f} agree {agree:.3f} ({time.time() - t0:.1f}s)")
+        if answers is not None:
+            acc.setdefault("dense", {}).setdefault("1", {"correct": []})["correct"] += _correct(dense, tgt, sel)
+    out = {}
+    for m, per in acc.items():
+        for r, rec in per.items():
+            w = lambda xs: sum(a * n for a, n in xs) / max(1, sum(n for _, n in xs))  # noqa: E731
+            res = {}
+            if rec.get("kl"):
+                res = {"kl": round(w(rec["kl"]), 5), "greedy_agreement": round(w(rec["agree"]), 4),
+                       "compression": round(sum(rec["compression"]) / len(rec["compression"]), 3)}
+            if rec.get("correct"):
+                res["accuracy"] = round(sum(rec["correct"]) / len(rec["correct"]), 4)
+                res["n"] = len(rec["correct"])
+            out.setdefault(m, {})[r] = res
+    return out
+
+
+def _correct(logits, tgt, sel):
+    """Per sequence: every answer token is the greedy prediction (sel marks the answer's predecessors)."""
+    ok = (logits.argmax(-1) == tgt).tolist()
+    res, i = [], 0
+    for n in sel.sum(1).tolist():
+        res.append(all(ok[i:i + n]))
+        i += n
+    return res
+
+
+def run_quality(loaded, *, n_text=8, n_tasks=24, text_len=2048, ratios=(2, 4, 8), methods=METHODS,
+                held_stream=None, deadline=None, log=print, stride=16) -> dict:
+    from budgetllm.dms.data import make_tasks, task_text_ids
+
+    tok = loaded.tokenizer
+    if held_stream is None:
+        held_stream = [t for s in task_text_ids(tok, make_tasks(4 * n_text, seed=92, pairs=70, filler=140)) for t in s]
+    texts = [held_stream[i * text_len:(i + 1) * text_len] for i in range(min(n_text, len(held_stream) // text_len))]
+
+    def second_half(batch, T):
+        sel = torch.zeros(len(batch), T, dtype=torch.bool)
+        for i, r in enumerate(batch):
+            sel[i, len(r) // 2: len(r) - 1] = True
+        return sel
+
+    items = _recall_items(tok, n_tasks)
+
+    def answer_sel(batch, T):
+        sel = torch.zeros(len(batch), T, dtype=torch.bool)
+        for i, r in enumerate(batch):
+            pos = next(p for (full, p, _) in items if full == r)
+            sel[i, [p - 1 for p in pos]] = True
+        return sel
+
+    t0 = time.time()
+    res = {"model": loaded.name, "window": loaded.dms.window, "threshold_table": loaded.dms.threshold_table,
+           "device": torch.cuda.get_device_name() if loaded.device.type == "cuda" else "cpu",
+           "text": {"sequences": len(texts), "tokens": text_len, "metrics": {}},
+           "tasks": {"n": len(items), "mean_tokens": round(sum(len(x[0]) for x in items) / max(1, len(items))),
+                     "metrics": {}}}
+    res["stride"] = stride
+    res["text"]["metrics"] = _run_set(loaded, texts, second_half, ratios, methods, deadline, log, stride=stride)
+    res["tasks"]["metrics"] = _run_set(loaded, [x[0] for x in items], answer_sel, ratios, methods, deadline, log,
+                                       answers=True, stride=stride)
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def plot_quality(res: dict, path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
+    panels = [("text", "kl", "next-token KL to dense (text)"), ("text", "greedy_agreement", "greedy agreement (text)"),
+              ("tasks", "accuracy", "recall-task accuracy")]
+    for a, (part, key, title) in zip(ax, panels, strict=True):
+        for m, per in res[part]["metrics"].items():
+            if m == "dense":
+                a.axhline(per["1"].get("accuracy", 0), color="k", ls="--", label="dense")
+                continue
+            ks = sorted((r for r in per if key in per[r]), key=float)
+            a.plot([float(r) for r in ks], [per[r][key] for r in ks], "o-", label=m)
+        a.set_xscale("log", base=2)
+        a.set_xlabel("requested CR (baselines at DMS's kept budget)")
+        a.set_title(title)
+        a.legend(fontsize=8)
+    fig.suptitle(f"{res['model']}: DMS vs training-free eviction, window {res['window']} ({res['device']})")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--adapter", default=None)
+    ap.add_argument("--heldout", default=None, help="JSON list of token ids (held-out generated text)")
+    ap.add_argument("--n-text", type=int, default=4)
+    ap.add_argument("--n-tasks", type=int, default=16)
+    ap.add_argument("--text-len", type=int, default=2048)
+    ap.add_argument("--ratios", default="2,4,8")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--stride", type=int, default=16, help="baselines evict every N tokens (1: per token)")
+    a = ap.parse_args(argv)
+    from budgetllm.models import load_model
+
+    loaded = load_model(a.model, device=a.device, adapter=a.adapter, progress=False)
+    held = json.loads(Path(a.heldout).read_text()) if a.heldout else None
+    res = run_quality(loaded, n_text=a.n_text, n_tasks=a.n_tasks, text_len=a.text_len,
+                      ratios=tuple(float(x) for x in a.ratios.split(",")), methods=tuple(a.methods.split(",")),
+                      held_stream=held, stride=a.stride)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    card = res["device"].replace(" ", "-").lower()
+    (out / f"quality_{card}.json").write_text(json.dumps(res, indent=2))
+    plot_quality(res, out / f"quality_{card}.png")
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Retrofit training (research/dms.md §2): distillation from the dense model + a one-sided hinge
+pulling the eviction rate toward 1 - 1/CR, with CR rising linearly from ``initial_cr`` to the target.
+
+Decisions are Gumbel-sigmoid relaxed (logistic noise, tau = 0.1); the soft delayed-eviction mask
+uses the relaxed logits, the compression loss uses straight-through hard decisions. Scope
+"adapter" (default) trains only dms_proj_alpha / dms_proj_alpha_norm over a frozen base; scope
+"full" trains every weight with the borrowed query channel (the paper's recipe).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from budgetllm.dms.train_attention import chunked_kl, dms_train_forward, logistic_noise
+from budgetllm.errors import BudgetLLMError
+from budgetllm.models.adapter import AdapterFile
+from budgetllm.models.dms_spec import DMSSpec
+
+
+class RetrofitConfigError(BudgetLLMError, ValueError):
+    """A retrofit setting is invalid; the message names the setting and the fix."""
+
+
+@dataclass
+class RetrofitConfig:
+    target_cr: float = 8.0
+    window: int = 256
+    steps: int = 300
+    ramp_fraction: float = 2 / 3  # CR reaches the target after this fraction of the steps
+    initial_cr: float = 1.0
+    lr: float = 5e-4  # adapter-only: far above NVIDIA's 3e-5 (full model), only a tiny projection trains
+    batch_size: int = 8
+    seq_len: int = 2048
+    tau: float = 0.1
+    alpha_scale: float = 100.0
+    alpha_offset: float = 5.0
+    scope: str = "adapter"  # "adapter" (base frozen) or "full" (borrowed channel, every weight)
+    grad_clip: float = 1.0
+    grad_checkpointing: bool | None = None  # None: on for seq_len >= 1024
+    seed: int = 0
+    save_every: int = 50
+
+    def validate(self, max_context: int | None = None) -> None:
+        def bad(name, msg):
+            raise RetrofitConfigError(f"{name}={getattr(self, name)!r}: {msg}")
+
+        if not (isinstance(self.target_cr, (int, float)) and math.isfinite(self.target_cr) and self.target_cr > 1):
+            bad("target_cr", "must be a number > 1 (e.g. 8 keeps about 1/8 of the tokens outside the window)")
+        if not (1 <= self.initial_cr <= self.target_cr):
+            bad("initial_cr", f"must be in [1, target_cr={self.target_cr}]")
+        for name in ("steps", "batch_size", "seq_len", "window"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "window" else 1):
+                bad(name, "must be a positive integer" if name != "window" else "must be an integer >= 0")
+        if self.seq_len <= self.window + 1:
+            bad("seq_len", f"must exceed window + 1 = {self.window + 1}, or no token ever leaves the window")
+        if max_context is not None and self.seq_len > max_context:
+            bad("seq_len", f"exceeds the model's context of {max_context} tokens")
+        if not (0 < self.ramp_fraction <= 1):
+            bad("ramp_fraction", "must be in (0, 1]")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            bad("lr", "must be in (0, 1); try 5e-4 for the adapter, 3e-5 for scope='full'")
+        if not (self.tau > 0):
+            bad("tau", "must be > 0 (the paper uses 0.1)")
+        if self.scope not in ("adapter", "full"):
+            bad("scope", "must be 'adapter' (train dms_proj_alpha only) or 'full' (borrowed channel, all weights)")
+        if self.alpha_scale <= 0:
+            bad("alpha_scale", "must be > 0 (NVIDIA uses 100)")
+
+    @property
+    def ramp_steps(self) -> int:
+        return max(1, round(self.steps * self.ramp_fraction))
+
+    def cr_at(self, step: int) -> float:
+        return self.initial_cr + (self.target_cr - self.initial_cr) * min(step / self.ramp_steps, 1.0)
+
+
+class Retrofitter:
+    """Owns the trainable decision weights, the optimizer, the data order and checkpoints."""
+
+    def __init__(self, loaded, cfg: RetrofitConfig, rows: torch.Tensor, *, checkpoint_dir: str | Path | None = None,
+                 resume: bool = True):
+        cfg.validate(loaded.max_context)
+        if rows.dim() != 2 or rows.shape[1] != cfg.seq_len:
+            raise RetrofitConfigError(f"training rows have shape {tuple(rows.shape)}; expected [N, seq_len={cfg.seq_len}]")
+        self.loaded, self.cfg, self.rows = loaded, cfg, rows
+        hf, dev = loaded.hf_model, loaded.device
+        self.amp = dev.type == "cuda"
+        self.ckpt_checkpointing = cfg.grad_checkpointing if cfg.grad_checkpointing is not None else cfg.seq_len >= 1024
+        c = hf.config
+        L, H, hid = c.num_hidden_layers, c.num_key_value_heads, c.hidden_size
+        self.shape = (L, H)
+        for p in hf.parameters():
+            p.requires_grad_(False)
+        spec_kw = dict(window=cfg.window, alpha_scale=cfg.alpha_scale, alpha_offset=cfg.alpha_offset,
+                       native_cr=cfg.target_cr, norm_eps=loaded.dms.norm_eps)
+        if cfg.scope == "adapter":
+            old = loaded.dms.adapter_weights if loaded.dms.variant == "adapter" else None
+            layers = []
+            for i in range(L):
+                w = old[i] if old else None
+                proj = w["proj_weight"].float().clone() if w else torch.zeros(H, hid)
+                norm = w["norm_weight"].float().clone() if w else torch.ones(hid)
+                layers.append({"proj_weight": proj.to(dev).requires_grad_(), "proj_bias": None,
+                               "norm_weight": norm.to(dev).requires_grad_()})
+            self.spec = DMSSpec(variant="adapter", adapter_weights=layers, **spec_kw)
+            self.params = [t for layer in layers for t in (layer["proj_weight"], layer["norm_weight"])]
+            self.teacher_hf = hf
+        else:
+            self.teacher_hf = copy.deepcopy(hf).eval()
+            if self.amp:
+                hf.float()  # fp32 master weights under bf16 autocast
+            self.spec = DMSSpec(variant="borrowed", **spec_kw)
+            self.params = list(hf.parameters())
+            for p in self.params:
+                p.requires_grad_(True)
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        self.step = 0
+        self.history: list[dict] = []
+        self.seconds = 0.0
+        self.checkpoint_path = Path(checkpoint_dir) / "retrofit-last.pt" if checkpoint_dir else None
+        if resume and self.checkpoint_path and self.checkpoint_path.exists():
+            self.load_checkpoint(self.checkpoint_path)
+
+    # -- data -------------------------------------------------------------------------------
+    def batch(self, step: int) -> torch.Tensor:
+        n, b = self.rows.shape[0], self.cfg.batch_size
+        idx = []
+        for j in range(step * b, (step + 1) * b):
+            epoch, k = divmod(j, n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch))
+            idx.append(int(perm[k]))
+        return self.rows[idx].to(self.loaded.device)
+
+    # -- one step ---------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        cfg, dev, hf = self.cfg, self.loaded.device, self.loaded.hf_model
+        t0 = time.perf_counter()
+        cr = cfg.cr_at(self.step)
+        target = 1.0 - 1.0 / cr
+        ids = self.batch(self.step)
+        B, T = ids.shape
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+        noise = logistic_noise((self.shape[0], B, T, self.shape[1]), gen).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
+            with torch.no_grad():
+                if self.spec.variant == "adapter":  # the dense model is the plain HF forward
+                    t_hidden = self.teacher_hf.model(input_ids=ids, use_cache=False).last_hidden_state
+                else:
+                    t_hidden = dms_train_forward(self.teacher_hf, self.spec, ids, window=cfg.window, tau=cfg.tau,
+                                                 teacher=True).hidden
+            out = dms_train_forward(hf, self.spec, ids, window=cfg.window, tau=cfg.tau, noise=noise,
+                                    grad_checkpointing=self.ckpt_checkpointing)
+            kl = chunked_kl(hf.lm_head, out.hidden, t_hidden)
+        probs = torch.sigmoid(torch.stack(out.relaxed))  # [L, B, T, H]
+        hard = (probs > 0.5).float() - probs.detach() + probs  # straight-through
+        frac = hard.mean(dim=(0, 2, 3))  # per batch element
+        comp = torch.clamp(target - frac, min=0).mean()
+        loss = kl + comp
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        rec = {"step": self.step, "loss": loss.item(), "kl": kl.item(), "compression_loss": comp.item(),
+               "evict_rate": frac.mean().item(), "cr_target": cr, "target_frac": target,
+               "grad_norm": float(gnorm), "seconds": dt}
+        self.history.append(rec)
+        self.step += 1
+        if self.checkpoint_path and cfg.save_every and self.step % cfg.save_every == 0:
+            self.save_checkpoint(self.checkpoint_path)
+        return rec
+
+    def train(self, progress: bool = True, deadline: float | None = None) -> list[dict]:
+        """Run to ``cfg.steps`` (or until time.time() passes ``deadline``); returns the history."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="retrofit", unit="step", disable=not progress)
+        while self.step < self.cfg.steps:
+            if deadline is not None and time.time() > deadline:
+                break
+            r = self.train_step()
+            bar.set_postfix(loss=f"{r['loss']:.4f}", kl=f"{r['kl']:.4f}", evict=f"{r['evict_rate']:.3f}",
+                            cr=f"{r['cr_target']:.2f}")
+            bar.update(1)
+        bar.close()
+        if self.checkpoint_path:
+            self.save_checkpoint(self.checkpoint_path)
+        return self.history
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"step": self.step, "history": self.history, "seconds": self.seconds, "config": asdict(self.cfg),
+                 "params": [p.detach().cpu() for p in self.params], "optimizer": self.opt.state_dict()}
+        torch.save(state, str(path) + ".tmp")
+        Path(str(path) + ".tmp").replace(path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        old = state["config"]
+        for key in ("target_cr", "window", "scope", "seq_len", "alpha_scale", "alpha_offset"):
+            if old.get(key) != getattr(self.cfg, key):
+                raise RetrofitConfigError(
+                    f"checkpoint {path} was trained with {key}={old.get(key)!r}, this run asks {getattr(self.cfg, key)!r}; "
+                    "use another checkpoint directory or pass --no-resume")
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["params"], strict=True):
+                p.copy_(saved.to(p.device, p.dtype))
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.history, self.seconds = state["step"], state["history"], state.get("seconds", 0.0)
+
+    # -- results ----------------------------------------------------------------------------
+    def trained_spec(self, dtype: torch.dtype | None = None) -> DMSSpec:
+        """A detached DMSSpec for inference (``loaded.dms = trainer.trained_spec()``)."""
+        spec = copy.copy(self.spec)
+        dtype = dtype or self.loaded.dtype
+        if spec.adapter_weights:
+            spec.adapter_weights = [{k: (v.detach().to(dtype) if v is not None else None) for k, v in layer.items()}
+                                    for layer in spec.adapter_weights]
+        return spec
+
+    def summary(self) -> dict:
+        last = self.history[-10:] or [{}]
+        mean = lambda k: round(sum(r.get(k, 0.0) for r in last) / len(last), 5)  # noqa: E731
+        return {"steps": self.step, "train_seconds": round(self.seconds, 1), "rows": int(self.rows.shape[0]),
+                "tokens_per_step": self.cfg.batch_size * self.cfg.seq_len, "final_kl": mean("kl"),
+                "final_evict_rate": mean("evict_rate"), "final_cr_target": last[-1].get("cr_target"),
+                "config": asdict(self.cfg),
+                "device": torch.cuda.get_device_name() if self.loaded.device.type == "cuda" else "cpu"}
+
+    def adapter_file(self, base_model: str, extra: dict | None = None) -> AdapterFile:
+        if self.spec.variant != "adapter":
+            raise RetrofitConfigError("scope='full' trains the whole model: use export_nvidia() to save it")
+        layers = [{k: (v.detach().float().cpu() if v is not None else None) for k, v in layer.items()}
+                  for layer in self.spec.adapter_weights]
+        meta = {"base_model": base_model, "variant": "adapter", "window": self.cfg.window,
+                "target_cr": self.cfg.target_cr, "alpha_scale": self.cfg.alpha_scale,
+                "alpha_offset": self.cfg.alpha_offset, "threshold_table": {}, "training": self.summary()}
+        meta.update(extra or {})
+        return AdapterFile(layers=layers, metadata=meta)

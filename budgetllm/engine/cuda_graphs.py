@@ -1,0 +1,70 @@
+"""CUDA graphs of the decode step, one per batch-size bucket (nano-vllm style).
+
+Kernel launches dominate a decode step on small models (docs/GPU.md: 69 ms eager vs a 1.2 ms
+bandwidth floor), so each bucket's whole step (embedding, every layer's GEMMs, store-and-evict and
+paged attention, the LM head) is captured once and replayed. Everything a step reads is either a
+static buffer of the runner (token ids, slots, rule parameters) or GPU state (``seq_pos``, row
+lengths, block tables, the page allocator), so a replay needs no host values. A batch is padded to
+the next bucket with frozen padding slots (see ``budgetllm.cache.pool``) whose rows never allocate.
+
+Each bucket fixes ``num_splits`` of the decode attention from shapes only, as the graph requires.
+Triton kernels are compiled before capture by an eager warm-up on padding rows with the same
+specialisation (same num_splits).
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+
+
+def bucket_sizes(max_bs: int) -> list[int]:
+    """1, 2, 4, 8, 16, then every multiple of 16 up to max_bs (always including max_bs)."""
+    out = [b for b in (1, 2, 4, 8) if b < max_bs]
+    out += list(range(16, max_bs, 16))
+    out.append(max_bs)
+    return sorted(set(out))
+
+
+class DecodeGraphs:
+    def __init__(self, runner, buckets: list[int], emulate: bool = False):
+        self.runner = runner
+        self.buckets = buckets
+        self.emulate = emulate  # CPU tests: same buckets and padding, replay runs the body eagerly
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.pool = None
+
+    def bucket_for(self, batch: int) -> int | None:
+        i = bisect.bisect_left(self.buckets, batch)
+        if i == len(self.buckets):
+            return None  # larger than every graph: run eagerly
+        bs = self.buckets[i]
+        return bs if bs - batch <= len(self.runner.pad_slots) else None
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        r = self.runner
+        npad = len(r.pad_slots)
+        for bs in reversed(self.buckets):  # the largest first: its memory pool serves the others
+            ns = r.num_splits(bs)
+            warm = min(bs, npad)
+            r.fill_decode([], warm)
+            r.decode_body(warm, ns)  # compiles this specialisation; padding rows leave the pool unchanged
+            if self.emulate:
+                continue
+            torch.cuda.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self.pool):
+                r.decode_body(bs, ns)
+            if self.pool is None:
+                self.pool = g.pool()
+            self.graphs[bs] = g
+        if not self.emulate:
+            torch.cuda.synchronize()
+
+    def replay(self, bs: int) -> None:
+        if self.emulate:
+            self.runner.decode_body(bs, self.runner.num_splits(bs))
+        else:
+            self.graphs[bs].replay()

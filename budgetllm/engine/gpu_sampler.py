@@ -1,0 +1,92 @@
+"""Batched next-token sampling on the GPU without a host sync.
+
+Every row has its own temperature / top-p / top-k as tensors; greedy rows (temperature 0) take the
+argmax. Sampling uses the exponential race (argmax of p / E with E ~ Exp(1)), which needs no
+``multinomial`` (and so no sync). Banned tokens (the thinking tags after a closed thinking block)
+are masked with host-built index tensors copied asynchronously.
+
+Unlike the reference Sampler (one seeded generator per request), one generator serves the whole
+batch: with ``seed`` set, sampled streams are reproducible for the same batch composition only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from budgetllm.types import SamplingParams
+
+
+@dataclass
+class SamplingBatch:
+    greedy: torch.Tensor | None  # [B] bool (None when every row is greedy)
+    temperature: torch.Tensor | None  # [B] float32
+    top_p: torch.Tensor | None  # [B] float32
+    top_k: torch.Tensor | None  # [B] int64 (0 = off)
+    all_greedy: bool
+    any_top_p: bool
+    any_top_k: bool
+    banned_rows: torch.Tensor | None = None  # [K] int64
+    banned_ids: torch.Tensor | None = None  # [K] int64
+
+
+def make_sampling_batch(params: list[SamplingParams], banned: list[list[int] | None],
+                        device: torch.device) -> SamplingBatch:
+    greedy = [p.greedy for p in params]
+    temps = [max(p.temperature, 1e-5) for p in params]
+    top_p = [float(p.top_p) for p in params]
+    top_k = [int(p.top_k or 0) for p in params]
+    rows, ids = [], []
+    for b, ban in enumerate(banned):
+        if ban:
+            rows += [b] * len(ban)
+            ids += list(ban)
+    pin = device.type == "cuda"
+
+    def t(values, dtype):
+        return torch.tensor(values, dtype=dtype, pin_memory=pin).to(device, non_blocking=True)
+
+    if all(greedy):  # the common case: no parameter tensors at all
+        return SamplingBatch(greedy=None, temperature=None, top_p=None, top_k=None, all_greedy=True,
+                             any_top_p=False, any_top_k=False,
+                             banned_rows=t(rows, torch.int64) if rows else None,
+                             banned_ids=t(ids, torch.int64) if rows else None)
+
+    return SamplingBatch(
+        greedy=t(greedy, torch.bool), temperature=t(temps, torch.float32), top_p=t(top_p, torch.float32),
+        top_k=t(top_k, torch.int64), all_greedy=all(greedy), any_top_p=any(p < 1.0 for p in top_p),
+        any_top_k=any(k > 0 for k in top_k),
+        banned_rows=t(rows, torch.int64) if rows else None, banned_ids=t(ids, torch.int64) if rows else None,
+    )
+
+
+class GPUSampler:
+    def __init__(self, device: torch.device, seed: int | None = None):
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed if seed is not None else torch.seed() % (2**63))
+
+    @torch.inference_mode()
+    def __call__(self, logits: torch.Tensor, sb: SamplingBatch) -> torch.Tensor:
+        """logits [B, V] float32 (modified in place when tokens are banned) -> tokens [B] int64."""
+        if sb.banned_rows is not None:
+            logits[sb.banned_rows, sb.banned_ids] = float("-inf")
+        greedy_tok = torch.argmax(logits, dim=-1)
+        if sb.all_greedy:
+            return greedy_tok
+        x = logits / sb.temperature[:, None]
+        if sb.any_top_k or sb.any_top_p:
+            sorted_x, idx = torch.sort(x, dim=-1, descending=True)
+            if sb.any_top_k:
+                k = torch.where(sb.top_k > 0, sb.top_k, x.shape[-1]).clamp(max=x.shape[-1])
+                kth = sorted_x.gather(1, (k - 1)[:, None])
+                sorted_x = sorted_x.masked_fill(sorted_x < kth, float("-inf"))
+            if sb.any_top_p:
+                p = torch.softmax(sorted_x, dim=-1)
+                drop = p.cumsum(-1) - p > sb.top_p[:, None]  # keep the smallest prefix reaching top_p
+                sorted_x = sorted_x.masked_fill(drop, float("-inf"))
+            x = torch.full_like(x, float("-inf")).scatter(1, idx, sorted_x)
+        probs = torch.softmax(x, dim=-1)
+        race = torch.empty_like(probs).exponential_(generator=self.generator)
+        sampled = torch.argmax(probs / race, dim=-1)
+        return torch.where(sb.greedy, greedy_tok, sampled)

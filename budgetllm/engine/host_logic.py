@@ -1,0 +1,132 @@
+"""Per-request host logic of the paged engine: the reference decode loop, one sampled token at a time.
+
+``advance`` is ``ReferenceBackend.run``'s loop body: the thinking controller may force a token (the
+hand-off text and the close tag), which replaces the GPU-sampled one; an EOS inside the thinking
+block closes it instead of ending; EOS after it ends the request; the answer budget ends it by
+length. The token that is emitted is the one appended to the sequence, so the next step feeds it.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from budgetllm.engine.generation import GenerationRequest, StepOutput
+from budgetllm.engine.gpu_sampler import SamplingBatch, make_sampling_batch
+from budgetllm.engine.request import Sequence
+from budgetllm.engine.rules import RowRule, row_rule
+
+
+@dataclass
+class Handle:
+    """The backend's side of one request: its queue of outputs and its timing."""
+
+    req: GenerationRequest
+    out: queue.Queue
+    done: bool = False
+    rule: RowRule | None = None
+    exact_thinking: bool = True
+    t_first: float | None = None
+    t_start: float = field(default_factory=time.perf_counter)
+
+    final: object = None  # the last item (finished StepOutput or error), put by flush()
+
+    def emit(self, step: StepOutput) -> None:
+        """Queue a token now; a finishing item waits for flush(), i.e. until the engine has released
+        the request's pages on the device, so a caller that sees the end sees a free pool."""
+        if step.finished is not None:
+            self.done = True
+            self.final = step
+        else:
+            self.out.put(step)
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.emit(StepOutput(-1, False, finished="cancelled"))
+
+    def fail(self, err: BaseException) -> None:
+        self.done = True
+        self.final = err
+
+    def flush(self) -> None:
+        if self.final is not None:
+            self.out.put(self.final)
+            self.final = None
+
+    def account(self, seq: Sequence, decode: bool, page_bytes: int, seconds: float) -> None:
+        """The reference's accounting after a forward: observe (and, for decode, the entries read).
+
+        Live entries and pages come from the GPU readback of this step; attention read every entry
+        of every row of the sequence (rows hold only visible entries), i.e. ``live`` entries.
+        """
+        m = self.req.meter
+        m.observe(seq.num_cached, seq.live_entries, reserved_bytes=seq.pages_held * page_bytes)
+        now = time.perf_counter()
+        if decode:
+            m.read(seq.live_entries)
+            self.req.decode_seconds = now - (self.t_first or now)
+        elif self.t_first is None:
+            self.req.prefill_seconds = now - self.t_start
+        if self.t_first is None:
+            self.t_first = now
+
+
+def row_rule_for(h: Handle, has_logits: bool, pool_window: int) -> RowRule:
+    """The request's rule as row tensors. The window is the pool's (one ring size per pool): a
+    "window"-mode rule with another window runs with the pool's window (see docs in paged_backend)."""
+    if h.rule is None:
+        h.rule = row_rule(h.req.rule, has_logits)
+    return h.rule
+
+
+def sampling_for(handles: list[Handle], device: torch.device) -> SamplingBatch:
+    banned = []
+    for h in handles:
+        ctrl = h.req.controller
+        banned.append(h.req.banned_after_thinking if not ctrl.thinking and ctrl.budget else None)
+    return make_sampling_batch([h.req.sampling for h in handles], banned, device)
+
+
+def advance(h: Handle, seq: Sequence, sampled: int) -> str | None:
+    """Apply one sampled token; returns a finish reason ("stop", "length", "cancelled") or None."""
+    req = h.req
+    ctrl = req.controller
+    forced = ctrl.next_forced()
+    if forced is None and ctrl.answer_budget_left() <= 0:
+        h.emit(StepOutput(-1, False, finished="length"))
+        return "length"
+    tok = forced if forced is not None else int(sampled)
+    thinking = ctrl.thinking
+    if thinking:
+        if not ctrl.observe(tok, is_eos=forced is None and tok in req.eos_ids):
+            tok = ctrl.next_forced()  # an EOS inside the block: the controller closes it instead
+            thinking = ctrl.thinking
+            ctrl.observe(tok)
+    elif tok in req.eos_ids:
+        h.emit(StepOutput(tok, False, finished="stop"))
+        return "stop"
+    else:
+        ctrl.observe(tok)
+    seq.append_token(tok)
+    if not ctrl.thinking and ctrl.answer_budget_left() <= 0:
+        h.emit(StepOutput(tok, thinking))
+        h.emit(StepOutput(-1, False, finished="length"))  # no need to feed the last token
+        return "length"
+    if h.exact_thinking and _consumer_may_change(ctrl):
+        seq.hold = True  # the consumer may see the model open/close the block: wait for its ack
+    h.emit(StepOutput(tok, thinking))
+    if req.cancelled:
+        h.cancel()
+        return "cancelled"
+    return None
+
+
+def _consumer_may_change(ctrl) -> bool:
+    """Whether the consumer's text checks may still change the controller (LLM._drive calls
+    ``model_closed`` inside a thinking block and ``model_opened`` on the first answer tokens)."""
+    if ctrl.phase == "thinking":
+        return True
+    return ctrl.phase == "answer" and ctrl.answer_tokens <= 3 and not ctrl.forced_close

@@ -1,0 +1,193 @@
+"""The only part of the paged engine that touches the GPU: weights, the KV pool, prefill and decode
+steps, CUDA graphs, sampling and the one readback per step.
+
+Decode inputs live in static device buffers (``ibuf`` int32 [6, maxbs]: token ids, slots, seq_pos
+increment, rule code, sinks, period; ``thr`` float64 [maxbs]) filled by one async copy from pinned
+host memory, so a step is: copy in -> graph replay (or eager) -> sample on GPU -> one readback of
+(sampled tokens, pages and live entries per slot, overflow flags, free pages). Positions are read
+from ``kv.seq_pos`` on the GPU; row lengths and block tables never leave the GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from budgetllm.cache import PageLayout, PoolConfig, build_pool
+from budgetllm.engine.cuda_graphs import DecodeGraphs, bucket_sizes
+from budgetllm.engine.gpu_sampler import GPUSampler, SamplingBatch
+from budgetllm.engine.rules import ALWAYS, RowRule, layer_decisions, step_decisions
+from budgetllm.engine.scheduler import SlotStats
+from budgetllm.kernels import (
+    dms_prefill_attention,
+    num_free_pages,
+    paged_decode_attention,
+    release_rows,
+    store_decode_kv,
+    store_prefill_kv,
+)
+from budgetllm.kernels.decode_attention import default_num_splits
+from budgetllm.models.loading import LoadedModel
+from budgetllm.models.modules import FusedModel
+
+
+@dataclass
+class RunnerConfig:
+    max_seqs: int = 128
+    page_size: int = 16
+    memory_fraction: float = 0.85
+    num_pages: int | None = None
+    max_context: int | None = None  # default: the model's max_position_embeddings
+    window: int | None = None  # default: the model's DMS window
+    cuda_graphs: bool = True
+    max_graph_batch: int | None = None  # default: max_seqs
+    seed: int | None = None
+    emulate_graphs: bool = False  # tests: pad batches to buckets like CUDA graphs, but run eagerly
+
+
+@dataclass
+class Readback:
+    tokens: list[int]
+    stats: dict[int, SlotStats]
+    free_pages: int
+
+
+class ModelRunner:
+    def __init__(self, loaded: LoadedModel, cfg: RunnerConfig):
+        self.cfg = cfg
+        self.device = loaded.device
+        c = loaded.config
+        self.max_context = int(cfg.max_context or loaded.max_context)
+        self.model = FusedModel(loaded, self.max_context + 1)
+        m = self.model
+        # One ring size per pool: every request runs with this window (see PagedBackend.run).
+        self.window = int(cfg.window if cfg.window is not None else loaded.dms.window)
+        # emulate_graphs (CPU tests): buckets and padding rows as with graphs, replay = eager body
+        self.use_graphs = (cfg.cuda_graphs and self.device.type == "cuda") or cfg.emulate_graphs
+        self.buckets = bucket_sizes(min(cfg.max_graph_batch or cfg.max_seqs, cfg.max_seqs)) if self.use_graphs else []
+        pad = max([b - a - 1 for a, b in zip([0] + self.buckets, self.buckets, strict=False)] + [1]) if self.use_graphs else 0
+        self.layout = PageLayout(cfg.page_size, m.D, loaded.dtype.itemsize, c.num_hidden_layers, m.H, self.window,
+                                 -(-(self.max_context + 1) // cfg.page_size))
+        pool_cfg = PoolConfig(page_size=cfg.page_size, memory_fraction=cfg.memory_fraction, num_pages=cfg.num_pages,
+                              max_seqs=cfg.max_seqs, padding_slots=pad)
+        self.kv, self.pool = build_pool(self.layout, pool_cfg, self.device, loaded.dtype)
+        self.pad_slots = list(range(self.pool.padding_slot0, self.pool.padding_slot0 + pad))
+        maxbs = cfg.max_seqs
+        self.ibuf = torch.zeros(6, maxbs, dtype=torch.int32, device=self.device)
+        self.thr = torch.zeros(maxbs, dtype=torch.float64, device=self.device)
+        self.logits_buf = torch.zeros(maxbs, m.vocab, dtype=torch.float32, device=self.device)
+        pin = self.device.type == "cuda"
+        self.ibuf_host = torch.zeros(6, maxbs, dtype=torch.int32, pin_memory=pin)
+        self.thr_host = torch.zeros(maxbs, dtype=torch.float64, pin_memory=pin)
+        self.ibuf_np, self.thr_np = self.ibuf_host.numpy(), self.thr_host.numpy()
+        self.sampler = GPUSampler(self.device, cfg.seed)
+        self.graphs = DecodeGraphs(self, self.buckets, emulate=cfg.emulate_graphs) if self.use_graphs else None
+        if self.graphs is not None:
+            self.graphs.capture()
+
+    # -- pool -------------------------------------------------------------------------------
+    def release(self, slots: list[int]) -> None:
+        if slots:
+            release_rows(self.kv, torch.tensor(slots, dtype=torch.int32, device=self.device))
+
+    def num_splits(self, bs: int) -> int:
+        return default_num_splits(bs, self.model.H, self.layout.max_pages_per_row * self.cfg.page_size, self.device)
+
+    # -- decode -----------------------------------------------------------------------------
+    def decode_body(self, bs: int, num_splits: int) -> None:
+        """One decode step over the first ``bs`` rows of the static buffers (graph-capturable)."""
+        m, kv = self.model, self.kv
+        ib = self.ibuf[:, :bs]
+        ids, slots, inc = ib[0], ib[1], ib[2]
+        slots_l = slots.long()
+        pos = kv.seq_pos[slots_l].long()
+        x = m.embed(ids)
+        rope = m.rope(pos)
+        base, uses_thr = step_decisions(pos, ib[3], ib[4], ib[5], m.H)
+        for li in range(m.num_layers):
+            q, k, v, lg = m.qkv(li, x, rope)
+            dec = layer_decisions(lg, self.thr[:bs], base, uses_thr)
+            store_decode_kv(kv, k, v, dec, li, slots)
+            o = paged_decode_attention(q, kv, li, slots, m.scale, num_splits=num_splits)
+            x = m.out_mlp(li, x, o)
+        kv.seq_pos[slots_l] = kv.seq_pos[slots_l] + inc
+        self.logits_buf[:bs] = m.logits(x)
+
+    def fill_decode(self, rows: list[tuple[int, int, RowRule]], bs: int) -> None:
+        """Stage (slot, token, rule) rows and ``bs - len(rows)`` padding rows into the static buffers
+        (numpy views of pinned memory: per-element torch indexing would cost ~1 ms per step)."""
+        h, t = self.ibuf_np, self.thr_np
+        for i, (slot, tok, r) in enumerate(rows):
+            h[:, i] = (tok, slot, 1, r.code, r.sinks, r.period)
+            t[i] = r.thr
+        for j, i in enumerate(range(len(rows), bs)):
+            h[:, i] = (0, self.pad_slots[j], 0, ALWAYS, 0, 1)
+            t[i] = 0.0
+        # whole buffers: contiguous pinned -> device copies stay asynchronous (a few hundred bytes)
+        self.ibuf.copy_(self.ibuf_host, non_blocking=True)
+        self.thr.copy_(self.thr_host, non_blocking=True)
+
+    @torch.inference_mode()
+    def decode(self, rows: list[tuple[int, int, RowRule]]) -> torch.Tensor:
+        """Feed one token per row; returns logits [B, V] float32 (a view of a static buffer)."""
+        B = len(rows)
+        bs = self.graphs.bucket_for(B) if self.graphs is not None else None
+        if bs is None:
+            self.fill_decode(rows, B)
+            self.decode_body(B, self.num_splits(B))
+        else:
+            self.fill_decode(rows, bs)
+            self.graphs.replay(bs)
+        return self.logits_buf[:B]
+
+    # -- prefill ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, items: list[tuple[int, list[int], int, RowRule]], want: list[bool]) -> torch.Tensor:
+        """Feed chunks (slot, token ids, first position, rule) on top of their rows (eager; chunked
+        prefill works the same on an existing row). Returns logits [sum(want), V] of the chunks'
+        last tokens where ``want``."""
+        m, kv, dev = self.model, self.kv, self.device
+        lens = [len(toks) for _, toks, _, _ in items]
+        cu_host = [0]
+        for n in lens:
+            cu_host.append(cu_host[-1] + n)
+        ids = torch.tensor([t for _, toks, _, _ in items for t in toks], dtype=torch.int64)
+        pos = torch.cat([torch.arange(p0, p0 + n) for (_, _, p0, _), n in zip(items, lens, strict=True)])
+        per_tok = lambda f: [f(r) for (_, _, _, r), n in zip(items, lens, strict=True) for _ in range(n)]  # noqa: E731
+        code = torch.tensor(per_tok(lambda r: r.code), dtype=torch.int32)
+        sinks = torch.tensor(per_tok(lambda r: r.sinks), dtype=torch.int32)
+        period = torch.tensor(per_tok(lambda r: r.period), dtype=torch.int32)
+        thr = torch.tensor(per_tok(lambda r: r.thr), dtype=torch.float64)
+        ids, pos, code, sinks, period, thr = (t.to(dev, non_blocking=True) for t in (ids, pos, code, sinks, period, thr))
+        slots = torch.tensor([s for s, _, _, _ in items], dtype=torch.int32, device=dev)
+        cu = torch.tensor(cu_host, dtype=torch.int32, device=dev)
+        x = m.embed(ids)
+        rope = m.rope(pos)
+        base, uses_thr = step_decisions(pos, code, sinks, period, m.H)
+        for li in range(m.num_layers):
+            q, k, v, lg = m.qkv(li, x, rope)
+            dec = layer_decisions(lg, thr, base, uses_thr)
+            o = dms_prefill_attention(q, k, v, dec, kv, li, slots, m.scale, cu_seqlens=cu, max_seqlen=max(lens))
+            store_prefill_kv(kv, k, v, dec, li, slots, cu_seqlens=cu)
+            x = m.out_mlp(li, x, o)
+        kv.seq_pos[slots.long()] += torch.tensor(lens, dtype=torch.int32, device=dev)
+        last = torch.tensor([cu_host[i + 1] - 1 for i, w in enumerate(want) if w], dtype=torch.int64, device=dev)
+        return m.logits(x[last])
+
+    # -- sampling and readback --------------------------------------------------------------
+    @torch.inference_mode()
+    def sample_and_read(self, logits: torch.Tensor | None, sb: SamplingBatch | None) -> Readback:
+        """Sample on the GPU, then ONE device->host copy: tokens, per-slot pages/live/oom, free pages."""
+        S, PAGE = self.pool.num_slots, self.cfg.page_size
+        lens = self.kv.row_lens[:, :S]
+        pages = ((lens + PAGE - 1) // PAGE).sum(dim=(0, 2))
+        live = lens.sum(dim=(0, 2))
+        parts = [pages.long(), live.long(), self.kv.slot_oom[:S].long(), num_free_pages(self.kv).long()]
+        if logits is not None and logits.shape[0]:
+            parts.insert(0, self.sampler(logits, sb))
+        host = torch.cat(parts).cpu().tolist()
+        B = len(host) - 3 * S - 1
+        toks, rest = host[:B], host[B:]
+        stats = {s: SlotStats(rest[s], rest[S + s], bool(rest[2 * S + s])) for s in range(S)}
+        return Readback(toks, stats, rest[3 * S])

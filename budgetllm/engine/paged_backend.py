@@ -1,0 +1,259 @@
+"""The paged GPU backend: the ReferenceBackend's interface over a continuous-batching engine thread.
+
+``run(req)`` enqueues the request and yields StepOutputs from a per-request queue; a background
+thread runs the loop schedule -> prefill or decode step -> GPU sampling -> one readback -> per-row
+host logic. Closing the iterator (or ``req.cancelled``) cancels the request; its pages go back.
+
+Per-row host logic (:mod:`budgetllm.engine.host_logic`) is the reference backend's decode loop
+applied to a token sampled on the GPU: forced tokens of the thinking controller replace the sampled
+token on the host (the forced token is what gets fed next), EOS and length end the request. The
+only per-step host sync is the readback of sampled tokens, which also carries every slot's pages,
+live entries and overflow flag (for accounting and the block manager) and the free-page count.
+
+While a request is inside its thinking block the model may close it itself, which the consumer
+detects on the text (``LLM._drive`` calls ``controller.model_closed()``). To see the controller
+exactly as the reference does, such a request is held back from the next decode step until its
+consumer has taken the previous token (``hold``); other requests keep running meanwhile.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+from budgetllm.engine.block_manager import BlockManager, PoolGeometry
+from budgetllm.engine.generation import GenerationRequest, ReferenceBackend, StepOutput
+from budgetllm.engine.host_logic import Handle, advance, row_rule_for, sampling_for
+from budgetllm.engine.model_runner import ModelRunner, RunnerConfig
+from budgetllm.engine.request import SeqStatus, Sequence
+from budgetllm.engine.scheduler import Scheduler
+from budgetllm.errors import BudgetLLMError, InvalidRequestError, PoolExhaustedError
+from budgetllm.models.loading import LoadedModel
+
+
+class PagedBackend:
+    name = "paged"
+
+    def __init__(self, loaded: LoadedModel, *, max_seqs: int = 128, page_size: int = 16,
+                 memory_fraction: float = 0.85, num_pages: int | None = None, max_prefill_tokens: int = 4096,
+                 cuda_graphs: bool = True, window: int | None = None, max_context: int | None = None,
+                 seed: int | None = None, emulate_graphs: bool = False, prefix_cache: int = 0):
+        self.model = loaded
+        self.runner = ModelRunner(loaded, RunnerConfig(
+            max_seqs=max_seqs, page_size=page_size, memory_fraction=memory_fraction, num_pages=num_pages,
+            max_context=max_context, window=window, cuda_graphs=cuda_graphs, seed=seed,
+            emulate_graphs=emulate_graphs))
+        r = self.runner
+        self.window = r.window
+        self.page_bytes = r.layout.page_bytes
+        geo = PoolGeometry(total_pages=r.pool.usable_pages, num_slots=max_seqs, rows_per_seq=r.layout.rows_per_seq,
+                           page_size=page_size, window=r.window)
+        self.bm = BlockManager(geo)
+        self.sched = Scheduler(self.bm, max_prefill_tokens=max_prefill_tokens)
+        self.sched.prefix.capacity = prefix_cache  # finished conversations kept for their next turn
+        self._reference = ReferenceBackend(loaded)  # prompt_logits (threshold calibration) only
+        self._inbox: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.tokens_generated = 0
+        self.device_free_pages = geo.total_pages
+        self.error: BaseException | None = None
+        self._warned_window = False
+        self._ended: list = []  # handles whose final item waits for the device release
+        self.decode_log: list[tuple[int, float, float]] = []  # decode steps: (batch, start, seconds to readback)
+
+    # -- public interface (same as ReferenceBackend) ----------------------------------------
+    def prompt_logits(self, prompt_ids: list[int]) -> list[torch.Tensor]:
+        """Decision logits of every layer on a dense pass over the prompt (threshold calibration)."""
+        return self._reference.prompt_logits(prompt_ids)
+
+    def run(self, req: GenerationRequest) -> Iterator[StepOutput]:
+        vocab = self.runner.model.vocab
+        if any(not 0 <= t < vocab for t in req.prompt_ids):  # would kill the engine thread mid-step
+            raise InvalidRequestError("prompt", f"token ids must be in [0, {vocab})")
+        if len(req.prompt_ids) + req.controller.max_tokens > self.runner.max_context:  # RoPE table, block tables
+            raise InvalidRequestError("max_tokens", f"prompt ({len(req.prompt_ids)}) + max_tokens "
+                                      f"({req.controller.max_tokens}) exceed the engine's max_context "
+                                      f"{self.runner.max_context}")
+        if req.rule.evicts and req.rule.window != self.window and not self._warned_window:
+            self._warned_window = True
+            warnings.warn(f"the paged pool has one window ({self.window}); a request asked for {req.rule.window} "
+                          f"({req.rule.mode} mode) and runs with {self.window}. Pass window= to PagedBackend "
+                          "to change it", stacklevel=2)
+        handle = Handle(req, queue.Queue())
+        seq = Sequence(list(req.prompt_ids), max_new_tokens=max(1, req.controller.max_tokens),
+                       expected_cr=_expected_cr(req), payload=handle,
+                       cache_key=row_rule_for(handle, self.model.dms.has_decisions, self.window))
+        self._ensure_thread()
+        self._inbox.put(("add", seq))
+        try:
+            while True:
+                item = handle.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    return
+                self._inbox.put(("ack", seq))
+        finally:
+            if not handle.done:
+                req.cancelled = True
+                self._inbox.put(("cancel", seq))
+
+    def pool_stats(self) -> dict:
+        bm, pb = self.bm, self.page_bytes
+        return {
+            "backend": "paged", "pages_total": bm.geo.total_pages, "pages_free": bm.free_pages,
+            "pages_used": bm.used_pages, "device_pages_free": self.device_free_pages,
+            "active": len(self.sched.running), "queued": len(self.sched.waiting),
+            "tokens_generated": self.tokens_generated, "free_bytes": bm.free_pages * pb,
+            "total_bytes": bm.geo.total_pages * pb, "reserved_bytes": bm.used_pages * pb,
+            "used_bytes": bm.used_pages * pb, "page_bytes": pb, "page_size": bm.geo.page_size,
+            "parked": len(self.sched.prefix), "prefix_hits": self.sched.prefix.hits,
+            "prefix_tokens_reused": self.sched.prefix.reused_tokens, "max_seqs": bm.geo.num_slots, "window": self.window, "preemptions": self.sched.num_preemptions,
+        }
+
+    def clear_prefix_cache(self) -> None:
+        """Release every parked conversation (asynchronously, on the engine thread)."""
+        self._ensure_thread()
+        self._inbox.put(("clear_prefix", None))
+
+    def device_free_pages_now(self) -> int:
+        """The device allocator's free count, read now (a sync; for tests and diagnostics when idle)."""
+        from budgetllm.kernels import num_free_pages
+
+        return int(num_free_pages(self.runner.kv).item())  # padding pages are counted as used
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._inbox.put(("stop", None))
+            self._thread.join(timeout=10)
+
+    # -- the engine thread ------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                if self.error is not None:
+                    raise BudgetLLMError(f"the paged engine stopped after an error: {self.error!r}")
+                self._thread = threading.Thread(target=self._loop, name="budgetllm-paged-engine", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                if not self._drain(block=not self.sched.has_work):
+                    return
+                self._release()
+                if not self._step() and self.sched.has_work and not self._drain(block=True):
+                    return  # (everything runnable was on hold: waited for an ack, got a stop)
+        except BaseException as e:  # noqa: BLE001 - every waiting request gets the error
+            self.error = e
+            pending = list(self.sched.running) + list(self.sched.waiting)
+            while not self._inbox.empty():  # requests not yet admitted must not wait forever
+                cmd, seq = self._inbox.get_nowait()
+                if cmd == "add":
+                    pending.append(seq)
+            for s in pending:
+                s.payload.fail(e)
+                s.payload.flush()
+            raise
+
+    def _drain(self, block: bool) -> bool:
+        """Apply queued commands (add, ack, cancel); False on stop."""
+        while True:
+            try:
+                cmd, seq = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if cmd == "stop":
+                return False
+            if cmd == "add":
+                try:
+                    self.sched.add(seq)
+                except PoolExhaustedError as e:
+                    seq.payload.fail(e)
+                    self._ended.append(seq.payload)
+            elif cmd == "ack":
+                seq.hold = False
+            elif cmd == "clear_prefix":
+                while self.sched._evict_parked():
+                    pass
+            elif cmd == "cancel" and seq.status is not SeqStatus.FINISHED:
+                self.sched.finish(seq, "cancelled")
+                seq.payload.cancel()
+                self._ended.append(seq.payload)
+
+    def _release(self) -> None:
+        """Give released slots back on the device, then deliver the final items of ended requests."""
+        if self.sched.to_release:
+            self.runner.release(self.sched.to_release)
+            self.sched.to_release.clear()
+        for seq, err in self.sched.failed:
+            seq.payload.fail(err)
+            self._ended.append(seq.payload)
+        self.sched.failed.clear()
+        for h in self._ended:
+            h.flush()
+        self._ended.clear()
+
+    def _step(self) -> bool:
+        sched, runner = self.sched, self.runner
+        for s in list(sched.running) + list(sched.waiting):
+            if s.payload.req.cancelled:
+                sched.finish(s, "cancelled")
+                s.payload.cancel()
+                self._ended.append(s.payload)
+        self._release()
+        batch = sched.schedule()
+        self._release()
+        if batch is None:
+            return False
+        t0 = time.perf_counter()
+        has_logits = self.model.dms.has_decisions
+        rules = [row_rule_for(s.payload, has_logits, self.window) for s in batch.seqs]
+        if batch.kind == "prefill":
+            want = [s.num_cached + n == len(s.token_ids) for s, n in zip(batch.seqs, batch.chunks, strict=True)]
+            items = [(s.slot, s.token_ids[s.num_cached:s.num_cached + n], s.num_cached, r)
+                     for s, n, r in zip(batch.seqs, batch.chunks, rules, strict=True)]
+            logits = runner.prefill(items, want)
+            samplers = [s for s, w in zip(batch.seqs, want, strict=True) if w]
+        else:
+            logits = runner.decode([(s.slot, s.token_ids[-1], r) for s, r in zip(batch.seqs, rules, strict=True)])
+            samplers = list(batch.seqs)
+        sb = sampling_for([s.payload for s in samplers], runner.device) if samplers else None
+        rb = runner.sample_and_read(logits if samplers else None, sb)
+        self.device_free_pages = rb.free_pages
+        ready = set(id(s) for s in sched.after_step(batch, rb.stats))
+        dt = time.perf_counter() - t0
+        if batch.kind == "decode":
+            self.decode_log.append((len(batch.seqs), t0, dt))
+            del self.decode_log[:-4096]
+        for s, tok in zip(samplers, rb.tokens, strict=True):
+            if id(s) not in ready:
+                continue
+            h = s.payload
+            h.account(s, decode=batch.kind == "decode", page_bytes=self.page_bytes, seconds=dt)
+            if batch.kind == "decode":
+                with self._stats_lock:
+                    self.tokens_generated += 1
+            finished = advance(h, s, tok)
+            if finished is not None:
+                sched.finish(s, finished, keep=finished in ("stop", "length"))
+                self._ended.append(h)
+        self._release()
+        return True
+
+
+def _expected_cr(req: GenerationRequest) -> float:
+    if req.rule.mode == "forced":
+        return float(max(1, getattr(req.rule, "period", 1)))
+    if not req.rule.evicts:
+        return 1.0
+    return max(1.0, float(req.meter.result().compression_requested))

@@ -1,0 +1,230 @@
+"""Continuous batching for the paged engine: admission, chunked prefill, decode, preemption. Torch-free.
+
+Each engine step is either a *prefill* batch (chunks of pending tokens of several sequences, at most
+``max_prefill_tokens`` in all: new prompts, later chunks of long prompts, or the recompute of a
+preempted sequence) or a *decode* batch (one token for every sequence whose next step is a sample).
+Prefill and decode alternate while both have work, so a long prompt never stalls running streams
+for more than one chunk.
+
+Pages are checked by :class:`BlockManager`: admission by expected size, the decode margin of one
+page per row, and preemption (recompute) of the newest sequence when the margin would be crossed
+or when the device reports that a row ran out of pages. Slots whose device rows must be released
+are collected in ``to_release``; the engine releases them on the GPU before its next batch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from budgetllm.engine.block_manager import BlockManager
+from budgetllm.engine.prefix_cache import PrefixCache
+from budgetllm.engine.request import SeqStatus, Sequence
+from budgetllm.errors import PoolExhaustedError
+
+
+@dataclass
+class Batch:
+    kind: str  # "prefill" | "decode"
+    seqs: list[Sequence]
+    chunks: list[int]  # tokens fed per sequence (decode: 1)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.chunks)
+
+
+@dataclass
+class SlotStats:
+    """What the GPU says about one slot after a step."""
+
+    pages: int
+    live: int
+    oom: bool = False
+
+
+@dataclass
+class Scheduler:
+    bm: BlockManager
+    max_prefill_tokens: int = 4096
+    waiting: deque = field(default_factory=deque)
+    running: list = field(default_factory=list)  # admission order: the newest is last
+    to_release: list = field(default_factory=list)  # device slots to release before the next batch
+    failed: list = field(default_factory=list)  # (seq, error) the engine must report
+    prefix: PrefixCache = field(default_factory=PrefixCache)  # parked caches of finished requests
+    num_preemptions: int = 0
+    _last_kind: str = "decode"
+
+    # -- requests ---------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        """Queue a new request; PoolExhaustedError if it cannot fit even alone."""
+        self.bm.check_fits_alone(seq)
+        seq.status = SeqStatus.WAITING
+        self.waiting.append(seq)
+
+    def finish(self, seq: Sequence, reason: str, keep: bool = False) -> None:
+        """End ``seq`` (stop, length, cancelled, error) and give back its slot and pages (or, with
+        ``keep`` and a prefix cache, park them for the next turn)."""
+        if seq.status is SeqStatus.FINISHED:
+            return
+        if seq.status is SeqStatus.RUNNING:
+            self.running.remove(seq)
+            for out in (self.prefix.park(seq) if keep else [seq]):
+                self._release(out)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.status = SeqStatus.FINISHED
+        seq.finish_reason = reason
+
+    def preempt(self, seq: Sequence) -> None:
+        """Recompute later: drop the cache, put the sequence at the head of the queue."""
+        self.running.remove(seq)
+        self._release(seq)
+        seq.num_cached = 0
+        seq.preemptions += 1
+        self.num_preemptions += 1
+        seq.status = SeqStatus.WAITING
+        self.waiting.appendleft(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        slot = self.bm.release(seq)
+        if slot is not None:
+            self.to_release.append(slot)
+
+    def _evict_parked(self) -> bool:
+        """Free the oldest parked cache (before queueing or preempting anyone). False if none."""
+        seq = self.prefix.pop_oldest()
+        if seq is None:
+            return False
+        self._release(seq)
+        return True
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- one step ---------------------------------------------------------------------------
+    def schedule(self) -> Batch | None:
+        """The next batch, or None when there is nothing to run."""
+        for _ in range(len(self.running) + 2):
+            decoders = [s for s in self.running if s.is_decoding]
+            wants_prefill = any(not s.hold for s in self.waiting) or any(s.is_prefilling for s in self.running)
+            if wants_prefill and not (self._last_kind == "prefill" and decoders):
+                batch = self._schedule_prefill()
+                if batch is not None:
+                    self._last_kind = "prefill"
+                    return batch
+            if decoders:
+                batch = self._schedule_decode()
+                if batch is not None:
+                    self._last_kind = "decode"
+                    return batch
+                continue
+            if not any(s.is_prefilling for s in self.running):
+                return None  # nothing runnable (empty, or every decoder is on hold)
+            if self._evict_parked():
+                continue
+            # Only prefills are running and none of them got pages: free some for the oldest.
+            if len(self.running) > 1:
+                self.preempt(self.running[-1])
+            else:
+                self._last_kind = "decode"
+        return None
+
+    def _schedule_prefill(self) -> Batch | None:
+        bm, budget = self.bm, self.max_prefill_tokens
+        promised = 0  # pages this batch's chunks are expected to take
+        seqs, chunks = [], []
+
+        def take(s: Sequence, n: int, need: int) -> None:
+            nonlocal promised, budget
+            promised += need
+            seqs.append(s)
+            chunks.append(n)
+            budget -= n
+
+        for s in self.running:
+            if budget <= 0 or not s.is_prefilling:
+                continue
+            n = min(s.num_pending, budget)
+            need = bm.prefill_need(s, n)
+            if bm.free_pages - promised - need >= bm.margin(len(self.running)):
+                take(s, n, need)
+        while self.waiting and budget > 0:
+            s = self.waiting[0]
+            if s.hold:
+                break  # preempted while its consumer still reads its last token: wait for the ack
+            hit = self.prefix.take(s) if len(self.prefix) else None
+            if hit is not None:  # the next turn of a parked conversation: continue its rows
+                self.waiting.popleft()
+                bm.transfer(hit, s)
+                s.status = SeqStatus.RUNNING
+                s.num_cached = hit.num_cached
+                self.running.append(s)
+                n = min(s.num_pending, budget)
+                need = bm.prefill_need(s, n)
+                if bm.free_pages - promised - need < bm.margin(len(self.running)):
+                    break  # adopted; its chunk runs once pages are back
+                take(s, n, need)
+                continue
+            n = min(s.num_pending, budget)
+            need = bm.prefill_need(s, n)
+            if not bm.free_slots or bm.free_pages - promised - need < bm.margin(len(self.running) + 1):
+                if self._evict_parked():
+                    continue
+                break  # the pool is full: the request stays queued
+            self.waiting.popleft()
+            bm.assign_slot(s)
+            s.status = SeqStatus.RUNNING
+            s.num_cached = 0
+            self.running.append(s)
+            take(s, n, need)
+        return Batch("prefill", seqs, chunks) if seqs else None
+
+    def _schedule_decode(self) -> Batch | None:
+        bm = self.bm
+        while True:
+            decoders = [s for s in self.running if s.is_decoding]
+            if not decoders:
+                return None
+            if bm.free_pages >= bm.margin(len(decoders)):
+                return Batch("decode", decoders, [1] * len(decoders))
+            if self._evict_parked():
+                continue
+            victim = self.running[-1]
+            if victim is decoders[0] and len(self.running) == 1:
+                # Alone and still no room for one more token per row: it can never go on.
+                self.finish(victim, "error")
+                self.failed.append((victim, PoolExhaustedError(
+                    f"the KV pool ({bm.geo.total_pages} pages) is full with this request alone")))
+                return None
+            self.preempt(victim)
+
+    def after_step(self, batch: Batch, stats: dict[int, SlotStats]) -> list[Sequence]:
+        """Record the GPU's readback; returns the sequences of ``batch`` that must sample now.
+
+        A sequence whose row ran out of pages (``oom``) is preempted: its cache is incomplete.
+        """
+        for s in self.running:
+            st = stats.get(s.slot)
+            if st is not None:
+                self.bm.sync(s, st.pages, st.live)
+        ready = []
+        for s, n in zip(batch.seqs, batch.chunks, strict=True):
+            if s.status is not SeqStatus.RUNNING:
+                continue  # cancelled while the step ran
+            st = stats.get(s.slot)
+            if st is not None and st.oom:
+                if batch.kind == "prefill":
+                    s.prefill_overflows += 1
+                self.preempt(s)
+                try:
+                    self.bm.check_fits_alone(s)
+                except PoolExhaustedError as e:
+                    self.finish(s, "error")
+                    self.failed.append((s, e))
+                continue
+            s.num_cached += n
+            if s.num_cached == len(s.token_ids):  # everything fed: the last logits give the next token
+                ready.append(s)
+        return ready

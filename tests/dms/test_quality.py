@@ -1,0 +1,44 @@
+"""Quality policies: DMS masking equals the inference oracle; baselines keep the budget they are given."""
+
+from __future__ import annotations
+
+import torch
+
+from budgetllm.dms.oracle import masked_model_forward
+from budgetllm.dms.quality import kl_and_agreement, policy_forward
+from budgetllm.engine.eviction import EvictionRule
+
+
+def test_dms_policy_equals_oracle(tiny_loaded):
+    model = tiny_loaded("adapter", window=8)
+    ids = torch.randint(0, 49152, (2, 30), generator=torch.Generator().manual_seed(2))
+    logits, kept = policy_forward(model, ids, "dms", threshold=0.0)
+    for b in range(2):
+        ref, _ = masked_model_forward(model, ids[b], EvictionRule("dms", window=8, threshold=0.0))
+        assert (logits.view(2, 30, -1)[b] - ref).abs().max().item() < 1e-3
+    assert kept[:, -1].max() < 30  # something was evicted
+
+
+def test_baselines_respect_the_budget(tiny_loaded):
+    model = tiny_loaded("adapter", window=8)
+    ids = torch.randint(0, 49152, (2, 40), generator=torch.Generator().manual_seed(3))
+    dense, _ = policy_forward(model, ids, "dense")
+    cap = torch.tensor([10, 14])
+    for m in ("window", "tova", "h2o", "random"):
+        logits, kept = policy_forward(model, ids, m, cap=cap)
+        assert torch.all(kept <= (cap + 1).view(2, 1) + 1e-6), m
+        assert torch.allclose(kept[:, -1], (cap + 1).float()), m
+        kl, agree = kl_and_agreement(dense, logits)
+        assert kl > 0 and 0 <= agree <= 1
+    same, _ = policy_forward(model, ids, "tova", cap=torch.tensor([40, 40]))
+    assert kl_and_agreement(dense, same)[0] < 1e-6
+
+
+def test_strided_baselines_stay_within_budget_plus_stride(tiny_loaded):
+    model = tiny_loaded("adapter", window=8)
+    ids = torch.randint(0, 49152, (2, 40), generator=torch.Generator().manual_seed(4))
+    cap = torch.tensor([9, 12])
+    for m in ("tova", "h2o", "random"):
+        _, kept = policy_forward(model, ids, m, cap=cap, stride=4)
+        assert torch.all(kept <= (cap + 4).view(2, 1) + 1e-6), m
+        assert torch.all(kept[:, -8:] >= cap.view(2, 1) - 1e-6), m

@@ -160,6 +160,9 @@ class LLM:
                                   encode=self.prompter.encode_text, config=self.thinking_config)
         if not opened:
             prompt_ids = prompt_ids + self.prompter.encode_text(ctrl.prompt_suffix())
+        forced_call = self.prompter.tool_call_prefix(call.tool_choice, call.tools)
+        if forced_call:  # tool_choice "any"/"required"/a name: the answer starts inside a tool call
+            ctrl.answer_prefix = self.prompter.encode_text(forced_call)
         if len(prompt_ids) + min(plan.max_tokens, plan.answer_reserve) > self.max_context:
             raise PromptTooLongError(len(prompt_ids), self.max_context, plan.answer_reserve)
         plan_max = min(plan.max_tokens, self.max_context - len(prompt_ids))

@@ -55,6 +55,13 @@ class Prompter:
 
         return ToolCallStreamSplitter()
 
+    def tool_call_prefix(self, tool_choice, tools) -> str | None:
+        if not tools:
+            return None
+        from budgetllm.chat_format import tool_call_prefix
+
+        return tool_call_prefix(tool_choice, tools)
+
     def parse_tool_calls(self, text: str):
         from budgetllm.chat_format import parse_tool_calls
 

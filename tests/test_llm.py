@@ -142,3 +142,14 @@ def test_fallback_threshold_calibrates_on_the_prompt(tiny_llm):
         ratios[cr] = out.usage.kv.compression_achieved
     # The window (8 tokens here) is never evicted, so the ratio lands a little under the target.
     assert 1.6 < ratios[2] <= 2.2 and 2.8 < ratios[4] <= 4.4
+
+
+def test_tool_choice_forces_a_call_of_that_tool(tiny_llm):
+    llm = tiny_llm("qwen2")
+    tools = [{"type": "function", "function": {"name": "add", "description": "Add two integers",
+              "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}]
+    out = llm.generate("add 3 and 4", tools=tools, tool_choice="add", max_tokens=12)
+    calls = [*out.tool_calls, *out.invalid_tool_calls]
+    assert out.finish_reason == "tool_calls" and calls and calls[0].name == "add"
+    free = llm.generate("add 3 and 4", tools=tools, max_tokens=12)
+    assert not free.tool_calls  # a random model does not call tools by itself

@@ -30,6 +30,8 @@ class ThinkingController:
     _close_ids: list[int] = field(default_factory=list)
     _handoff_ids: list[int] = field(default_factory=list)
     _reasoning_text: str = ""
+    # Tokens written at the start of the answer (e.g. a forced tool-call opening for tool_choice).
+    answer_prefix: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.budget is not None and self.budget > 0:
@@ -51,10 +53,14 @@ class ThinkingController:
         return self.config.open_tag if self.phase == "thinking" else ""
 
     def next_forced(self) -> int | None:
-        """The token to feed instead of sampling, if the controller is closing the block."""
+        """The token to feed instead of sampling: the closing sequence, or the answer prefix."""
         if self.phase == "thinking" and self.reasoning_tokens + len(self._close_ids) >= self.budget:
             self._begin_close(with_handoff=True)
-        return self._forced[0] if self._forced else None
+        if self._forced:
+            return self._forced[0]
+        if self.phase == "answer" and self.answer_prefix and self.answer_tokens < len(self.answer_prefix):
+            return self.answer_prefix[self.answer_tokens]
+        return None
 
     def _begin_close(self, with_handoff: bool) -> None:
         self.phase = "closing"

@@ -560,7 +560,7 @@ class ChatDMS(BaseChatModel):
             "text_outputs": True,
             "reasoning_output": True,
             "tool_calling": True,
-            "tool_choice": False,
+            "tool_choice": True,  # the engine forces the call opening (chat_format.tool_call_prefix)
             "structured_output": False,
         }
         if self.max_tokens:

@@ -21,8 +21,8 @@ class TestChatDMSUnit(ChatModelUnitTests):
 
     @property
     def has_tool_choice(self) -> bool:
-        # tool_choice is passed on, but nothing forces the model to call a tool (see docs/langchain.md).
-        return False
+        # tool_choice "any"/"required"/a name makes the engine write the call's opening itself.
+        return True
 
     @property
     def supports_model_override(self) -> bool:

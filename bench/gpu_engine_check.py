@@ -181,6 +181,11 @@ def main() -> None:
                 row[f"paged_cr{cr}"] = r
                 print(f"  ctx {context} batch {batch} CR {cr}: {r['tok_s']:.0f} tok/s ({r['step_ms']:.2f} ms/step, "
                       f"achieved CR {r['achieved_cr']:.2f})", flush=True)
+            backend.clear_prefix_cache()  # parked conversations hold pages on purpose
+            for _ in range(200):
+                if backend.pool_stats()["pages_free"] == backend.pool_stats()["pages_total"]:
+                    break
+                time.sleep(0.01)
             assert backend.pool_stats()["pages_free"] == backend.pool_stats()["pages_total"]
             rows.append(row)
     turn = resumed_turn(backend, loaded, contexts[-1])

@@ -28,11 +28,19 @@ class Clock:
         return self.end - time.monotonic()
 
 
-def paged_backend(loaded, max_seqs: int, num_pages: int | None = None):
+def paged_backend(loaded, max_seqs: int, num_pages: int | None = None, prefix_cache: int = 0):
     from budgetllm.engine.paged_backend import PagedBackend
 
+    # Half of the free memory is plenty for the matrix and leaves room for the baselines.
     return PagedBackend(loaded, max_seqs=max_seqs, num_pages=num_pages, max_context=34 * 1024,
-                        max_prefill_tokens=16384)
+                        max_prefill_tokens=16384, memory_fraction=0.5, prefix_cache=prefix_cache)
+
+
+def _collect() -> None:
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def bench_shape(shape: str, contexts, batches, compressions, clock: Clock, results: dict, new_tokens: int = 48,
@@ -54,6 +62,9 @@ def bench_shape(shape: str, contexts, batches, compressions, clock: Clock, resul
         row["bytes_per_step"] = wbytes + r.kv_read_per_step
         row["achieved_bw"] = row["bytes_per_step"] / (r.step_ms / 1000)
         results["paged"].append(row)
+    backend.close()
+    backend = None  # the pool goes back before the baselines allocate their caches
+    _collect()
     if baselines:
         for ctx in contexts:
             for batch in batches:
@@ -65,10 +76,34 @@ def bench_shape(shape: str, contexts, batches, compressions, clock: Clock, resul
                                                  "tok_s": batch / (ms / 1000)})
                 del step
                 torch.cuda.empty_cache()
-    backend.close()
-    del backend
-    torch.cuda.empty_cache()
     return loaded
+
+
+def bench_resumed_turn(loaded, shape: str, context: int, clock: Clock, results: dict) -> None:
+    """TTFT of an agent's second turn (turn 1 + its answer + 256 new tokens): the engine keeps the
+    compressed cache of turn 1 parked and prefills only the new tokens, against a prefill from scratch."""
+    from budgetllm.benchmarks.engine_bench import make_request
+
+    if clock.left() < 60:
+        results["skipped"].append({"resumed_turn": shape})
+        return
+    backend = paged_backend(loaded, max_seqs=4, prefix_cache=2)
+    first = make_request(loaded, context, 32, 8, seed=100)
+    answer = [s.token_id for s in backend.run(first) if s.finished is None]
+    prompt2 = first.prompt_ids + answer + list(range(5000, 5256))
+    out = {"shape": shape, "context": context}
+    for name in ("resumed", "full"):
+        if name == "full":
+            backend.clear_prefix_cache()
+        req = make_request(loaded, len(prompt2), 8, 8, seed=0)
+        req.prompt_ids = list(prompt2)
+        for _ in backend.run(req):
+            pass
+        out[f"{name}_ttft_s"] = req.prefill_seconds
+    backend.close()
+    backend = None
+    _collect()
+    results["resumed_turn"] = out
 
 
 def bench_hf(loaded, shape: str, points, clock: Clock, results: dict, static: bool = False) -> None:
@@ -98,8 +133,8 @@ def bench_equal_memory(shape: str, context: int, dense_batch: int, clock: Clock,
         r = run_batch(backend, loaded, batch, context, 32, cr)
         out[f"cr{cr}"] = asdict(r)
         backend.close()
-        del backend
-        torch.cuda.empty_cache()
+        backend = None
+        _collect()
     results["equal_memory"].append(out)
 
 
@@ -112,6 +147,7 @@ def main(out_dir: str, budget_s: float = 480, quick: bool = False) -> dict:
     loaded = bench_shape("qwen2.5-1.5b", ctxs, [1, 16], [1, 8], clock, results)
     bench_shape("qwen2.5-1.5b", [8192], [16], [2, 4], clock, results, baselines=False)
     bench_hf(loaded, "qwen2.5-1.5b", [(1024, 1), (8192, 16)], clock, results)
+    bench_resumed_turn(loaded, "qwen2.5-1.5b", 8192, clock, results)
     del loaded
     torch.cuda.empty_cache()
     bench_equal_memory("qwen2.5-1.5b", 8192, 8, clock, results)

@@ -103,8 +103,8 @@ def plot(results: dict, out_dir: str | Path, shape: str = "qwen2.5-1.5b") -> lis
             axes[1].plot(x, [r["peak_pages"] * 1 for r in rows], style, marker="o", label=f"CR {cr:g}, batch {batch}")
             axes[2].plot(x, [r["achieved_bw"] / results["bandwidth"] for r in rows], style, marker="o",
                          label=f"CR {cr:g}, batch {batch}")
-    for ax, title, ylabel in zip(axes,  # noqa: B905 ("decode throughput", "KV pages held (peak)", "bytes moved / measured bandwidth"),
-                                 ("tokens/s", "pages", "fraction")):
+    titles = ("decode throughput", "KV pages held (peak)", "bytes moved / measured bandwidth")
+    for ax, title, ylabel in zip(axes, titles, ("tokens/s", "pages", "fraction"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context (tokens)")
         ax.set_title(f"{title} — {shape}")

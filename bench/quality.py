@@ -189,8 +189,9 @@ def main(argv=None) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     card = res["device"].replace(" ", "-").lower()
-    (out / f"quality_{card}.json").write_text(json.dumps(res, indent=2))
-    plot_quality(res, out / f"quality_{card}.png")
+    stem = f"quality_{res['model'].split('/')[-1].lower()}_{card}"
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    plot_quality(res, out / f"{stem}.png")
     print(json.dumps(res, indent=2))
 
 

@@ -6,9 +6,11 @@ stripped before and after :func:`~budgetllm.dms.decisions.apply_rope`, the decis
 t+1 is the fate of token t, and a key k stays fully visible to query q while q - k <= window.
 
 Training mask (research/dms.md §1.3): outside the window, key k gets the additive bias
-log(1 - sigmoid(z_{k+1})) with z = (logit + logistic noise) / tau. Attention runs through SDPA with
-an additive [B, H, G*T, T] mask (the G query heads of a GQA group are stacked along the query
-axis, so K/V are not repeated); fine for the <= 4K-token training lengths used here.
+log(1 - sigmoid(z_{k+1})) with z = (logit + logistic noise) / tau. Attention takes an additive
+[B, H, G*T, T] mask (the G query heads of a GQA group are stacked along the query axis, so K/V are
+not repeated); fine for the <= 4K-token training lengths used here. When the mask needs gradients
+it runs as explicit matmul + softmax (torch 2.11's memory-efficient SDPA backward rejected this
+layout on the H100: "LSE is not correctly aligned"); otherwise through SDPA.
 """
 
 from __future__ import annotations
@@ -73,7 +75,11 @@ def grouped_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         mask = soft_attention_mask(None, 0, T, q.device)
     full = mask.to(q.dtype).unsqueeze(2).expand(mask.shape[0], mask.shape[1], G, T, T)
     full = full.expand(B, H, G, T, T).reshape(B, H, G * T, T)
-    out = F.scaled_dot_product_attention(qg, kh, vh, attn_mask=full, scale=scale)
+    if full.requires_grad:  # explicit math: the fused kernels' mask-gradient paths are not dependable
+        att = torch.matmul(qg, kh.transpose(-1, -2)).float() * scale + full.float()
+        out = torch.matmul(torch.softmax(att, dim=-1).to(vh.dtype), vh)
+    else:
+        out = F.scaled_dot_product_attention(qg, kh, vh, attn_mask=full, scale=scale)
     return out.view(B, H, G, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, Hq * D)
 
 

@@ -109,11 +109,12 @@ def paged_rate(backend, loaded, batch: int, context: int, cr: int, new: int) -> 
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    full = [(t, dt) for bs, t, dt in backend.decode_log if bs == batch][3:]  # skip warm-up steps
-    span = full[-1][0] + full[-1][1] - full[0][0]
+    full = [e for e in backend.decode_log if e[0] == batch][3:]  # skip warm-up steps
+    span = full[-1][1] + full[-1][3] - full[0][1]
     kv = [r.meter.result() for r in reqs]
+    med = lambda i: 1000 * statistics.median(e[i] for e in full)  # noqa: E731
     return {"tok_s": batch * len(full) / span, "step_ms": 1000 * span / len(full),
-            "step_ms_median_to_readback": 1000 * statistics.median(dt for _, dt in full), "wall_s": wall,
+            "launch_ms": med(4), "readback_ms": med(2), "engine_ms": med(3), "wall_s": wall,
             "achieved_cr": sum(k.logical_bytes for k in kv) / max(1, sum(k.live_bytes for k in kv)),
             "reserved_bytes": sum(k.reserved_bytes for k in kv)}
 
@@ -179,8 +180,9 @@ def main() -> None:
             for cr in (1, 8):
                 r = paged_rate(backend, loaded, batch, context, cr, new)
                 row[f"paged_cr{cr}"] = r
-                print(f"  ctx {context} batch {batch} CR {cr}: {r['tok_s']:.0f} tok/s ({r['step_ms']:.2f} ms/step, "
-                      f"achieved CR {r['achieved_cr']:.2f})", flush=True)
+                print(f"  ctx {context} batch {batch} CR {cr}: {r['tok_s']:.0f} tok/s ({r['step_ms']:.2f} ms/step: "
+                      f"launched at {r['launch_ms']:.2f}, read back at {r['readback_ms']:.2f}, engine done at "
+                      f"{r['engine_ms']:.2f}; achieved CR {r['achieved_cr']:.2f})", flush=True)
             backend.clear_prefix_cache()  # parked conversations hold pages on purpose
             for _ in range(200):
                 if backend.pool_stats()["pages_free"] == backend.pool_stats()["pages_total"]:

@@ -143,13 +143,14 @@ def plot_quality(res: dict, path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, ax = plt.subplots(1, 4, figsize=(18, 3.8))
     panels = [("text", "kl", "next-token KL to dense (text)"), ("text", "greedy_agreement", "greedy agreement (text)"),
-              ("tasks", "accuracy", "recall-task accuracy")]
+              ("tasks", "kl", "KL to dense at recall answers"), ("tasks", "accuracy", "recall-task accuracy")]
     for a, (part, key, title) in zip(ax, panels, strict=True):
         for m, per in res[part]["metrics"].items():
             if m == "dense":
-                a.axhline(per["1"].get("accuracy", 0), color="k", ls="--", label="dense")
+                if key == "accuracy":
+                    a.axhline(per["1"].get("accuracy", 0), color="k", ls="--", label="dense")
                 continue
             ks = sorted((r for r in per if key in per[r]), key=float)
             a.plot([float(r) for r in ks], [per[r][key] for r in ks], "o-", label=m)

@@ -63,8 +63,8 @@ def _add_generate(sub) -> None:
 _PLUGINS = [
     ("budgetllm.policy.cli", "add_policy_subcommands"),
     ("budgetllm.calibrate", "add_calibrate_subcommand"),
-    ("budgetllm.dms.train", "add_retrofit_subcommand"),
-    ("budgetllm.dms.quality", "add_eval_subcommand"),
+    ("budgetllm.dms.cli", "add_retrofit_subcommand"),
+    ("budgetllm.dms.cli", "add_eval_subcommand"),
     ("budgetllm.server", "add_serve_subcommand"),
     ("budgetllm.benchmarks.cli", "add_bench_subcommand"),
 ]

@@ -2,7 +2,9 @@
 
 Owns: how a decision logit is computed for each variant (research/dms.md §1.1), how decisions become
 a visibility mask (§1.3–1.5), and a brute-force attention under that mask (the test oracle).
-May use: torch, ``budgetllm.models``. Must not import: engine, policy, accounting, server.
+May use: torch, ``budgetllm.models``. Must not import: policy, accounting, server. The semantics
+(decisions, mask, oracle) never import the engine; the retrofit tools (``thresholds``, ``quality``)
+measure compression through the reference backend's inference path and import it lazily.
 """
 
 from budgetllm.dms.decisions import DecisionHead, apply_rope, rotate_half

@@ -3,11 +3,14 @@
     python examples/agent.py                       # embedded SmolLM2-135M, offline, on the CPU
     python examples/agent.py --question "What is the capital of France?"
     python examples/agent.py --model Qwen/Qwen3-1.7B --device cuda --max-tokens 512
+    python examples/agent.py --policy examples/policies/memory_cap.yaml   # budgets from a policy file
 
-Each model call gets its thinking budget and compression from ``StepPolicy`` through
+Each model call gets its thinking budget and compression from a policy file
+(``examples/policies/agent.yaml``; or the ``StepPolicy`` class below with ``--policy step``) through
 ``BudgetMiddleware`` (within an agent-level token budget); ``get_dms_usage_callback`` collects
-tokens and KV memory per call. A 135M model rarely decides to call a tool by itself, so with the
-embedded model the run is often a single call; larger models use the tools.
+tokens and KV memory per call. A 135M model rarely decides to call a tool by itself, so the first
+call is made with ``tool_choice="calculator"`` (the engine then writes the call's opening and the model the
+arguments; ``--force-tool none`` turns this off); larger models use the tools unprompted.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import argparse
 import ast
 import operator
 from dataclasses import dataclass
+from pathlib import Path
 
 from langchain.agents import create_agent
+from langchain.agents.middleware import wrap_model_call
 from langchain_budgetllm import BudgetMiddleware, ChatDMS, get_dms_usage_callback
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
@@ -101,15 +106,31 @@ class StepPolicy:
         )
 
 
+def force_first_tool_call(tool_name: str):
+    """Until a tool has answered, ask for a call of ``tool_name`` (or "any")."""
+
+    @wrap_model_call
+    def force(request, handler):
+        if request.tools and not any(isinstance(m, ToolMessage) for m in request.messages):
+            request = request.override(tool_choice=tool_name)
+        return handler(request)
+
+    return force
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--question", default="What is 17 * 23? Use the calculator.")
     parser.add_argument("--model", default=None, help="HF id, local dir or .gguf (default: embedded SmolLM2-135M)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--backend", default=None, help='"reference" (any device) or "paged" (CUDA)')
-    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--token-budget", type=int, default=400, help="generated tokens the whole run may spend")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 helps on a busy machine)")
+    parser.add_argument("--policy", default=str(Path(__file__).with_name("policies") / "agent.yaml"),
+                        help='a budget policy file (YAML/TOML); "step" uses the StepPolicy class above')
+    parser.add_argument("--force-tool", default="calculator",
+                        help='the first call must call this tool ("any": some tool; "none": let the model decide)')
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -121,7 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
         model,
         tools=[calculator, lookup],
         system_prompt="You are a helpful assistant. Use the calculator for arithmetic and lookup for facts.",
-        middleware=[BudgetMiddleware(StepPolicy(), token_budget=args.token_budget, max_calls=4)],
+        middleware=[BudgetMiddleware(StepPolicy() if args.policy == "step" else args.policy,
+                                     token_budget=args.token_budget, max_calls=4)]
+        + ([] if args.force_tool == "none" else [force_first_tool_call(args.force_tool)]),
     )
     with get_dms_usage_callback() as usage:
         state = agent.invoke({"messages": [{"role": "user", "content": args.question}]})

@@ -80,7 +80,10 @@ def test_adapter_with_wrong_layer_count_is_refused(tiny_dir, tmp_path):
         load_model(str(tiny_dir("llama")), device="cpu", adapter=path, progress=False)
 
 
-def test_unknown_model_path():
+def test_unknown_model_path(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network retries in tests
     with pytest.raises(ModelNotFoundError, match="cannot load model"):
         load_model("no-such-org/no-such-model-xyz", device="cpu", progress=False)
     with pytest.raises(ModelNotFoundError, match="does not exist"):

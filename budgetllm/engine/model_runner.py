@@ -49,8 +49,24 @@ class RunnerConfig:
 @dataclass
 class Readback:
     tokens: list[int]
-    stats: dict[int, SlotStats]
+    stats: _SlotView  # .get(slot) -> SlotStats
     free_pages: int
+
+
+class _SlotView:
+    """``stats.get(slot)`` over the raw readback (SlotStats built only for the slots asked about)."""
+
+    def __init__(self, rest: list[int], num_slots: int):
+        self.rest, self.S = rest, num_slots
+
+    def get(self, slot: int | None) -> SlotStats | None:
+        if slot is None or not 0 <= slot < self.S:
+            return None
+        r, S = self.rest, self.S
+        return SlotStats(r[slot], r[S + slot], bool(r[2 * S + slot]))
+
+    def __getitem__(self, slot: int) -> SlotStats:
+        return self.get(slot)
 
 
 class ModelRunner:
@@ -77,6 +93,7 @@ class ModelRunner:
         self.ibuf = torch.zeros(6, maxbs, dtype=torch.int32, device=self.device)
         self.thr = torch.zeros(maxbs, dtype=torch.float64, device=self.device)
         self.logits_buf = torch.zeros(maxbs, m.vocab, dtype=torch.float32, device=self.device)
+        self.stats_buf = torch.zeros(3 * cfg.max_seqs + 1, dtype=torch.int64, device=self.device)
         pin = self.device.type == "cuda"
         self.ibuf_host = torch.zeros(6, maxbs, dtype=torch.int32, pin_memory=pin)
         self.thr_host = torch.zeros(maxbs, dtype=torch.float64, pin_memory=pin)
@@ -113,6 +130,17 @@ class ModelRunner:
             x = m.out_mlp(li, x, o)
         kv.seq_pos[slots_l] = kv.seq_pos[slots_l] + inc
         self.logits_buf[:bs] = m.logits(x)
+        self.compute_stats()
+
+    def compute_stats(self) -> None:
+        """Per slot: pages held (rows have no holes: ceil(len / PAGE) each), live entries, overflow flag;
+        and the free-page count, into one static buffer (inside the decode graph: no extra launches)."""
+        S, PAGE, kv = self.pool.num_slots, self.cfg.page_size, self.kv
+        lens = kv.row_lens[:, :S]
+        self.stats_buf[:S] = ((lens + PAGE - 1) // PAGE).sum(dim=(0, 2))
+        self.stats_buf[S:2 * S] = lens.sum(dim=(0, 2))
+        self.stats_buf[2 * S:3 * S] = kv.slot_oom[:S]
+        self.stats_buf[3 * S:] = num_free_pages(kv)
 
     def fill_decode(self, rows: list[tuple[int, int, RowRule]], bs: int) -> None:
         """Stage (slot, token, rule) rows and ``bs - len(rows)`` padding rows into the static buffers
@@ -172,6 +200,7 @@ class ModelRunner:
             store_prefill_kv(kv, k, v, dec, li, slots, cu_seqlens=cu)
             x = m.out_mlp(li, x, o)
         kv.seq_pos[slots.long()] += torch.tensor(lens, dtype=torch.int32, device=dev)
+        self.compute_stats()
         last = torch.tensor([cu_host[i + 1] - 1 for i, w in enumerate(want) if w], dtype=torch.int64, device=dev)
         return m.logits(x[last])
 
@@ -179,15 +208,10 @@ class ModelRunner:
     @torch.inference_mode()
     def sample_and_read(self, logits: torch.Tensor | None, sb: SamplingBatch | None) -> Readback:
         """Sample on the GPU, then ONE device->host copy: tokens, per-slot pages/live/oom, free pages."""
-        S, PAGE = self.pool.num_slots, self.cfg.page_size
-        lens = self.kv.row_lens[:, :S]
-        pages = ((lens + PAGE - 1) // PAGE).sum(dim=(0, 2))
-        live = lens.sum(dim=(0, 2))
-        parts = [pages.long(), live.long(), self.kv.slot_oom[:S].long(), num_free_pages(self.kv).long()]
+        S = self.pool.num_slots
+        parts = [self.stats_buf]  # filled by the step that produced ``logits``
         if logits is not None and logits.shape[0]:
             parts.insert(0, self.sampler(logits, sb))
         host = torch.cat(parts).cpu().tolist()
         B = len(host) - 3 * S - 1
-        toks, rest = host[:B], host[B:]
-        stats = {s: SlotStats(rest[s], rest[S + s], bool(rest[2 * S + s])) for s in range(S)}
-        return Readback(toks, stats, rest[3 * S])
+        return Readback(host[:B], _SlotView(host[B:], S), host[-1])

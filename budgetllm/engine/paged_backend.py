@@ -42,7 +42,8 @@ class PagedBackend:
     def __init__(self, loaded: LoadedModel, *, max_seqs: int = 128, page_size: int = 16,
                  memory_fraction: float = 0.85, num_pages: int | None = None, max_prefill_tokens: int = 4096,
                  cuda_graphs: bool = True, window: int | None = None, max_context: int | None = None,
-                 seed: int | None = None, emulate_graphs: bool = False, prefix_cache: int = 0):
+                 seed: int | None = None, emulate_graphs: bool = False, prefix_cache: int = 0,
+                 exact_thinking: bool = True):
         self.model = loaded
         self.runner = ModelRunner(loaded, RunnerConfig(
             max_seqs=max_seqs, page_size=page_size, memory_fraction=memory_fraction, num_pages=num_pages,
@@ -56,6 +57,7 @@ class PagedBackend:
         self.bm = BlockManager(geo)
         self.sched = Scheduler(self.bm, max_prefill_tokens=max_prefill_tokens)
         self.sched.prefix.capacity = prefix_cache  # finished conversations kept for their next turn
+        self.exact_thinking = exact_thinking  # hold thinking-phase requests for their consumer's ack
         self._reference = ReferenceBackend(loaded)  # prompt_logits (threshold calibration) only
         self._inbox: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -66,7 +68,8 @@ class PagedBackend:
         self.error: BaseException | None = None
         self._warned_window = False
         self._ended: list = []  # handles whose final item waits for the device release
-        self.decode_log: list[tuple[int, float, float]] = []  # decode steps: (batch, start, seconds to readback)
+        # decode steps: (batch, start, seconds to the readback, seconds in all, seconds to launch the step)
+        self.decode_log: list[tuple[int, float, float, float, float]] = []
 
     # -- public interface (same as ReferenceBackend) ----------------------------------------
     def prompt_logits(self, prompt_ids: list[int]) -> list[torch.Tensor]:
@@ -86,7 +89,7 @@ class PagedBackend:
             warnings.warn(f"the paged pool has one window ({self.window}); a request asked for {req.rule.window} "
                           f"({req.rule.mode} mode) and runs with {self.window}. Pass window= to PagedBackend "
                           "to change it", stacklevel=2)
-        handle = Handle(req, queue.Queue())
+        handle = Handle(req, queue.Queue(), exact_thinking=self.exact_thinking)
         seq = Sequence(list(req.prompt_ids), max_new_tokens=max(1, req.controller.max_tokens),
                        expected_cr=_expected_cr(req), payload=handle,
                        cache_key=row_rule_for(handle, self.model.dms.has_decisions, self.window))
@@ -147,6 +150,9 @@ class PagedBackend:
     def _loop(self) -> None:
         try:
             while True:
+                # Release BEFORE blocking: a cancel drained while everything was on hold leaves the
+                # engine idle, and its slot must not wait for the next command to go back.
+                self._release()
                 if not self._drain(block=not self.sched.has_work):
                     return
                 self._release()
@@ -227,14 +233,12 @@ class PagedBackend:
         else:
             logits = runner.decode([(s.slot, s.token_ids[-1], r) for s, r in zip(batch.seqs, rules, strict=True)])
             samplers = list(batch.seqs)
+        t_launched = time.perf_counter()
         sb = sampling_for([s.payload for s in samplers], runner.device) if samplers else None
         rb = runner.sample_and_read(logits if samplers else None, sb)
         self.device_free_pages = rb.free_pages
         ready = set(id(s) for s in sched.after_step(batch, rb.stats))
         dt = time.perf_counter() - t0
-        if batch.kind == "decode":
-            self.decode_log.append((len(batch.seqs), t0, dt))
-            del self.decode_log[:-4096]
         for s, tok in zip(samplers, rb.tokens, strict=True):
             if id(s) not in ready:
                 continue
@@ -248,6 +252,9 @@ class PagedBackend:
                 sched.finish(s, finished, keep=finished in ("stop", "length"))
                 self._ended.append(h)
         self._release()
+        if batch.kind == "decode":
+            self.decode_log.append((len(batch.seqs), t0, dt, time.perf_counter() - t0, t_launched - t0))
+            del self.decode_log[:-4096]
         return True
 
 

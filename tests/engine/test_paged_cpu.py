@@ -162,3 +162,20 @@ def test_next_turn_reuses_the_compressed_cache(pair):
                 break
             threading.Event().wait(0.02)
     assert backend.pool_stats()["pages_free"] == backend.pool_stats()["pages_total"]
+
+
+def test_cancel_while_held_releases_on_the_device(pair):
+    """A request held for its consumer's ack (first answer tokens) is cancelled while the engine idles:
+    its pages must go back on the device at once, not when the next command arrives."""
+    ref, paged = pair
+    backend = paged.backend
+    steps = backend.run(_request(ref.loaded, list(range(1000, 1040)), 1, 50))
+    first = next(steps)  # no ack follows: the sequence is on hold, the engine waits
+    assert first.finished is None
+    steps.close()  # cancel
+    total = backend.pool_stats()["pages_total"]
+    for _ in range(200):
+        if backend.device_free_pages_now() == total and backend.pool_stats()["active"] == 0:
+            break
+        threading.Event().wait(0.02)
+    assert backend.device_free_pages_now() == total == backend.pool_stats()["pages_free"]

@@ -32,26 +32,43 @@ def weight_bytes(hf_model) -> int:
     return total if tied else total - emb.numel() * emb.element_size()
 
 
+class _TokenClock:
+    """A generate() streamer that notes when each step's tokens reach the host."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
 @torch.no_grad()
 def hf_generate_decode_rate(hf_model, batch: int, context: int, new_tokens: int = 32, static: bool = False) -> dict:
-    """Decode tokens/s of HF ``generate`` (dense cache; or its static cache + compiled step)."""
+    """Decode tokens/s of HF ``generate`` (dense cache; or its static cache + compiled step).
+
+    Every call has the same shapes (a static cache is sized by prompt + max_new_tokens, and a
+    different size recompiles), and the decode time is read between the first and the last
+    generated token on the host, so neither compilation nor prefill is counted.
+    """
     ids = torch.randint(100, 30000, (batch, context), device="cuda")
-    kw = dict(do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=0, eos_token_id=None)
+    kw = dict(do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=0, eos_token_id=None,
+              max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     if static:
         kw.update(cache_implementation="static")
-    hf_model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)  # warm-up (and compile)
+    for _ in range(2):  # warm-up (and compile) with exactly the timed shapes
+        hf_model.generate(ids, **kw)
     torch.cuda.synchronize()
+    clock = _TokenClock()
     t0 = time.perf_counter()
-    hf_model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+    hf_model.generate(ids, streamer=clock, **kw)
     torch.cuda.synchronize()
-    t_prefill = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    hf_model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
-    torch.cuda.synchronize()
-    t_total = time.perf_counter() - t0
-    decode = max(t_total - t_prefill, 1e-9)
-    return {"tok_s": batch * (new_tokens - 1) / decode, "step_ms": 1000 * decode / (new_tokens - 1),
-            "ttft_s": t_prefill}
+    times = clock.times[1:]  # the first put() is the prompt itself
+    decode = max(times[-1] - times[0], 1e-9)
+    return {"tok_s": batch * (len(times) - 1) / decode, "step_ms": 1000 * decode / (len(times) - 1),
+            "ttft_s": times[0] - t0}
 
 
 def _rotate_half(t: torch.Tensor) -> torch.Tensor:

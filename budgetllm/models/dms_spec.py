@@ -64,12 +64,14 @@ class DMSSpec:
     def threshold_for(self, compression: float) -> float | None:
         """The logit threshold for a requested ratio; None when no table or native rule applies.
 
-        Ratio 1 evicts nothing (+inf). The native ratio uses the trained rule (logit > 0).
-        Otherwise the threshold table is interpolated linearly in log2(ratio) (clamped at its
-        ends); without a table the caller falls back to calibrating on the prompt.
+        Ratio 1 evicts nothing (+inf). The native ratio uses the trained rule (logit > 0), even
+        when a table exists. Otherwise the threshold table is interpolated linearly in log2(ratio)
+        (clamped at its ends); without a table the caller falls back to calibrating on the prompt.
         """
         if compression <= 1.0:
             return math.inf
+        if abs(compression - self.native_cr) < 1e-6:
+            return 0.0  # the checkpoint's own ratio: the trained decisions as they are
         if self.threshold_table:
             pts = sorted((math.log2(r), t) for r, t in self.threshold_table.items() if r > 1)
             x = math.log2(compression)

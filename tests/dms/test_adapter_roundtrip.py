@@ -36,7 +36,8 @@ def test_adapter_save_load_reproduces_decisions(tiny_loaded, rows, tiny_dir, tmp
     with torch.no_grad():
         for a, b in zip(_logits(tr.trained_spec(torch.float32), model, x), _logits(again.dms, again, x), strict=True):
             assert torch.allclose(a, b, atol=1e-5)
-    assert again.dms.threshold_for(4) == 0.25
+    assert again.dms.threshold_for(2) == -1.5  # a table ratio
+    assert again.dms.threshold_for(4) == 0.0  # the native ratio: the trained decisions as they are (logit > 0)
 
     out = export_nvidia(again, load_adapter_file(path), tmp_path / "nv")
     cfg_json = json.loads((out / "config.json").read_text())

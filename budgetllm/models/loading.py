@@ -100,6 +100,26 @@ def _dms_from_checkpoint(cfg: dict[str, Any], directory: Path | None, num_layers
     return spec
 
 
+@contextlib.contextmanager
+def _quiet_gguf_progress():
+    """transformers draws its own tqdm bar while it de-quantises a GGUF file; ours already shows
+    the load, so silence that one for the duration (and only that one)."""
+    try:
+        import functools
+
+        from tqdm.auto import tqdm
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def _progress(enabled: bool):
     if not enabled:
         return contextlib.nullcontext(None)
@@ -170,7 +190,8 @@ def load_model(
         step("tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         step("weights")
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        with _quiet_gguf_progress():
+            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
         hf_model.to(device).eval()
         step("DMS decisions")
         raw_cfg = json.loads((directory / "config.json").read_text()) if directory else config.to_dict()

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from budgetllm.kernels.online_softmax import online_softmax_step
 from budgetllm.kernels.paged_kv import PagedKV
 
 _LOG2E = 1.4426950408889634
@@ -49,20 +50,7 @@ def decode_attention_kernel(q, k_pool, v_pool, block_tables, row_lens, slot_ids,
         b_k = tl.load(k_pool + p_kv, mask=m_kv, other=0.0)
         b_v = tl.load(v_pool + p_kv, mask=m_kv, other=0.0)
         # [G_PAD, BLOCK_N]
-        if IEEE:
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
-        else:
-            b_s = tl.dot(b_q, tl.trans(b_k))
-        b_s = tl.where(m_n[None, :], b_s * sm_scale, float("-inf"))
-        m_new = tl.maximum(b_m, tl.max(b_s, 1))
-        b_p = tl.math.exp2(b_s - m_new[:, None])
-        alpha = tl.math.exp2(b_m - m_new)
-        b_l = b_l * alpha + tl.sum(b_p, 1)
-        if IEEE:
-            b_acc = b_acc * alpha[:, None] + tl.dot(b_p, b_v.to(tl.float32), input_precision="ieee")
-        else:
-            b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
-        b_m = m_new
+        b_m, b_l, b_acc = online_softmax_step(b_q, b_k, b_v, m_n[None, :], b_m, b_l, b_acc, sm_scale, IEEE)
     m_out = m_g[:, None] & m_d[None, :]
     if SPLIT:
         # partials: o [B, Hq, NS, D] (unnormalised), ml [B, Hq, NS, 2] (max in log2 units, sum)

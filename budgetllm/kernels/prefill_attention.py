@@ -14,27 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
+from budgetllm.kernels.online_softmax import online_softmax_step as _online_softmax
 from budgetllm.kernels.paged_kv import PagedKV
 
 _LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _online_softmax(b_q, b_k, b_v, keep, b_m, b_l, b_acc, sm_scale, IEEE: tl.constexpr):
-    if IEEE:
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
-    else:
-        b_s = tl.dot(b_q, tl.trans(b_k))
-    b_s = tl.where(keep, b_s * sm_scale, float("-inf"))
-    m_new = tl.maximum(b_m, tl.max(b_s, 1))
-    b_p = tl.math.exp2(b_s - m_new[:, None])
-    alpha = tl.math.exp2(b_m - m_new)
-    b_l = b_l * alpha + tl.sum(b_p, 1)
-    if IEEE:
-        b_acc = b_acc * alpha[:, None] + tl.dot(b_p, b_v.to(tl.float32), input_precision="ieee")
-    else:
-        b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
-    return m_new, b_l, b_acc
 
 
 @triton.jit

@@ -6,7 +6,7 @@
     print(out.text, out.usage.kv.compression_achieved)
 """
 
-from budgetllm.accounting import KVMeter, KVShape, UsageLog, render_usage_table
+from budgetllm.accounting import KVMeter, KVShape, UsageLog, format_bytes, render_usage_table
 from budgetllm.errors import (
     BudgetLLMError,
     CheckpointFormatError,
@@ -62,7 +62,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LLM", "get_llm", "RemoteLLM", "load_policy",
     "Generation", "StreamEvent", "Usage", "KVMemory", "ToolCall", "InvalidToolCall", "SamplingParams",
-    "ThinkingConfig", "UsageLog", "KVMeter", "KVShape", "render_usage_table",
+    "ThinkingConfig", "UsageLog", "KVMeter", "KVShape", "format_bytes", "render_usage_table",
     "BudgetPolicy", "CallContext", "Plan", "AgentBudget", "ModelProfile", "RequestedLimits", "FixedPolicy",
     "BudgetLLMError", "InvalidRequestError", "PromptTooLongError", "ModelNotFoundError",
     "UnsupportedArchitectureError", "CheckpointFormatError", "PoolExhaustedError", "RequestCancelledError",

@@ -231,7 +231,6 @@ class LLM:
                     break
         except GeneratorExit:
             req.cancelled = True
-            steps.close()
             raise
         finally:
             steps.close()

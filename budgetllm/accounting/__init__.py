@@ -5,7 +5,7 @@ Must not import: torch, the engine, models, kernels, or ``budgetllm.policy``.
 Backends hand it plain numbers (row lengths, pages held); it hands back plain records.
 """
 
-from budgetllm.accounting.log import UsageLog, render_usage_table
+from budgetllm.accounting.log import UsageLog, format_bytes, render_usage_table
 from budgetllm.accounting.meter import KVMeter, KVShape
 
-__all__ = ["KVMeter", "KVShape", "UsageLog", "render_usage_table"]
+__all__ = ["KVMeter", "KVShape", "UsageLog", "format_bytes", "render_usage_table"]

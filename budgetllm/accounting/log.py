@@ -10,7 +10,8 @@ from typing import Any
 from budgetllm.types import Usage
 
 
-def _fmt_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -57,12 +58,12 @@ def usage_rows(usage: Usage) -> list[tuple[str, str]]:
         ("KV mode", kv.mode),
         ("compression requested", f"{kv.compression_requested:g}x"),
         ("compression achieved (measured)", f"{kv.compression_achieved:.2f}x"),
-        ("KV logical (dense would hold)", _fmt_bytes(kv.logical_bytes)),
-        ("KV live (kept)", _fmt_bytes(kv.live_bytes)),
-        ("KV peak live", _fmt_bytes(kv.peak_live_bytes)),
-        ("KV reserved by backend", _fmt_bytes(kv.reserved_bytes)),
+        ("KV logical (dense would hold)", format_bytes(kv.logical_bytes)),
+        ("KV live (kept)", format_bytes(kv.live_bytes)),
+        ("KV peak live", format_bytes(kv.peak_live_bytes)),
+        ("KV reserved by backend", format_bytes(kv.reserved_bytes)),
         ("evicted (layer, head, token) entries", str(kv.evicted_tokens)),
-        ("KV bytes read in decode", _fmt_bytes(kv.kv_bytes_read)),
+        ("KV bytes read in decode", format_bytes(kv.kv_bytes_read)),
         ("prefill time", f"{usage.prefill_seconds * 1000:.0f} ms"),
         ("decode time", f"{usage.decode_seconds * 1000:.0f} ms"),
     ]

@@ -21,6 +21,8 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
+from budgetllm import format_bytes
+
 
 @dataclass
 class CallRecord:
@@ -83,14 +85,6 @@ class ModelTotals:
 def _int(d: dict, key: str) -> int:
     v = d.get(key)
     return int(v) if isinstance(v, (int, float)) else 0
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 class DMSMemoryCallbackHandler(BaseCallbackHandler):
@@ -200,15 +194,15 @@ class DMSMemoryCallbackHandler(BaseCallbackHandler):
             reasons = "; ".join(f"{k}: {v}" for k, v in c.reasons.items())
             lines.append(
                 f"{i:>4}  {c.model[:24]:<24} {c.input_tokens:>5} {c.output_tokens:>5} {c.reasoning_tokens:>6}"
-                f" {budget:>7}  {req:>5}/{got:<5} {_fmt_bytes(c.peak_live_bytes):>9}   {reasons}"
+                f" {budget:>7}  {req:>5}/{got:<5} {format_bytes(c.peak_live_bytes):>9}   {reasons}"
             )
         for model, t in totals.items():
             lines.append(
                 f"total {model}: {t.calls} calls, {t.input_tokens} in ({t.cached_tokens} from cache)"
                 f" + {t.output_tokens} out"
-                f" ({t.reasoning_tokens} reasoning) = {t.total_tokens} tokens; KV peak {_fmt_bytes(t.peak_live_bytes)},"
-                f" logical {_fmt_bytes(t.logical_bytes)} vs live {_fmt_bytes(t.live_bytes)}"
-                f" (x{t.compression_achieved:.2f}), {t.evicted_tokens} evicted, {_fmt_bytes(t.kv_bytes_read)} read"
+                f" ({t.reasoning_tokens} reasoning) = {t.total_tokens} tokens; KV peak {format_bytes(t.peak_live_bytes)},"
+                f" logical {format_bytes(t.logical_bytes)} vs live {format_bytes(t.live_bytes)}"
+                f" (x{t.compression_achieved:.2f}), {t.evicted_tokens} evicted, {format_bytes(t.kv_bytes_read)} read"
             )
         if not calls:
             lines.append("(no calls recorded)")

@@ -41,3 +41,19 @@ def test_summary_computes_each_target():
     assert s["against users' default>= 20x"]["measured"] == 30.0
     assert s["prefill<= 1.2x"]["measured"] == 1.1 and s["prefill<= 1.2x"]["met"]
     assert not s["resumed turns>= 5x"]["met"] and not s["equal memory>= 5x"]["met"]
+
+
+def test_resumed_turn_measurement_reuses_the_parked_cache(tiny_dir):
+    """The benchmarks' resumed-turn TTFT on the paged backend (kernels in the CPU interpreter)."""
+    from budgetllm.benchmarks.engine_bench import resumed_turn_ttft
+    from budgetllm.engine.paged_backend import PagedBackend
+
+    loaded = load_model(str(tiny_dir("llama")), device="cpu", progress=False)
+    backend = PagedBackend(loaded, max_seqs=3, page_size=4, num_pages=600, cuda_graphs=False, max_context=400,
+                           max_prefill_tokens=64, window=16, prefix_cache=2)
+    try:
+        r = resumed_turn_ttft(backend, loaded, 60)
+        assert r["resumed_ttft_s"] > 0 and r["full_ttft_s"] > 0, r
+        assert backend.pool_stats()["prefix_hits"] >= 1  # the second turn continued the parked rows
+    finally:
+        backend.close()

@@ -7,6 +7,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from budgetllm.dms.decisions import rotate_half
+
 
 def measured_bandwidth(nbytes: int = 2 << 30) -> float:
     """Device copy bandwidth in bytes/s (bytes read + bytes written), median of 10."""
@@ -71,11 +73,6 @@ def hf_generate_decode_rate(hf_model, batch: int, context: int, new_tokens: int 
             "ttft_s": times[0] - t0}
 
 
-def _rotate_half(t: torch.Tensor) -> torch.Tensor:
-    half = t.shape[-1] // 2
-    return torch.cat((-t[..., half:], t[..., :half]), -1)
-
-
 class GraphedDenseStep:
     """One dense decode step in plain torch (cuBLAS matmuls + SDPA with GQA over a static cache),
     captured in a CUDA graph: the 'paging costs nothing' yardstick of TARGETS.md."""
@@ -108,7 +105,7 @@ class GraphedDenseStep:
             v = a.v_proj(h).view(B, self.H, self.D)
             if hasattr(a, "q_norm"):
                 q, k = a.q_norm(q), a.k_norm(k)
-            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             self.k[li][:, :, self.context] = k
             self.v[li][:, :, self.context] = v
             o = F.scaled_dot_product_attention(q[:, :, None], self.k[li], self.v[li], enable_gqa=True)

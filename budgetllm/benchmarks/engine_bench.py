@@ -106,3 +106,23 @@ def run_batch(backend, loaded, batch: int, context: int, new_tokens: int, compre
         kv_read_per_step=sum(k.kv_bytes_read for k in kv) / max(steps, 1),
         achieved_compression=sum(k.logical_bytes for k in kv) / max(1, sum(k.live_bytes for k in kv)),
     )
+
+
+def resumed_turn_ttft(backend, loaded, context: int) -> dict:
+    """TTFT of an agent's second turn (turn 1 + its answer + 256 new tokens) with the first turn's
+    compressed cache parked in ``backend`` (needs ``prefix_cache`` > 0), and again from scratch."""
+    first = make_request(loaded, context, 32, 8, seed=100)
+    answer = [s.token_id for s in backend.run(first) if s.finished is None]
+    prompt2 = first.prompt_ids + answer + list(range(5000, 5256))
+    out = {}
+    for name in ("resumed", "full"):
+        if name == "full":
+            backend.clear_prefix_cache()
+        req = make_request(loaded, len(prompt2), 8, 8, seed=0)
+        req.prompt_ids = list(prompt2)
+        for _ in backend.run(req):
+            pass
+        out[f"{name}_ttft_s"] = req.prefill_seconds
+    backend.clear_prefix_cache()
+    out["speedup"] = out["full_ttft_s"] / max(out["resumed_ttft_s"], 1e-9)
+    return out

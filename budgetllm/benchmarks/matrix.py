@@ -82,24 +82,13 @@ def bench_shape(shape: str, contexts, batches, compressions, clock: Clock, resul
 def bench_resumed_turn(loaded, shape: str, context: int, clock: Clock, results: dict) -> None:
     """TTFT of an agent's second turn (turn 1 + its answer + 256 new tokens): the engine keeps the
     compressed cache of turn 1 parked and prefills only the new tokens, against a prefill from scratch."""
-    from budgetllm.benchmarks.engine_bench import make_request
+    from budgetllm.benchmarks.engine_bench import resumed_turn_ttft
 
     if clock.left() < 60:
         results["skipped"].append({"resumed_turn": shape})
         return
     backend = paged_backend(loaded, max_seqs=4, prefix_cache=2)
-    first = make_request(loaded, context, 32, 8, seed=100)
-    answer = [s.token_id for s in backend.run(first) if s.finished is None]
-    prompt2 = first.prompt_ids + answer + list(range(5000, 5256))
-    out = {"shape": shape, "context": context}
-    for name in ("resumed", "full"):
-        if name == "full":
-            backend.clear_prefix_cache()
-        req = make_request(loaded, len(prompt2), 8, 8, seed=0)
-        req.prompt_ids = list(prompt2)
-        for _ in backend.run(req):
-            pass
-        out[f"{name}_ttft_s"] = req.prefill_seconds
+    out = {"shape": shape, "context": context, **resumed_turn_ttft(backend, loaded, context)}
     backend.close()
     backend = None
     _collect()

@@ -65,13 +65,15 @@ class Handle:
         m = self.req.meter
         m.observe(seq.num_cached, seq.live_entries, reserved_bytes=seq.pages_held * page_bytes)
         now = time.perf_counter()
+        if self.t_first is None:
+            # Time to the first token, whatever forward produced it (a resumed turn whose new tokens
+            # ride on a decode step of its parked rows has no prefill forward of its own).
+            self.req.prefill_seconds = now - self.t_start
+            self.t_first = now
+        elif decode:
+            self.req.decode_seconds = now - self.t_first
         if decode:
             m.read(seq.live_entries)
-            self.req.decode_seconds = now - (self.t_first or now)
-        elif self.t_first is None:
-            self.req.prefill_seconds = now - self.t_start
-        if self.t_first is None:
-            self.t_first = now
 
 
 def row_rule_for(h: Handle, has_logits: bool, pool_window: int) -> RowRule:

@@ -1,6 +1,8 @@
 """HF generate with its static cache and compiled decode step vs the paged engine, side by side.
 
     python bench/hf_static.py --out bench/results/hf-static-h100.json
+
+(``bench/run.py --only rest`` measures the same pairs as part of the matrix.)
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from budgetllm.benchmarks.baselines import hf_generate_decode_rate  # noqa: E402
-from budgetllm.benchmarks.engine_bench import run_batch  # noqa: E402
-from budgetllm.benchmarks.matrix import paged_backend  # noqa: E402
+from budgetllm.benchmarks.matrix import Clock, hf_static_pairs  # noqa: E402
 from budgetllm.models.testing import random_model  # noqa: E402
 
 
@@ -24,18 +24,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    loaded = random_model("qwen2.5-1.5b")
-    pairs = []
-    for ctx, batch in ((1024, 1), (8192, 16)):
-        backend = paged_backend(loaded, max_seqs=batch + 2)
-        paged = run_batch(backend, loaded, batch, ctx, 48, 8)
-        backend.close()
-        backend = None
-        torch.cuda.empty_cache()
-        static = hf_generate_decode_rate(loaded.hf_model, batch, ctx, new_tokens=16, static=True)
-        pairs.append({"shape": "qwen2.5-1.5b", "context": ctx, "batch": batch, "paged_cr8_tok_s": paged.decode_tok_s,
-                      "hf_static_tok_s": static["tok_s"], "ratio": paged.decode_tok_s / static["tok_s"]})
-        print(pairs[-1], flush=True)
+    pairs = hf_static_pairs(random_model("qwen2.5-1.5b"), "qwen2.5-1.5b", Clock(3600))
+    for p in pairs:
+        print(p, flush=True)
     Path(a.out).write_text(json.dumps({"card": torch.cuda.get_device_name(0), "pairs": pairs}, indent=1))
 
 

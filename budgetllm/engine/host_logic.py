@@ -33,15 +33,24 @@ class Handle:
     t_start: float = field(default_factory=time.perf_counter)
 
     final: object = None  # the last item (finished StepOutput or error), put by flush()
+    pending: list = field(default_factory=list)  # tokens not yet handed to the consumer
 
     def emit(self, step: StepOutput) -> None:
-        """Queue a token now; a finishing item waits for flush(), i.e. until the engine has released
-        the request's pages on the device, so a caller that sees the end sees a free pool."""
+        """Stage a token for deliver(); a finishing item waits for flush(), i.e. until the engine has
+        released the request's pages on the device, so a caller that sees the end sees a free pool.
+
+        Tokens are staged, not queued, so that the engine can launch its next GPU step first and
+        wake the consumer threads while the GPU works (their GIL time then overlaps the step)."""
         if step.finished is not None:
             self.done = True
             self.final = step
         else:
+            self.pending.append(step)
+
+    def deliver(self) -> None:
+        for step in self.pending:
             self.out.put(step)
+        self.pending.clear()
 
     def cancel(self) -> None:
         if not self.done:
@@ -52,6 +61,7 @@ class Handle:
         self.final = err
 
     def flush(self) -> None:
+        self.deliver()  # tokens before the end
         if self.final is not None:
             self.out.put(self.final)
             self.final = None

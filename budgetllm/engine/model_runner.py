@@ -17,7 +17,7 @@ import torch
 from budgetllm.cache import PageLayout, PoolConfig, build_pool
 from budgetllm.engine.cuda_graphs import DecodeGraphs, bucket_sizes
 from budgetllm.engine.gpu_sampler import GPUSampler, SamplingBatch
-from budgetllm.engine.rules import ALWAYS, RowRule, layer_decisions, step_decisions
+from budgetllm.engine.rules import ALWAYS, RowRule, step_decisions
 from budgetllm.engine.scheduler import SlotStats
 from budgetllm.kernels import (
     dms_prefill_attention,
@@ -119,17 +119,17 @@ class ModelRunner:
         ids, slots, inc = ib[0], ib[1], ib[2]
         slots_l = slots.long()
         pos = kv.seq_pos[slots_l].long()
-        x = m.embed(ids)
-        rope = m.rope(pos)
         base, uses_thr = step_decisions(pos, ib[3], ib[4], ib[5], m.H)
+        decide = (self.thr[:bs], base, uses_thr)
+        x, h = m.embed_norm(ids)
         for li in range(m.num_layers):
-            q, k, v, lg = m.qkv(li, x, rope)
-            dec = layer_decisions(lg, self.thr[:bs], base, uses_thr)
-            store_decode_kv(kv, k, v, dec, li, slots)
+            q, k, v, dec = m.attention_inputs(li, x, h, pos, decide)
+            store_decode_kv(kv, k, v, base if dec is None else dec, li, slots)
             o = paged_decode_attention(q, kv, li, slots, m.scale, num_splits=num_splits)
-            x = m.out_mlp(li, x, o)
+            x, h = m.attention_out(li, x, o)
+            x, h = m.mlp(li, x, h)
         kv.seq_pos[slots_l] = kv.seq_pos[slots_l] + inc
-        self.logits_buf[:bs] = m.logits(x)
+        self.logits_buf[:bs] = m.logits(h)
         self.compute_stats()
 
     def compute_stats(self) -> None:
@@ -190,19 +190,19 @@ class ModelRunner:
         ids, pos, code, sinks, period, thr = (t.to(dev, non_blocking=True) for t in (ids, pos, code, sinks, period, thr))
         slots = torch.tensor([s for s, _, _, _ in items], dtype=torch.int32, device=dev)
         cu = torch.tensor(cu_host, dtype=torch.int32, device=dev)
-        x = m.embed(ids)
-        rope = m.rope(pos)
         base, uses_thr = step_decisions(pos, code, sinks, period, m.H)
+        x, h = m.embed_norm(ids)
         for li in range(m.num_layers):
-            q, k, v, lg = m.qkv(li, x, rope)
-            dec = layer_decisions(lg, thr, base, uses_thr)
+            q, k, v, dec = m.attention_inputs(li, x, h, pos, (thr, base, uses_thr))
+            dec = base if dec is None else dec
             o = dms_prefill_attention(q, k, v, dec, kv, li, slots, m.scale, cu_seqlens=cu, max_seqlen=max(lens))
             store_prefill_kv(kv, k, v, dec, li, slots, cu_seqlens=cu)
-            x = m.out_mlp(li, x, o)
+            x, h = m.attention_out(li, x, o)
+            x, h = m.mlp(li, x, h)
         kv.seq_pos[slots.long()] += torch.tensor(lens, dtype=torch.int32, device=dev)
         self.compute_stats()
         last = torch.tensor([cu_host[i + 1] - 1 for i, w in enumerate(want) if w], dtype=torch.int64, device=dev)
-        return m.logits(x[last])
+        return m.logits(h[last])
 
     # -- sampling and readback --------------------------------------------------------------
     @torch.inference_mode()

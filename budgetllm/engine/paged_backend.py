@@ -68,6 +68,7 @@ class PagedBackend:
         self.error: BaseException | None = None
         self._warned_window = False
         self._ended: list = []  # handles whose final item waits for the device release
+        self._staged: list = []  # handles with tokens staged for delivery after the next launch
         # decode steps: (batch, start, seconds to the readback, seconds in all, seconds to launch the step)
         self.decode_log: list[tuple[int, float, float, float, float]] = []
 
@@ -153,11 +154,15 @@ class PagedBackend:
                 # Release BEFORE blocking: a cancel drained while everything was on hold leaves the
                 # engine idle, and its slot must not wait for the next command to go back.
                 self._release()
+                if not self.sched.has_work:
+                    self._deliver()
                 if not self._drain(block=not self.sched.has_work):
                     return
                 self._release()
-                if not self._step() and self.sched.has_work and not self._drain(block=True):
-                    return  # (everything runnable was on hold: waited for an ack, got a stop)
+                if not self._step() and self.sched.has_work:
+                    self._deliver()  # everything runnable is on hold: its consumers need their tokens
+                    if not self._drain(block=True):
+                        return  # (waited for an ack, got a stop)
         except BaseException as e:  # noqa: BLE001 - every waiting request gets the error
             self.error = e
             pending = list(self.sched.running) + list(self.sched.waiting)
@@ -195,6 +200,12 @@ class PagedBackend:
                 self.sched.finish(seq, "cancelled")
                 seq.payload.cancel()
                 self._ended.append(seq.payload)
+
+    def _deliver(self) -> None:
+        """Hand staged tokens to their consumers (called once the next step is launched, or idle)."""
+        for h in self._staged:
+            h.deliver()
+        self._staged.clear()
 
     def _release(self) -> None:
         """Give released slots back on the device, then deliver the final items of ended requests."""
@@ -234,6 +245,7 @@ class PagedBackend:
             logits = runner.decode([(s.slot, s.token_ids[-1], r) for s, r in zip(batch.seqs, rules, strict=True)])
             samplers = list(batch.seqs)
         t_launched = time.perf_counter()
+        self._deliver()  # the previous step's tokens, while the GPU runs this one
         sb = sampling_for([s.payload for s in samplers], runner.device) if samplers else None
         rb = runner.sample_and_read(logits if samplers else None, sb)
         self.device_free_pages = rb.free_pages
@@ -248,6 +260,8 @@ class PagedBackend:
                 with self._stats_lock:
                     self.tokens_generated += 1
             finished = advance(h, s, tok)
+            if h.pending:
+                self._staged.append(h)
             if finished is not None:
                 sched.finish(s, finished, keep=finished in ("stop", "length"))
                 self._ended.append(h)

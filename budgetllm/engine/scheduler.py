@@ -127,8 +127,22 @@ class Scheduler:
             # Only prefills are running and none of them got pages: free some for the oldest.
             if len(self.running) > 1:
                 self.preempt(self.running[-1])
-            else:
-                self._last_kind = "decode"
+                continue
+            return self._lone_prefill(self.running[0])
+        return None
+
+    def _lone_prefill(self, s: Sequence) -> Batch | None:
+        """The only running sequence is prefilling and the decode margin blocks its chunk (its rows
+        evicted less than expected). Nothing else can free pages: run the chunk without the margin
+        if it fits (an overflow then preempts it and the fits-alone check fails it with a clear
+        error), else fail it now rather than wait forever."""
+        n = min(s.num_pending, self.max_prefill_tokens)
+        if self.bm.prefill_need(s, n) <= self.bm.free_pages:
+            self._last_kind = "prefill"
+            return Batch("prefill", [s], [n])
+        self.finish(s, "error")
+        self.failed.append((s, PoolExhaustedError(
+            f"the KV pool ({self.bm.geo.total_pages} pages) is full with this request alone")))
         return None
 
     def _schedule_prefill(self) -> Batch | None:

@@ -156,3 +156,49 @@ def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
                 hq = h * G + g
                 out[bos:bos + n, hq] = _attend(q[bos:bos + n, hq], keys, vals, keep, scale).to(q.dtype)
     return out
+
+
+# -- fused decoder ops (kernels/fused_decoder.py) -----------------------------------------------
+# Unlike the ops above these are not float64: they are the engine's own torch code
+# (the eager torch code FusedModel ran before fusion, engine/rules.py layer_decisions), transcribed, so
+# the kernels are checked against the exact roundings of the eager path they replace.
+
+
+def _hf_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF RMSNorm as the engine computed it before fusion: normalise in float32 and cast back (F.rms_norm), then scale in the dtype."""
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), None, eps) * weight
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
+    x_sum = x if residual is None else x + residual
+    return x_sum, _hf_rms_norm(x_sum, weight, eps)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pos: torch.Tensor,
+             num_q_heads: int, num_kv_heads: int, head_dim: int, qk_norm: torch.Tensor | None = None,
+             eps: float = 1e-6, borrowed=None, decide=None):
+    N, Hq, H, D = qkv.shape[0], num_q_heads, num_kv_heads, head_dim
+    qk = qkv[:, : (Hq + H) * D].reshape(N, Hq + H, D).clone()  # the engine zeroes its own buffer; not the caller's
+    if qk_norm is not None:
+        qk = _hf_rms_norm(qk, qk_norm, eps)
+    logits = None
+    if borrowed is not None:
+        G, scale, offset = borrowed
+        logits = qk[:, :Hq:G, -1].float() * scale - offset
+        qk[:, :Hq:G, -1] = 0
+    c, s = cos[pos.long()][:, None, :], sin_signed[pos.long()][:, None, :]
+    qk = qk * c + torch.roll(qk, D // 2, dims=-1) * s
+    if borrowed is not None:
+        qk[:, :Hq:G, -1] = 0
+    decisions = None
+    if decide is not None:
+        thr, base, uses_thr, logits_in = decide
+        lg = logits if logits is not None else logits_in
+        decisions = base if lg is None else torch.where(uses_thr.reshape(N, 1), lg > thr[:, None], base)
+        decisions = decisions.to(torch.int8)
+    return qk[:, :Hq].contiguous(), qk[:, Hq:].contiguous(), logits, decisions

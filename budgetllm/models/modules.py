@@ -7,10 +7,12 @@ matrix and gate/up into one [2I, hidden] matrix (one GEMM each instead of three 
 
 RoPE uses the HF rotary module itself (inv_freq and attention_scaling already include the
 family's scaling: default, llama3, YaRN, ...) to build a [max_positions, D] cos/sin table in the
-model dtype; a step gathers rows of it by position, so positions come from GPU memory.
+model dtype; the fused q/k kernel reads rows of it by position, so positions come from GPU memory.
 
-The maths follows ``budgetllm.engine.reference`` op for op (same norms, same decision logits, the
-borrowed channel zeroed before and after RoPE), so both backends agree.
+Between the GEMMs a layer runs three fused Triton kernels (``budgetllm.kernels.fused_decoder``:
+residual add + RMSNorm, q/k norm + decision logits + RoPE + decisions, silu * up) that reproduce
+the eager torch ops' roundings; the maths follows ``budgetllm.engine.reference`` op for op (same
+norms, same decision logits, the borrowed channel zeroed before and after RoPE), so both backends agree.
 """
 
 from __future__ import annotations
@@ -20,16 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from budgetllm.kernels import add_rms_norm, qkv_rope, silu_mul
 from budgetllm.models.loading import LoadedModel
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF's RMSNorm: normalise in float32, cast back, then scale (the HF module's two roundings).
-
-    torch's rms_norm without a weight does the first part in one kernel (fused on CUDA; 8 eager
-    kernels otherwise, which matter in a launch-bound decode step); the weight is applied after the
-    cast, as HF does. ``weight`` may hold one row per head ([heads, D], Qwen3's q/k norms)."""
-    return F.rms_norm(x, (x.shape[-1],), None, eps) * weight
 
 
 @dataclass
@@ -67,6 +61,7 @@ class FusedModel:
         self.borrowed = loaded.dms.variant == "borrowed"
         self.adapter = loaded.dms.variant == "adapter"
         self.act = _activation(cfg)
+        self.silu = getattr(cfg, "hidden_act", "silu") == "silu"  # fused silu_mul; other activations eager
         self.embed_w = inner.embed_tokens.weight
         self.norm_w = inner.norm.weight
         self.lm_head_w = hf.lm_head.weight
@@ -103,51 +98,58 @@ class FusedModel:
         return out
 
     # -- pieces of a forward ----------------------------------------------------------------
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.embed_w)
+    # The residual stream x and its normed copy h travel together: every residual add is fused
+    # with the norm that follows it (one kernel), so a layer is 5 GEMMs + 4 small kernels + attention.
+    def embed_norm(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids [N] -> (x, h): the embeddings and layer 0's input norm of them."""
+        x = F.embedding(ids, self.embed_w)
+        return add_rms_norm(x, None, self.layers[0].in_norm, self.eps)
 
-    def rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [N, 1, D] for positions [N] (gathered once per step, shared by every layer)."""
-        return self.cos[pos][:, None, :], self.sin_signed[pos][:, None, :]
+    def attention_inputs(self, li: int, x: torch.Tensor, h: torch.Tensor, pos: torch.Tensor,
+                         decide: tuple | None):
+        """h (normed x) [N, hidden], pos [N] -> q [N,Hq,D], k [N,H,D] (post-RoPE), v [N,H,D] (a view),
+        decisions [N,H] int8 | None.
 
-    def qkv(self, li: int, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
-        """x [N, hidden] (residual stream), rope from :meth:`rope` -> q [N,Hq,D], k/v [N,H,D] (post-RoPE),
-        decision logits [N,H] float32 | None."""
+        ``decide`` = (thr [N] float64, base [N,H] bool, uses_thr [N,1] bool) from
+        :func:`budgetllm.engine.rules.step_decisions`; None -> no decisions (the caller uses ``base``
+        when the model has no decision logits)."""
         L = self.layers[li]
-        N, D, Hq, H = x.shape[0], self.D, self.Hq, self.H
-        h = rms_norm(x, L.in_norm, self.eps)
+        Hq, H, D = self.Hq, self.H, self.D
         qkv = F.linear(h, L.qkv_w, L.qkv_b)
-        # q and k go through norm and RoPE together (same per-head maths, half the kernels); the
-        # kernels take strided q/k/v, so no copies are made.
-        qk = qkv[:, : (Hq + H) * D].view(N, Hq + H, D)
-        v = qkv[:, (Hq + H) * D :].view(N, H, D)
-        if L.qk_norm is not None:  # Qwen3: q_norm on the q heads, k_norm on the k heads
-            qk = rms_norm(qk, L.qk_norm, self.eps)
-        logits = None
+        v = qkv[:, (Hq + H) * D:].view(-1, H, D)
         s = self.dms
-        if self.borrowed:
-            logits = qk[:, :Hq : self.G, -1].float() * s.alpha_scale - s.alpha_offset
-            qk[:, :Hq : self.G, -1] = 0  # qk is this step's own buffer: zeroing in place is safe
-        elif self.adapter:
+        logits_in = None
+        if self.adapter:  # the adapter reads the residual stream (its own norm, float32)
             xf = x.float()
             xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + s.norm_eps) * L.alpha_norm
-            logits = F.linear(xf, L.alpha_w, L.alpha_b) * s.alpha_scale - s.alpha_offset
-        cos, sin = rope
-        qk = qk * cos + torch.roll(qk, self.D // 2, dims=-1) * sin
-        if self.borrowed:
-            qk[:, :Hq : self.G, -1] = 0
-        return qk[:, :Hq], qk[:, Hq:], v, logits
+            logits_in = F.linear(xf, L.alpha_w, L.alpha_b) * s.alpha_scale - s.alpha_offset
+        borrowed = (self.G, float(s.alpha_scale), float(s.alpha_offset)) if self.borrowed else None
+        has_logits = self.borrowed or self.adapter
+        q, k, _, dec = qkv_rope(qkv, self.cos, self.sin_signed, pos, Hq, H, D, qk_norm=L.qk_norm, eps=self.eps,
+                                borrowed=borrowed,
+                                decide=(*decide, logits_in) if decide is not None and has_logits else None)
+        return q, k, v, dec
 
-    def out_mlp(self, li: int, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-        """o [N, Hq, D] attention output -> the next residual stream."""
+    def attention_out(self, li: int, x: torch.Tensor, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """o [N, Hq, D] -> (x + o_proj(o), its post-attention norm)."""
         L = self.layers[li]
-        x = x + F.linear(o.reshape(o.shape[0], -1), L.o_w, L.o_b)
-        h = rms_norm(x, L.post_norm, self.eps)
-        gate, up = F.linear(h, L.gate_up_w).chunk(2, dim=-1)
-        return x + F.linear(self.act(gate) * up, L.down_w)
+        return add_rms_norm(F.linear(o.reshape(o.shape[0], -1), L.o_w, L.o_b), x, L.post_norm, self.eps)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(rms_norm(x, self.norm_w, self.eps), self.lm_head_w).float()
+    def mlp(self, li: int, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (x + mlp(h), the next layer's input norm of it (the final norm after the last layer))."""
+        L = self.layers[li]
+        gate_up = F.linear(h, L.gate_up_w)
+        act = silu_mul(gate_up) if self.silu else self._act_mul(gate_up)
+        nxt = self.layers[li + 1].in_norm if li + 1 < self.num_layers else self.norm_w
+        return add_rms_norm(F.linear(act, L.down_w), x, nxt, self.eps)
+
+    def _act_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.act(gate) * up
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """h: the final-normed stream (from the last :meth:`mlp`) -> float32 logits."""
+        return F.linear(h, self.lm_head_w).float()
 
 
 def _activation(cfg):

@@ -74,8 +74,9 @@ def hf_generate_decode_rate(hf_model, batch: int, context: int, new_tokens: int 
 
 
 class GraphedDenseStep:
-    """One dense decode step in plain torch (cuBLAS matmuls + SDPA with GQA over a static cache),
-    captured in a CUDA graph: the 'paging costs nothing' yardstick of TARGETS.md."""
+    """One dense decode step in plain torch, captured in a CUDA graph: the 'paging costs nothing'
+    yardstick of TARGETS.md. As lean as plain torch gets: q/k/v and gate/up fused into one GEMM
+    each (cuBLAS), torch's fused RMSNorm, SDPA with GQA over a static [B, H, T, D] cache."""
 
     def __init__(self, hf_model, batch: int, context: int):
         cfg = hf_model.config
@@ -83,35 +84,47 @@ class GraphedDenseStep:
         self.L = cfg.num_hidden_layers
         self.Hq, self.H = cfg.num_attention_heads, cfg.num_key_value_heads
         self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.Hq
-        dev, dt = "cuda", next(hf_model.parameters()).dtype
+        self.eps = float(cfg.rms_norm_eps)
+        dev, dt = next(hf_model.parameters()).device, next(hf_model.parameters()).dtype
         self.k = [torch.randn(batch, self.H, context + 1, self.D, device=dev, dtype=dt) for _ in range(self.L)]
         self.v = [torch.randn(batch, self.H, context + 1, self.D, device=dev, dtype=dt) for _ in range(self.L)]
         self.ids = torch.randint(100, 30000, (batch,), device=dev)
         self.pos = torch.full((batch,), context, device=dev, dtype=torch.long)
         self.context = context
         self.graph = None
+        self.w = []
+        for layer in hf_model.model.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            qkv_b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]) if a.q_proj.bias is not None else None
+            self.w.append((torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), qkv_b,
+                           torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])))
+
+    def _norm(self, x, module):
+        return F.rms_norm(x, (x.shape[-1],), module.weight, self.eps)
 
     def _step(self):
         inner = self.m.model
         x = inner.embed_tokens(self.ids)
         cos, sin = inner.rotary_emb(x[:, None], self.pos[:, None])
         cos, sin = cos[:, 0, None], sin[:, 0, None]
-        B = x.shape[0]
+        B, Hq, H, D = x.shape[0], self.Hq, self.H, self.D
         for li, layer in enumerate(inner.layers):
             a = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = a.q_proj(h).view(B, self.Hq, self.D)
-            k = a.k_proj(h).view(B, self.H, self.D)
-            v = a.v_proj(h).view(B, self.H, self.D)
+            qkv_w, qkv_b, gate_up_w = self.w[li]
+            qkv = F.linear(self._norm(x, layer.input_layernorm), qkv_w, qkv_b)
+            q = qkv[:, :Hq * D].view(B, Hq, D)
+            k = qkv[:, Hq * D:(Hq + H) * D].view(B, H, D)
+            v = qkv[:, (Hq + H) * D:].view(B, H, D)
             if hasattr(a, "q_norm"):
-                q, k = a.q_norm(q), a.k_norm(k)
+                q, k = self._norm(q, a.q_norm), self._norm(k, a.k_norm)
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             self.k[li][:, :, self.context] = k
             self.v[li][:, :, self.context] = v
             o = F.scaled_dot_product_attention(q[:, :, None], self.k[li], self.v[li], enable_gqa=True)
             x = x + a.o_proj(o.reshape(B, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.m.lm_head(inner.norm(x)).argmax(-1)
+            gate, up = F.linear(self._norm(x, layer.post_attention_layernorm), gate_up_w).chunk(2, dim=-1)
+            x = x + layer.mlp.down_proj(F.silu(gate) * up)
+        return self.m.lm_head(self._norm(x, inner.norm)).argmax(-1)
 
     @torch.no_grad()
     def time_step_ms(self, iters: int = 30) -> float:

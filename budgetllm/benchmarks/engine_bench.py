@@ -29,6 +29,8 @@ class BatchResult:
     logical_bytes_end: int
     kv_read_per_step: float
     achieved_compression: float
+    full_batch_steps: int = 0  # decode steps timed (every request of the batch in the step)
+    preemptions: int = 0  # while this batch ran (a point with preemptions did not fit the pool)
 
 
 def kv_shape_of(loaded) -> KVShape:
@@ -92,6 +94,8 @@ def run_batch(backend, loaded, batch: int, context: int, new_tokens: int, compre
             peak["bytes"] = max(peak["bytes"], int(stats.get("reserved_bytes", stats.get("used_bytes", 0))))
             time.sleep(0.005)
 
+    log = getattr(backend, "decode_log", None)
+    pre0 = backend.pool_stats().get("preemptions", 0)
     start = time.perf_counter()
     threads = [threading.Thread(target=consume, args=(i,)) for i in range(batch)]
     watcher = threading.Thread(target=watch, daemon=True)
@@ -102,21 +106,34 @@ def run_batch(backend, loaded, batch: int, context: int, new_tokens: int, compre
         t.join()
     done.set()
     watcher.join()
-    # Decode rate over the window where every request is decoding (after the last first token).
-    t0 = max(first)
-    decoded = sum(counts) - batch
-    span = max(max(last) - t0, 1e-9)
-    steps = max(counts) - 1
     kv = [r.meter.result() for r in reqs]
+    steps = max(counts) - 1
+    full = _full_batch_intervals(log, batch, start) if log is not None else []
+    if full:  # the engine's own clock: start-to-start of consecutive decode steps over the whole batch
+        step_s = sorted(full)[len(full) // 2]
+        tok_s = batch / step_s
+    else:  # a backend without a step log: the window where every request is decoding
+        t0 = max(first)
+        span = max(max(last) - t0, 1e-9)
+        step_s, tok_s = span / max(steps, 1), (sum(counts) - batch) / span if steps > 0 else 0.0
     return BatchResult(
         batch=batch, context=context, compression=compression,
-        decode_tok_s=decoded / span if steps > 0 else 0.0, step_ms=1000 * span / max(steps, 1),
+        decode_tok_s=tok_s, step_ms=1000 * step_s, full_batch_steps=len(full),
+        preemptions=backend.pool_stats().get("preemptions", 0) - pre0,
         ttft_s=sum(f - start for f in first) / batch, peak_pages=peak["pages"],
         peak_reserved_bytes=max(peak["bytes"], sum(k.reserved_bytes for k in kv)),
         live_bytes_end=sum(k.live_bytes for k in kv), logical_bytes_end=sum(k.logical_bytes for k in kv),
-        kv_read_per_step=sum(k.kv_bytes_read for k in kv) / max(steps, 1),
+        # bytes one step over the whole batch reads: the mean per request-step, times the batch
+        kv_read_per_step=batch * sum(k.kv_bytes_read for k in kv) / max(1, sum(counts) - batch),
         achieved_compression=sum(k.logical_bytes for k in kv) / max(1, sum(k.live_bytes for k in kv)),
     )
+
+
+def _full_batch_intervals(log, batch: int, since: float) -> list[float]:
+    """Seconds between the starts of consecutive engine steps that were both decode steps over the
+    whole batch (host work included; no prefill chunk in between), after two warm-up steps."""
+    rows = [e for e in log if e[1] >= since and e[0] == batch][2:]
+    return [b[1] - a[1] for a, b in zip(rows, rows[1:], strict=False) if b[5] == a[5] + 1]
 
 
 def _one_resumed_turn(backend, loaded, context: int, seed: int) -> tuple[float, float]:
@@ -130,7 +147,7 @@ def _one_resumed_turn(backend, loaded, context: int, seed: int) -> tuple[float, 
         req = make_request(loaded, len(prompt2), 8, 8, seed=0, prompt=list(prompt2))
         for _ in backend.run(req):
             pass
-        ttft.append(req.prefill_seconds)
+        ttft.append((req.prefill_seconds, dict(req.phases)))
     backend.clear_prefix_cache()
     return ttft[0], ttft[1]
 
@@ -143,7 +160,8 @@ def resumed_turn_ttft(backend, loaded, context: int, repeats: int = 3) -> dict:
     on their first call), then the median of ``repeats`` conversations."""
     _one_resumed_turn(backend, loaded, context, seed=99)
     runs = [_one_resumed_turn(backend, loaded, context, seed=100 + i) for i in range(repeats)]
-    resumed = sorted(r for r, _ in runs)[len(runs) // 2]
-    full = sorted(f for _, f in runs)[len(runs) // 2]
+    resumed = sorted(r[0] for r, _ in runs)[len(runs) // 2]
+    full = sorted(f[0] for _, f in runs)[len(runs) // 2]
     return {"resumed_ttft_s": resumed, "full_ttft_s": full, "speedup": full / max(resumed, 1e-9),
-            "runs": [{"resumed_ttft_s": r, "full_ttft_s": f} for r, f in runs]}
+            "runs": [{"resumed_ttft_s": r[0], "full_ttft_s": f[0], "resumed_phases_s": r[1], "full_phases_s": f[1]}
+                     for r, f in runs]}

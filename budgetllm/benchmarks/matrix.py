@@ -20,6 +20,7 @@ from budgetllm.benchmarks.engine_bench import BENCH_WINDOW, kv_shape_of, run_bat
 # "max concurrency at a fixed pool size": how many sequences of a point's measured size (pages held
 # per sequence, from the pool) fit in this many bytes of KV pool.
 FIXED_POOL_BYTES = 16 << 30
+MAX_PREFILL = 16384  # tokens per prefill step
 
 
 class Clock:
@@ -38,7 +39,7 @@ def paged_backend(loaded, max_seqs: int, num_pages: int | None = None, prefix_ca
 
     # Half of the free memory is plenty for most points and leaves room for the baselines.
     return PagedBackend(loaded, max_seqs=max_seqs, num_pages=num_pages, max_context=34 * 1024,
-                        max_prefill_tokens=16384, memory_fraction=memory_fraction, prefix_cache=prefix_cache,
+                        max_prefill_tokens=MAX_PREFILL, memory_fraction=memory_fraction, prefix_cache=prefix_cache,
                         window=window)
 
 
@@ -72,7 +73,9 @@ def bench_shape(shape: str, contexts, batches, compressions, clock: Clock, resul
             results["skipped"].append({"shape": shape, "context": ctx, "batch": batch, "compression": cr,
                                        "why": "does not fit the pool"})
             continue
-        r = run_batch(backend, loaded, batch, ctx, new_tokens, cr)
+        # Prefill chunks alternate with decode steps, so the first requests decode while the last
+        # prefill: give them one token per chunk to spare, so that the whole batch decodes together.
+        r = run_batch(backend, loaded, batch, ctx, new_tokens + -(-batch * ctx // MAX_PREFILL), cr)
         row = asdict(r) | {"shape": shape, "backend": "paged", "weight_bytes": wbytes}
         per_seq = r.peak_reserved_bytes / batch
         row["max_concurrency_16gib"] = int(FIXED_POOL_BYTES // per_seq) if per_seq else None
@@ -154,7 +157,10 @@ def bench_equal_memory(shape: str, context: int, dense_batch: int, clock: Clock,
     rows = shape_kv.rows_per_token
     pages = dense_batch * rows * (pages_for(context + 64, 16) + 1)
     out = {"shape": shape, "context": context, "pool_pages": pages, "dense_batch": dense_batch}
-    for cr, batch in ((1, dense_batch), (8, dense_batch * 6)):
+    # CR 8: as many sequences as the same pool holds (the window keeps (T - w) / 8 + w per row)
+    per_row = pages_for((context + 64 - BENCH_WINDOW) // 8 + BENCH_WINDOW, 16) + 1
+    cr8_batch = (pages - rows) // (rows * (per_row + 1))  # one page per row of decode margin each
+    for cr, batch in ((1, dense_batch), (8, cr8_batch)):
         backend = paged_backend(loaded, max_seqs=batch + 2, num_pages=pages)
         r = run_batch(backend, loaded, batch, context, 32, cr)
         out[f"cr{cr}"] = asdict(r)

@@ -32,6 +32,9 @@ class GenerationRequest:
     decode_seconds: float = 0.0
     cached_tokens: int = 0  # prompt tokens whose compressed cache was reused from an earlier call
     cancelled: bool = False
+    # seconds from the call to: first scheduled, its first forward launched, that forward read back
+    # (paged backend; for time-to-first-token breakdowns in benchmarks)
+    phases: dict = field(default_factory=dict)
 
 
 @dataclass

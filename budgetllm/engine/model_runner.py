@@ -93,7 +93,10 @@ class ModelRunner:
         self.ibuf = torch.zeros(6, maxbs, dtype=torch.int32, device=self.device)
         self.thr = torch.zeros(maxbs, dtype=torch.float64, device=self.device)
         self.logits_buf = torch.zeros(maxbs, m.vocab, dtype=torch.float32, device=self.device)
-        self.stats_buf = torch.zeros(3 * cfg.max_seqs + 1, dtype=torch.int64, device=self.device)
+        # one readback buffer: greedy tokens of the decode step [maxbs] (argmax inside the graph),
+        # then per-slot pages / live entries / overflow flags and the free-page count
+        self.read_buf = torch.zeros(maxbs + 3 * cfg.max_seqs + 1, dtype=torch.int64, device=self.device)
+        self.stats_buf = self.read_buf[maxbs:]
         pin = self.device.type == "cuda"
         self.ibuf_host = torch.zeros(6, maxbs, dtype=torch.int32, pin_memory=pin)
         self.thr_host = torch.zeros(maxbs, dtype=torch.float64, pin_memory=pin)
@@ -130,6 +133,7 @@ class ModelRunner:
             x, h = m.mlp(li, x, h)
         kv.seq_pos[slots_l] = kv.seq_pos[slots_l] + inc
         self.logits_buf[:bs] = m.logits(h)
+        self.read_buf[:bs] = self.logits_buf[:bs].argmax(-1)
         self.compute_stats()
 
     def compute_stats(self) -> None:
@@ -206,9 +210,16 @@ class ModelRunner:
 
     # -- sampling and readback --------------------------------------------------------------
     @torch.inference_mode()
-    def sample_and_read(self, logits: torch.Tensor | None, sb: SamplingBatch | None) -> Readback:
-        """Sample on the GPU, then ONE device->host copy: tokens, per-slot pages/live/oom, free pages."""
+    def sample_and_read(self, logits: torch.Tensor | None, sb: SamplingBatch | None, decoded: bool = False) -> Readback:
+        """Sample on the GPU, then ONE device->host copy: tokens, per-slot pages/live/oom, free pages.
+
+        ``decoded``: ``logits`` came from :meth:`decode`, whose step already took the argmax; an
+        all-greedy batch without banned tokens then needs no kernel here, only the copy."""
         S = self.pool.num_slots
+        if decoded and logits is not None and sb is not None and sb.all_greedy and sb.banned_rows is None:
+            B, maxbs = logits.shape[0], self.cfg.max_seqs
+            host = self.read_buf.cpu().tolist()
+            return Readback(host[:B], _SlotView(host[maxbs:maxbs + 3 * S], S), host[-1])
         parts = [self.stats_buf]  # filled by the step that produced ``logits``
         if logits is not None and logits.shape[0]:
             parts.insert(0, self.sampler(logits, sb))

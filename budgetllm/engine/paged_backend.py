@@ -69,8 +69,10 @@ class PagedBackend:
         self._warned_window = False
         self._ended: list = []  # handles whose final item waits for the device release
         self._staged: list = []  # handles with tokens staged for delivery after the next launch
-        # decode steps: (batch, start, seconds to the readback, seconds in all, seconds to launch the step)
-        self.decode_log: list[tuple[int, float, float, float, float]] = []
+        # decode steps: (batch, start, seconds to the readback, seconds in all, seconds to launch the
+        # step, engine step number: consecutive decode steps have consecutive numbers)
+        self.decode_log: list[tuple[int, float, float, float, float, int]] = []
+        self.steps = 0  # engine steps (prefill or decode) so far
 
     # -- public interface (same as ReferenceBackend) ----------------------------------------
     def prompt_logits(self, prompt_ids: list[int]) -> list[torch.Tensor]:
@@ -233,6 +235,7 @@ class PagedBackend:
         if batch is None:
             return False
         t0 = time.perf_counter()
+        self.steps += 1
         has_logits = self.model.dms.has_decisions
         rules = [row_rule_for(s.payload, has_logits, self.window) for s in batch.seqs]
         if batch.kind == "prefill":
@@ -246,9 +249,13 @@ class PagedBackend:
             samplers = list(batch.seqs)
         t_launched = time.perf_counter()
         self._deliver()  # the previous step's tokens, while the GPU runs this one
+        firsts = [s.payload for s in batch.seqs if not s.payload.req.phases]
         sb = sampling_for([s.payload for s in samplers], runner.device) if samplers else None
-        rb = runner.sample_and_read(logits if samplers else None, sb)
+        rb = runner.sample_and_read(logits if samplers else None, sb, decoded=batch.kind == "decode")
         self.device_free_pages = rb.free_pages
+        t_read = time.perf_counter()
+        for h in firsts:
+            h.req.phases.update(scheduled=t0 - h.t_start, launched=t_launched - h.t_start, read=t_read - h.t_start)
         ready = set(id(s) for s in sched.after_step(batch, rb.stats))
         dt = time.perf_counter() - t0
         for s, tok in zip(samplers, rb.tokens, strict=True):
@@ -267,7 +274,7 @@ class PagedBackend:
                 self._ended.append(h)
         self._release()
         if batch.kind == "decode":
-            self.decode_log.append((len(batch.seqs), t0, dt, time.perf_counter() - t0, t_launched - t0))
+            self.decode_log.append((len(batch.seqs), t0, dt, time.perf_counter() - t0, t_launched - t0, self.steps))
             del self.decode_log[:-4096]
         return True
 

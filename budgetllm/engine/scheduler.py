@@ -106,11 +106,12 @@ class Scheduler:
     # -- one step ---------------------------------------------------------------------------
     def schedule(self) -> Batch | None:
         """The next batch, or None when there is nothing to run."""
+        admit = True
         for _ in range(len(self.running) + 2):
             decoders = [s for s in self.running if s.is_decoding]
             wants_prefill = any(not s.hold for s in self.waiting) or any(s.is_prefilling for s in self.running)
             if wants_prefill and not (self._last_kind == "prefill" and decoders):
-                batch = self._schedule_prefill()
+                batch = self._schedule_prefill(admit)
                 if batch is not None:
                     self._last_kind = "prefill"
                     return batch
@@ -126,7 +127,10 @@ class Scheduler:
                 continue
             # Only prefills are running and none of them got pages: free some for the oldest.
             if len(self.running) > 1:
+                # Pages go to the older prefills: re-admitting the victim in this pass would take
+                # them back, and the two would swap forever without progress.
                 self.preempt(self.running[-1])
+                admit = False
                 continue
             return self._lone_prefill(self.running[0])
         return None
@@ -145,7 +149,7 @@ class Scheduler:
             f"the KV pool ({self.bm.geo.total_pages} pages) is full with this request alone")))
         return None
 
-    def _schedule_prefill(self) -> Batch | None:
+    def _schedule_prefill(self, admit: bool = True) -> Batch | None:
         bm, budget = self.bm, self.max_prefill_tokens
         promised = 0  # pages this batch's chunks are expected to take
         seqs, chunks = [], []
@@ -164,7 +168,7 @@ class Scheduler:
             need = bm.prefill_need(s, n)
             if bm.free_pages - promised - need >= bm.margin(len(self.running)):
                 take(s, n, need)
-        while self.waiting and budget > 0:
+        while admit and self.waiting and budget > 0:
             s = self.waiting[0]
             if s.hold:
                 break  # preempted while its consumer still reads its last token: wait for the ack

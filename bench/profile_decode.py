@@ -15,6 +15,7 @@ import collections
 import gc
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -73,6 +74,43 @@ def replay_ms(runner: ModelRunner, rows, steps: int = 50, full: bool = False) ->
     return start.elapsed_time(end) / steps
 
 
+def prefill_profile(loaded, context: int = 8192, chunk: int = 257) -> dict:
+    """One chunked prefill of ``chunk`` tokens on top of a ``context``-token compressed row (a resumed
+    turn): wall time, GPU kernel time, and where the host time goes (self CPU time by op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rule = RowRule(FORCED, period=8)
+    runner = ModelRunner(loaded, RunnerConfig(max_seqs=2, max_context=context + 4 * chunk, memory_fraction=0.3,
+                                              window=256, cuda_graphs=False))
+    fill(runner, 1, context, rule)
+    toks = list(range(1000, 1000 + chunk))
+    for i in range(2):  # warm-up (compiles the chunk-on-an-existing-row specialisations)
+        runner.prefill([(0, toks, context + i * chunk, rule)], [True])
+    torch.cuda.synchronize()
+    p0 = context + 2 * chunk
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        runner.prefill([(0, toks, p0, rule)], [True])
+        t_host = time.perf_counter() - t0
+        torch.cuda.synchronize()
+        t_all = time.perf_counter() - t0
+    cpu: dict[str, float] = collections.Counter()
+    gpu = 0.0
+    n_gpu = 0
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            gpu += ev.device_time
+            n_gpu += 1
+        else:
+            cpu[ev.name[:60]] += ev.self_cpu_time_total
+    del runner
+    gc.collect()
+    torch.cuda.empty_cache()
+    return {"context": context, "chunk": chunk, "host_ms": round(1000 * t_host, 2), "wall_ms": round(1000 * t_all, 2),
+            "gpu_kernel_ms": round(gpu / 1000, 2), "gpu_kernels": n_gpu,
+            "top_host_self_ms": {k: round(v / 1000, 3) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])[:25]}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/profile_decode.json")
@@ -80,6 +118,8 @@ def main() -> None:
     a = ap.parse_args()
     loaded = random_model("qwen2.5-1.5b")
     out = {"card": torch.cuda.get_device_name(0), "points": []}
+    out["resumed_prefill"] = prefill_profile(loaded)
+    print(json.dumps(out["resumed_prefill"], indent=1), flush=True)
     for spec in a.points.split(","):
         batch, context = (int(x) for x in spec.split("x"))
         for cr in (1, 8):

@@ -25,7 +25,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--budget-s", type=float, default=480)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["grid", "rest"])
+    ap.add_argument("--only", choices=["grid", "rest", "equal"])
     ap.add_argument("--merge", nargs="+")
     a = ap.parse_args()
     if a.merge:

@@ -162,7 +162,7 @@ def bench_equal_memory(shape: str, context: int, dense_batch: int, clock: Clock,
     cr8_batch = (pages - rows) // (rows * (per_row + 1))  # one page per row of decode margin each
     for cr, batch in ((1, dense_batch), (8, cr8_batch)):
         backend = paged_backend(loaded, max_seqs=batch + 2, num_pages=pages)
-        r = run_batch(backend, loaded, batch, context, 32, cr)
+        r = run_batch(backend, loaded, batch, context, 32 + -(-batch * context // MAX_PREFILL), cr)
         out[f"cr{cr}"] = asdict(r)
         backend.close()
         backend = None
@@ -218,6 +218,8 @@ def main(out_dir: str, budget_s: float = 480, quick: bool = False, only: str | N
         bench_resumed_turn(loaded, "qwen2.5-1.5b", 8192, clock, results)
         del loaded
         _collect()
+    if only == "equal":
+        bench_equal_memory("qwen2.5-1.5b", 8192, 8, clock, results)
     if only in (None, "rest"):  # HF's compiled static cache, equal memory, other shapes, real weights
         from budgetllm.models.testing import random_model
 

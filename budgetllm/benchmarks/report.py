@@ -120,6 +120,7 @@ def plot(results: dict, out_dir: str | Path, shape: str = "qwen2.5-1.5b") -> lis
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
     axes[1].set_yscale("log")
     fig.suptitle(f"budgetllm paged engine on {results['card']}")
     fig.tight_layout()

@@ -57,3 +57,17 @@ def test_resumed_turn_measurement_reuses_the_parked_cache(tiny_dir):
         assert backend.pool_stats()["prefix_hits"] >= 1  # the second turn continued the parked rows
     finally:
         backend.close()
+
+
+def test_parts_merge_into_one_report_and_refuse_other_cards():
+    from budgetllm.benchmarks.report import merge_parts
+
+    grid = {"card": "H100", "bandwidth": 3e12, "paged": [{"a": 1}], "equal_memory": [{"old": True}]}
+    rest = {"card": "H100", "bandwidth": 2e12, "paged": [{"b": 2}], "equal_memory": [{"new": True}], "window": 256}
+    merged = merge_parts([grid, rest])
+    assert merged["paged"] == [{"a": 1}, {"b": 2}] and merged["bandwidth"] == 3e12 and merged["window"] == 256
+    assert merged["equal_memory"][-1] == {"new": True}  # the report reads the latest measurement
+    import pytest
+
+    with pytest.raises(ValueError, match="different cards"):
+        merge_parts([grid, {**rest, "card": "H200"}])

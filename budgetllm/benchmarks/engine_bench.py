@@ -137,14 +137,15 @@ def _full_batch_intervals(log, batch: int, since: float) -> list[float]:
 
 
 def _one_resumed_turn(backend, loaded, context: int, seed: int) -> tuple[float, float]:
-    first = make_request(loaded, context, 32, 8, seed=seed)
+    w = getattr(backend, "window", BENCH_WINDOW)  # the pool's window (one per pool)
+    first = make_request(loaded, context, 32, 8, seed=seed, window=w)
     answer = [s.token_id for s in backend.run(first) if s.finished is None]
     prompt2 = first.prompt_ids + answer + list(range(5000, 5256))
     ttft = []
     for name in ("resumed", "full"):
         if name == "full":
             backend.clear_prefix_cache()
-        req = make_request(loaded, len(prompt2), 8, 8, seed=0, prompt=list(prompt2))
+        req = make_request(loaded, len(prompt2), 8, 8, seed=0, prompt=list(prompt2), window=w)
         for _ in backend.run(req):
             pass
         ttft.append((req.prefill_seconds, dict(req.phases)))

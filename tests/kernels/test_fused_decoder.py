@@ -144,9 +144,13 @@ def test_qkv_rope_without_qk_norm_is_exact(dtype, Hq, H, D, variant, N):
     """No norm: q, k, logits and decisions bit-identical to the eager twin + layer_decisions; qkv untouched."""
     args = _qkv_case(N * 100 + Hq, N, Hq, H, D, dtype, False, variant)
     qkv0 = args[0].clone()
+    _assert_bit_identical(args, N, Hq, H, D, dtype)
+    assert torch.equal(args[0], qkv0)
+
+
+def _assert_bit_identical(args, N, Hq, H, D, dtype):
     out = qkv_rope(*args)
     exp = ref.qkv_rope(*args)
-    assert torch.equal(args[0], qkv0)
     _check_layout(out, N, Hq, H, D, dtype, args[9], args[10])
     for name, a, b in zip(("q", "k", "logits", "decisions"), out, exp, strict=True):
         assert (a is None and b is None) or torch.equal(a, b), name
@@ -159,11 +163,7 @@ def test_qkv_rope_without_qk_norm_is_exact(dtype, Hq, H, D, variant, N):
 def test_qkv_rope_qk_norm_exact_sums(dtype, Hq, H, D, variant, N):
     """Qwen3 q/k norm on integer-valued qkv (exact sums in any order): everything bit-identical."""
     args = _qkv_case(N * 100 + Hq + 1, N, Hq, H, D, dtype, True, variant, exact_ints=True)
-    out = qkv_rope(*args)
-    exp = ref.qkv_rope(*args)
-    _check_layout(out, N, Hq, H, D, dtype, args[9], args[10])
-    for name, a, b in zip(("q", "k", "logits", "decisions"), out, exp, strict=True):
-        assert (a is None and b is None) or torch.equal(a, b), name
+    _assert_bit_identical(args, N, Hq, H, D, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

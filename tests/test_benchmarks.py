@@ -71,3 +71,16 @@ def test_parts_merge_into_one_report_and_refuse_other_cards():
 
     with pytest.raises(ValueError, match="different cards"):
         merge_parts([grid, {**rest, "card": "H200"}])
+
+
+def test_decode_rate_counts_only_consecutive_full_batch_steps():
+    """The engine-clock decode rate: start-to-start of consecutive decode steps over the whole batch."""
+    from budgetllm.benchmarks.engine_bench import _full_batch_intervals
+
+    # (batch, start, to readback, total, launch, engine step number)
+    log = [(4, 0.0, 0, 0, 0, 1), (4, 1.0, 0, 0, 0, 2),  # warm-up steps (skipped)
+           (4, 2.0, 0, 0, 0, 3), (4, 2.5, 0, 0, 0, 4),  # consecutive: 0.5
+           (4, 4.0, 0, 0, 0, 6),                        # a prefill step (5) in between: not counted
+           (4, 4.25, 0, 0, 0, 7), (3, 4.5, 0, 0, 0, 8), (4, 5.0, 0, 0, 0, 9)]  # batch 3: not full
+    assert _full_batch_intervals(log, 4, since=0.0) == [0.5, 0.25]
+    assert _full_batch_intervals(log, 4, since=1.5) == [0.25]  # steps 3, 4 are now the warm-ups

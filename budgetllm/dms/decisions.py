@@ -59,3 +59,28 @@ class DecisionHead:
             q = q.clone()
             q[:, :: self.group, -1] = 0
         return q
+
+
+def attention_inputs(layer, head: DecisionHead, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     shape: tuple[int, int, int]):
+    """An HF decoder layer's attention inputs as DMS sees them (reference backend, oracle, trainer
+    and quality evaluation all use this one definition).
+
+    x: ``[..., hidden]`` residual stream (N = its rows); cos, sin: ``[N, D]``; shape: (Hq, H, D).
+    Returns q ``[N, Hq, D]`` and k ``[N, H, D]`` after the layer's norms and RoPE (the borrowed
+    channel zeroed before and after RoPE), v ``[N, H, D]``, and the decision logits ``[N, H]``
+    float32 (None for a model without decisions).
+    """
+    Hq, H, D = shape
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    q = attn.q_proj(h).reshape(-1, Hq, D)
+    k = attn.k_proj(h).reshape(-1, H, D)
+    v = attn.v_proj(h).reshape(-1, H, D)
+    if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    with torch.autocast(x.device.type, enabled=False):  # float32 decisions even under training autocast
+        logits = head.logits(q, x.reshape(q.shape[0], -1))
+    q = head.strip_channel(q)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return head.strip_channel(q), k, v, logits

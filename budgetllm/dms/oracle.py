@@ -29,7 +29,7 @@ def masked_model_forward(model, token_ids, rule) -> tuple[torch.Tensor, list[tor
     Physical eviction (the reference backend, the paged engine) must give the same logits at every
     position as this. Returns (logits [T, vocab] float64-accurate in float32, per-layer flags [T, H]).
     """
-    from budgetllm.dms.decisions import DecisionHead, apply_rope
+    from budgetllm.dms.decisions import DecisionHead, attention_inputs
     from budgetllm.dms.mask import evict_flags_from_decisions
 
     hf = model.hf_model
@@ -46,17 +46,8 @@ def masked_model_forward(model, token_ids, rule) -> tuple[torch.Tensor, list[tor
     all_flags = []
     for li, layer in enumerate(inner.layers):
         attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(T, Hq, D)
-        k = attn.k_proj(h).view(T, H, D)
-        v = attn.v_proj(h).view(T, H, D)
-        if hasattr(attn, "q_norm"):
-            q, k = attn.q_norm(q), attn.k_norm(k)
         head = DecisionHead(model.dms, li, Hq, H)
-        logits = head.logits(q, x)
-        q = head.strip_channel(q)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q = head.strip_channel(q)
+        q, k, v, logits = attention_inputs(layer, head, x, cos, sin, (Hq, H, D))
         flags = evict_flags_from_decisions(rule.decide(logits, pos, H))
         all_flags.append(flags)
         o = dms_attention_bruteforce(q, k, v, flags, rule.window, attn.scaling).to(x.dtype)

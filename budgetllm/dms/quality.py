@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from budgetllm.dms.decisions import DecisionHead, apply_rope
+from budgetllm.dms.decisions import DecisionHead, attention_inputs
 from budgetllm.dms.train_attention import grouped_sdpa
 
 SEQUENTIAL = ("tova", "h2o", "random")
@@ -118,16 +118,8 @@ def policy_forward(loaded, ids: torch.Tensor, policy: str, *, threshold: float =
     for li, layer in enumerate(inner.layers):
         attn = layer.self_attn
         head = DecisionHead(loaded.dms, li, Hq, H)
-        h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(B * T, Hq, D)
-        k = attn.k_proj(h).view(B * T, H, D)
-        v = attn.v_proj(h).view(B, T, H, D)
-        if hasattr(attn, "q_norm"):
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        logits = head.logits(q, x.reshape(B * T, -1))
-        q = head.strip_channel(q)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q, k = head.strip_channel(q).view(B, T, Hq, D), k.view(B, T, H, D)
+        q, k, v, logits = attention_inputs(layer, head, x, cos, sin, (Hq, H, D))
+        q, k, v = q.view(B, T, Hq, D), k.view(B, T, H, D), v.view(B, T, H, D)
         if policy == "dense" or (policy == "dms" and logits is None):
             vis = _causal(T, ids.device)[None, None].expand(B, H, T, T)
         elif policy == "dms":

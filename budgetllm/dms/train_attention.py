@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from budgetllm.dms.decisions import DecisionHead, apply_rope
+from budgetllm.dms.decisions import DecisionHead, attention_inputs
 
 
 @dataclass
@@ -84,20 +84,11 @@ def grouped_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
 
 
 def _layer(layer, head: DecisionHead, x, cos, sin, noise, window: int, tau: float, teacher: bool, shape):
-    B, T, hid = x.shape
+    B, T, _ = x.shape
     Hq, H, D = shape
     attn = layer.self_attn
-    h = layer.input_layernorm(x)
-    q = attn.q_proj(h).view(B * T, Hq, D)
-    k = attn.k_proj(h).view(B * T, H, D)
-    v = attn.v_proj(h).view(B, T, H, D)
-    if hasattr(attn, "q_norm"):
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    with torch.autocast(x.device.type, enabled=False):
-        logits = head.logits(q, x.reshape(B * T, hid))
-    q = head.strip_channel(q)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    q = head.strip_channel(q)
+    q, k, v, logits = attention_inputs(layer, head, x, cos, sin, shape)
+    v = v.view(B, T, H, D)
     relaxed = None
     mask = None
     if not teacher and logits is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from budgetllm.dms.decisions import DecisionHead, apply_rope
+from budgetllm.dms.decisions import DecisionHead, attention_inputs
 from budgetllm.engine.eviction import EvictionRule
 from budgetllm.models.loading import LoadedModel
 
@@ -82,19 +82,10 @@ class ReferenceSequence:
         cos, sin = cos[0].to(x.dtype), sin[0].to(x.dtype)
         for li, layer in enumerate(inner.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(n, self.num_heads, self.head_dim)
-            k = attn.k_proj(h).view(n, self.num_kv_heads, self.head_dim)
-            v = attn.v_proj(h).view(n, self.num_kv_heads, self.head_dim)
-            if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            head = self.heads[li]
-            logits = head.logits(q, x)
+            q, k, v, logits = attention_inputs(layer, self.heads[li], x, cos, sin,
+                                               (self.num_heads, self.num_kv_heads, self.head_dim))
             if self.collect_logits and logits is not None:
                 self.logit_log.append(logits.detach())
-            q = head.strip_channel(q)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            q = head.strip_channel(q)
             decisions = self.rule.decide(logits, pos, self.num_kv_heads)
             o = self._attend(li, q, k, v, decisions, pos, attn.scaling)
             x = x + attn.o_proj(o.reshape(n, -1))

@@ -144,10 +144,15 @@ class Scheduler:
         if self.bm.prefill_need(s, n) <= self.bm.free_pages:
             self._last_kind = "prefill"
             return Batch("prefill", [s], [n])
-        self.finish(s, "error")
-        self.failed.append((s, PoolExhaustedError(
-            f"the KV pool ({self.bm.geo.total_pages} pages) is full with this request alone")))
+        self._fail(s)
         return None
+
+    def _fail(self, seq: Sequence, err: PoolExhaustedError | None = None) -> None:
+        """End ``seq`` with an error its caller receives (the engine delivers ``failed``); by default
+        the pool is too small for it even alone."""
+        self.finish(seq, "error")
+        self.failed.append((seq, err or PoolExhaustedError(
+            f"the KV pool ({self.bm.geo.total_pages} pages) is full with this request alone")))
 
     def _schedule_prefill(self, admit: bool = True) -> Batch | None:
         bm, budget = self.bm, self.max_prefill_tokens
@@ -212,9 +217,7 @@ class Scheduler:
             victim = self.running[-1]
             if victim is decoders[0] and len(self.running) == 1:
                 # Alone and still no room for one more token per row: it can never go on.
-                self.finish(victim, "error")
-                self.failed.append((victim, PoolExhaustedError(
-                    f"the KV pool ({bm.geo.total_pages} pages) is full with this request alone")))
+                self._fail(victim)
                 return None
             self.preempt(victim)
 
@@ -239,8 +242,7 @@ class Scheduler:
                 try:
                     self.bm.check_fits_alone(s)
                 except PoolExhaustedError as e:
-                    self.finish(s, "error")
-                    self.failed.append((s, e))
+                    self._fail(s, e)
                 continue
             s.num_cached += n
             if s.num_cached == len(s.token_ids):  # everything fed: the last logits give the next token

@@ -24,9 +24,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-
-def _as_i8(x: torch.Tensor) -> torch.Tensor:
-    return x.view(torch.int8) if x.dtype == torch.bool else x.to(torch.int8)
+from budgetllm.kernels.paged_kv import as_int8_flags
 
 
 def _accurate_exp() -> bool:
@@ -238,7 +236,7 @@ def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pos
         assert uses.numel() == N and uses.dtype == torch.bool
         assert lg_in is None or borrowed is None, "logits come from the borrowed channel or from logits_in"
         assert lg_in is None or (lg_in.shape == (N, H) and lg_in.dtype == torch.float32)
-        base, uses = _as_i8(base.contiguous()), _as_i8(uses.reshape(N).contiguous())
+        base, uses = as_int8_flags(base.contiguous()), as_int8_flags(uses.reshape(N).contiguous())
         lg_in = lg_in.contiguous() if lg_in is not None else None
         dec = torch.empty(N, H, dtype=torch.int8, device=dev)
     if qk_norm is not None:

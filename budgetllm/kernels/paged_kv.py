@@ -100,6 +100,11 @@ class PagedKV:
             assert t.device == self.k_pool.device, f"{name} on {t.device}, pool on {self.k_pool.device}"
 
 
+def as_int8_flags(x: torch.Tensor) -> torch.Tensor:
+    """Decisions / flags as int8 for the kernels: a free view of a bool tensor, a cast otherwise."""
+    return x.view(torch.int8) if x.dtype == torch.bool else x.to(torch.int8)
+
+
 def num_free_pages(kv: PagedKV) -> torch.Tensor:
     """Free pages as a 1-element int32 device tensor (no host sync; read it with non_blocking copies)."""
     return kv.num_pages - kv.alloc_state[:1]

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from budgetllm.kernels.online_softmax import online_softmax_step as _online_softmax
-from budgetllm.kernels.paged_kv import PagedKV
+from budgetllm.kernels.paged_kv import PagedKV, as_int8_flags
 
 _LOG2E = 1.4426950408889634
 
@@ -150,8 +150,7 @@ def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
         cu_seqlens = torch.tensor([0, N], dtype=torch.int32, device=q.device)
     assert cu_seqlens.dtype == torch.int32 and cu_seqlens.shape == (slot_ids.shape[0] + 1,)
     B = slot_ids.shape[0]
-    dec = decisions.view(torch.int8) if decisions.dtype == torch.bool else decisions.to(torch.int8)
-    dec = dec.contiguous()
+    dec = as_int8_flags(decisions).contiguous()
     out = torch.empty_like(q)
     max_seqlen = N if max_seqlen is None else max_seqlen
     if N == 0 or max_seqlen == 0:

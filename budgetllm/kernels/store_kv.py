@@ -13,11 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from budgetllm.kernels.paged_kv import PagedKV
-
-
-def _as_i8(x: torch.Tensor) -> torch.Tensor:
-    return x.view(torch.int8) if x.dtype == torch.bool else x.to(torch.int8)
+from budgetllm.kernels.paged_kv import PagedKV, as_int8_flags
 
 
 @triton.jit
@@ -94,7 +90,7 @@ def store_decode_kv(kv: PagedKV, k_new: torch.Tensor, v_new: torch.Tensor, evict
     assert 0 <= layer < L
     if B == 0:
         return
-    ev = _as_i8(evict_prev).contiguous()
+    ev = as_int8_flags(evict_prev).contiguous()
     store_decode_kv_kernel[(B, H)](
         k_new, v_new, ev, slot_ids.contiguous(), kv.seq_pos, kv.k_pool, kv.v_pool, kv.slot_pos, kv.slot_flag,
         kv.block_tables[layer], kv.row_lens[layer], kv.ring[layer], kv.free_stack, kv.alloc_state, kv.slot_oom,
@@ -227,7 +223,7 @@ def store_prefill_kv(kv: PagedKV, k: torch.Tensor, v: torch.Tensor, decisions: t
     B, W1, PAGE = slot_ids.shape[0], kv.window + 1, kv.page_size
     if N == 0 or B == 0:
         return
-    dec = _as_i8(decisions).contiguous()
+    dec = as_int8_flags(decisions).contiguous()
     dest = torch.empty(N, H, dtype=torch.int32, device=k.device)
     BLOCK_W = triton.next_power_of_2(W1)
     store_prefill_meta_kernel[(B, H)](

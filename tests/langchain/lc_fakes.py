@@ -7,12 +7,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from langchain_core.tools import tool
+
 from budgetllm import Generation, KVMemory, StreamEvent, Usage
 from budgetllm.chat_format import ToolCallStreamSplitter, parse_tool_calls
 from budgetllm.options import CallOptions
 
 # What ChatDMS sends to the real model in tests: CPU, reference backend, short outputs.
 REAL_PARAMS = {"device": "cpu", "backend": "reference", "max_tokens": 16, "temperature": 0}
+
+# Tools the scripted answers call, and the model's markup for a call of ``add``.
+ADD_CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 3, "b": 4}}\n</tool_call>'
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@tool
+def lookup(key: str) -> str:
+    """Look a word up."""
+    return key.upper()
 
 
 @dataclass

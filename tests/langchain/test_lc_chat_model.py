@@ -6,23 +6,9 @@ import pytest
 from langchain_budgetllm import ChatDMS
 from langchain_budgetllm.chat_models import convert_messages
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.tools import tool
-from lc_fakes import Scripted
+from lc_fakes import ADD_CALL as CALL
+from lc_fakes import Scripted, add, lookup
 from pydantic import ValidationError
-
-CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 3, "b": 4}}\n</tool_call>'
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
-@tool
-def lookup(key: str) -> str:
-    """Look a word up."""
-    return key.upper()
 
 
 def _merge(chunks):

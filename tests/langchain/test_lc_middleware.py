@@ -14,25 +14,12 @@ from langchain_budgetllm import BudgetMiddleware, get_dms_usage_callback  # noqa
 from langchain_budgetllm.middleware import BudgetExhaustedError  # noqa: E402
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, ToolMessage  # noqa: E402
-from langchain_core.tools import tool  # noqa: E402
-from lc_fakes import Scripted  # noqa: E402
+from lc_fakes import ADD_CALL as ADD  # noqa: E402
+from lc_fakes import Scripted, add, lookup  # noqa: E402
 
 from budgetllm import CallContext, FixedPolicy, Plan  # noqa: E402
 
-ADD = '<tool_call>\n{"name": "add", "arguments": {"a": 3, "b": 4}}\n</tool_call>'
 LOOKUP = '<tool_call>\n{"name": "lookup", "arguments": {"key": "seven"}}\n</tool_call>'
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
-@tool
-def lookup(key: str) -> str:
-    """Look a word up."""
-    return key.upper()
 
 
 def three_steps():

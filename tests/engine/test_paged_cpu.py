@@ -19,6 +19,7 @@ import threading  # noqa: E402
 import pytest  # noqa: E402
 
 from budgetllm import LLM  # noqa: E402
+from tests.engine.concurrent_calls import run_concurrently  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +62,9 @@ def test_concurrent_requests_in_a_tiny_pool_all_finish(tiny_dir):
     paged = LLM(ref.loaded, backend)
     prompts = ["Hi", "Name a color.", "Count to three please.", "Why?"]
     expected = [ref.generate(p, compression=1, max_tokens=6).token_ids for p in prompts]
-    got: dict[int, list[int]] = {}
-
-    def go(i):
-        got[i] = paged.generate(prompts[i], compression=1, max_tokens=6).token_ids
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    got, errors = run_concurrently(
+        lambda i: paged.generate(prompts[i], compression=1, max_tokens=6).token_ids, len(prompts))
+    assert not errors, errors
     assert [got.get(i) for i in range(len(prompts))] == expected
     stats = backend.pool_stats()
     assert stats["pages_free"] == stats["pages_total"] and stats["active"] == stats["queued"] == 0
@@ -107,13 +101,8 @@ def test_graph_buckets_and_padding_rows(tiny_dir):
     paged = LLM(ref.loaded, backend)
     prompts = ["One.", "Two words.", "Three small words."]  # 3 rows: padded to the bucket of 4
     expected = [ref.generate(p, compression=8, max_tokens=5).token_ids for p in prompts]
-    got: dict[int, list[int]] = {}
-    threads = [threading.Thread(target=lambda i=i: got.__setitem__(
-        i, paged.generate(prompts[i], compression=8, max_tokens=5).token_ids)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    got, errors = run_concurrently(lambda i: paged.generate(prompts[i], compression=8, max_tokens=5).token_ids, 3)
+    assert not errors, errors
     assert [got.get(i) for i in range(3)] == expected
     kv = r.kv
     pad = r.pad_slots[0]

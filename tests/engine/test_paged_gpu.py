@@ -18,6 +18,8 @@ import threading
 import pytest
 import torch
 
+from tests.engine.concurrent_calls import run_concurrently
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 # A first divergence is a near-tie when the reference's top-2 logit gap there is at most this many
@@ -171,22 +173,13 @@ def test_64_concurrent_mixed_requests_free_the_pool():
 
     paged = LLM.from_pretrained(None, backend="paged", device="cuda", progress=False, max_seqs=32,
                                 num_pages=6000, max_prefill_tokens=2048)
-    errors, results = [], {}
 
     def go(i):
-        try:
-            text = " ".join(["The quick brown fox jumps over the lazy dog."] * (1 + i % 9))
-            out = paged.generate(text, compression=(1, 8)[i % 2], max_tokens=8 + (i * 7) % 57,
-                                 temperature=(0.0, 0.8)[i % 3 == 0], seed=i)
-            results[i] = out
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
+        text = " ".join(["The quick brown fox jumps over the lazy dog."] * (1 + i % 9))
+        return paged.generate(text, compression=(1, 8)[i % 2], max_tokens=8 + (i * 7) % 57,
+                              temperature=(0.0, 0.8)[i % 3 == 0], seed=i)
 
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    results, errors = run_concurrently(go, 64, timeout=300)
     try:
         assert not errors, errors[:3]
         assert len(results) == 64
@@ -202,17 +195,10 @@ def test_preemption_under_a_tiny_pool_keeps_outputs(tiny_dir):
     ref, paged = _pair(tiny_dir, "qwen3", "borrowed", num_pages=150, page_size=4, max_seqs=4)
     prompts = ["Hi", "Name a color.", "Count to three please.", "Why is the sky blue?"]
     expected = [ref.generate(p, compression=1, max_tokens=40).token_ids for p in prompts]
-    got: dict[int, list[int]] = {}
-
-    def go(i):
-        got[i] = paged.generate(prompts[i], compression=1, max_tokens=40).token_ids
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    got, errors = run_concurrently(
+        lambda i: paged.generate(prompts[i], compression=1, max_tokens=40).token_ids, len(prompts))
     try:
+        assert not errors, errors
         assert [got.get(i) for i in range(len(prompts))] == expected
         assert paged.pool_stats()["preemptions"] > 0, "the pool was meant to force a preemption"
         _assert_pool_free(paged.backend)
@@ -248,17 +234,9 @@ def test_cuda_graphs_equal_eager(tiny_dir):
     prompts = [f"Question {i}: what comes after {i}?" for i in range(11)]  # 11 rows: padded to 16
     try:
         for llm in (graphed, eager):
-            outs: dict[int, list[int]] = {}
-
-            def go(i, llm=llm, outs=outs):
-                outs[i] = llm.generate(prompts[i], compression=8, max_tokens=24).token_ids
-
-            threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=120)
-            llm.outs = outs
+            llm.outs, errors = run_concurrently(
+                lambda i, llm=llm: llm.generate(prompts[i], compression=8, max_tokens=24).token_ids, len(prompts))
+            assert not errors, errors
         assert graphed.outs == eager.outs
         singles = {i: ref.generate(prompts[i], compression=8, max_tokens=24).token_ids for i in range(3)}
         assert all(graphed.outs[i] == singles[i] for i in singles)

@@ -65,6 +65,13 @@ def test_build_table_calls_measure_for_every_grid_point():
     assert len(table.points) == len(seen) == 8 and table.meta["grid"]["thinking_budgets"] == [0, 64]
 
 
+def _one_point(**override) -> str:
+    """A calibration file with one well-formed point, but for ``override``."""
+    point = dict(task="t", thinking_budget=0, compression=1, accuracy=0.6, mean_reasoning_tokens=0,
+                 peak_kv_bytes=1, kv_bytes_read=1, n_samples=1)
+    return json.dumps({"points": [{**point, **override}]})
+
+
 @pytest.mark.parametrize(
     "content,match",
     [
@@ -72,44 +79,8 @@ def test_build_table_calls_measure_for_every_grid_point():
         ("[]", '"points" list'),
         ('{"points": [1]}', "must be an object"),
         ('{"points": [{"task": "t"}]}', "missing fields"),
-        (
-            json.dumps(
-                {
-                    "points": [
-                        dict(
-                            task="t",
-                            thinking_budget=0,
-                            compression=1,
-                            accuracy=60,
-                            mean_reasoning_tokens=0,
-                            peak_kv_bytes=1,
-                            kv_bytes_read=1,
-                            n_samples=1,
-                        )
-                    ]
-                }
-            ),
-            "fraction, not a percentage",
-        ),
-        (
-            json.dumps(
-                {
-                    "points": [
-                        dict(
-                            task="t",
-                            thinking_budget="x",
-                            compression=1,
-                            accuracy=0.6,
-                            mean_reasoning_tokens=0,
-                            peak_kv_bytes=1,
-                            kv_bytes_read=1,
-                            n_samples=1,
-                        )
-                    ]
-                }
-            ),
-            "thinking_budget: must be a number",
-        ),
+        (_one_point(accuracy=60), "fraction, not a percentage"),
+        (_one_point(thinking_budget="x"), "thinking_budget: must be a number"),
     ],
 )
 def test_malformed_calibration_files(tmp_path, content, match):

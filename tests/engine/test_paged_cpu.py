@@ -19,7 +19,7 @@ import threading  # noqa: E402
 import pytest  # noqa: E402
 
 from budgetllm import LLM  # noqa: E402
-from tests.engine.concurrent_calls import run_concurrently  # noqa: E402
+from tests.engine.enginelib import assert_next_turn_matches, request, run_concurrently  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -111,21 +111,6 @@ def test_graph_buckets_and_padding_rows(tiny_dir):
     backend.close()
 
 
-def _request(loaded, prompt: list[int], compression: float, max_tokens: int):
-    from budgetllm.accounting.meter import KVMeter, KVShape
-    from budgetllm.engine.eviction import EvictionRule
-    from budgetllm.engine.generation import GenerationRequest
-    from budgetllm.engine.thinking import ThinkingController
-    from budgetllm.types import SamplingParams
-
-    cfg = loaded.config
-    rule = EvictionRule("dms", window=loaded.dms.window, threshold=0.0) if compression > 1 else EvictionRule()
-    shape = KVShape(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, 4)
-    return GenerationRequest(prompt_ids=list(prompt), rule=rule, sampling=SamplingParams(),
-                             controller=ThinkingController(None, 0, max_tokens, encode=lambda s: []),
-                             meter=KVMeter(shape, compression, rule.mode), eos_ids=set())
-
-
 def test_next_turn_reuses_the_compressed_cache(pair):
     """Turn 2 = turn 1's prompt + its answer + new tokens: the paged engine prefills only the new
     tokens on top of the parked compressed rows, with the same result as the reference from scratch."""
@@ -133,16 +118,7 @@ def test_next_turn_reuses_the_compressed_cache(pair):
     backend = paged.backend
     backend.sched.prefix.capacity = 2
     try:
-        loaded = ref.loaded
-        prompt = list(range(1000, 1030))
-        turn1 = [s.token_id for s in backend.run(_request(loaded, prompt, 8, 6)) if s.finished is None]
-        prompt2 = prompt + turn1 + list(range(2000, 2012))
-        req_ref, req_paged = _request(loaded, prompt2, 8, 6), _request(loaded, prompt2, 8, 6)
-        expected = [s.token_id for s in ref.backend.run(req_ref) if s.finished is None]
-        got = [s.token_id for s in backend.run(req_paged) if s.finished is None]
-        assert got == expected and backend.pool_stats()["prefix_hits"] == 1
-        a, b = req_ref.meter.result(), req_paged.meter.result()
-        assert (a.live_bytes, a.logical_bytes, a.kv_bytes_read) == (b.live_bytes, b.logical_bytes, b.kv_bytes_read)
+        assert_next_turn_matches(ref, backend, list(range(1000, 1030)), extra=12, max_tokens=6)
     finally:
         backend.sched.prefix.capacity = 0
         backend.clear_prefix_cache()
@@ -158,7 +134,7 @@ def test_cancel_while_held_releases_on_the_device(pair):
     its pages must go back on the device at once, not when the next command arrives."""
     ref, paged = pair
     backend = paged.backend
-    steps = backend.run(_request(ref.loaded, list(range(1000, 1040)), 1, 50))
+    steps = backend.run(request(ref.loaded, list(range(1000, 1040)), 1, 50))
     first = next(steps)  # no ack follows: the sequence is on hold, the engine waits
     assert first.finished is None
     steps.close()  # cancel

@@ -18,7 +18,7 @@ import threading
 import pytest
 import torch
 
-from tests.engine.concurrent_calls import run_concurrently
+from tests.engine.enginelib import assert_next_turn_matches, run_concurrently
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -247,20 +247,10 @@ def test_cuda_graphs_equal_eager(tiny_dir):
 
 
 def test_next_turn_reuses_the_parked_cache(tiny_dir):
-    from tests.engine.test_paged_cpu import _request
-
     ref, paged = _pair(tiny_dir, "qwen3", "borrowed", prefix_cache=2)
-    backend, loaded = paged.backend, ref.loaded
+    backend = paged.backend
     try:
-        prompt = list(range(1000, 1300))
-        turn1 = [s.token_id for s in backend.run(_request(loaded, prompt, 8, 20)) if s.finished is None]
-        prompt2 = prompt + turn1 + list(range(2000, 2040))
-        req_ref, req_paged = _request(loaded, prompt2, 8, 20), _request(loaded, prompt2, 8, 20)
-        expected = [s.token_id for s in ref.backend.run(req_ref) if s.finished is None]
-        got = [s.token_id for s in backend.run(req_paged) if s.finished is None]
-        assert got == expected and backend.pool_stats()["prefix_hits"] == 1
-        a, b = req_ref.meter.result(), req_paged.meter.result()
-        assert (a.live_bytes, a.logical_bytes, a.kv_bytes_read) == (b.live_bytes, b.logical_bytes, b.kv_bytes_read)
+        assert_next_turn_matches(ref, backend, list(range(1000, 1300)), extra=40, max_tokens=20)
         backend.clear_prefix_cache()
         for _ in range(100):
             if backend.pool_stats()["parked"] == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ def run_batch(backend, loaded, batch: int, context: int, new_tokens: int, compre
     steps = max(counts) - 1
     full = _full_batch_intervals(log, batch, start) if log is not None else []
     if full:  # the engine's own clock: start-to-start of consecutive decode steps over the whole batch
-        step_s = sorted(full)[len(full) // 2]
+        step_s = statistics.median_high(full)
         tok_s = batch / step_s
     else:  # a backend without a step log: the window where every request is decoding
         t0 = max(first)
@@ -136,7 +137,8 @@ def _full_batch_intervals(log, batch: int, since: float) -> list[float]:
     return [b[1] - a[1] for a, b in zip(rows, rows[1:], strict=False) if b[5] == a[5] + 1]
 
 
-def _one_resumed_turn(backend, loaded, context: int, seed: int) -> tuple[float, float]:
+def _one_resumed_turn(backend, loaded, context: int, seed: int) -> tuple[tuple[float, dict], tuple[float, dict]]:
+    """(TTFT, its phases) of turn 2 resumed on the parked cache, then prefilled from scratch."""
     w = getattr(backend, "window", BENCH_WINDOW)  # the pool's window (one per pool)
     first = make_request(loaded, context, 32, 8, seed=seed, window=w)
     answer = [s.token_id for s in backend.run(first) if s.finished is None]
@@ -161,8 +163,8 @@ def resumed_turn_ttft(backend, loaded, context: int, repeats: int = 3) -> dict:
     on their first call), then the median of ``repeats`` conversations."""
     _one_resumed_turn(backend, loaded, context, seed=99)
     runs = [_one_resumed_turn(backend, loaded, context, seed=100 + i) for i in range(repeats)]
-    resumed = sorted(r[0] for r, _ in runs)[len(runs) // 2]
-    full = sorted(f[0] for _, f in runs)[len(runs) // 2]
+    resumed = statistics.median_high(r[0] for r, _ in runs)
+    full = statistics.median_high(f[0] for _, f in runs)
     return {"resumed_ttft_s": resumed, "full_ttft_s": full, "speedup": full / max(resumed, 1e-9),
             "runs": [{"resumed_ttft_s": r[0], "full_ttft_s": f[0], "resumed_phases_s": r[1], "full_phases_s": f[1]}
                      for r, f in runs]}

@@ -23,6 +23,13 @@ FIXED_POOL_BYTES = 16 << 30
 MAX_PREFILL = 16384  # tokens per prefill step
 
 
+def tokens_to_decode(base: int, batch: int, context: int) -> int:
+    """Prefill chunks alternate with decode steps, so the first requests decode while the last ones
+    prefill: give each one token per chunk to spare, so that the whole batch decodes together for
+    about ``base`` steps (the timed ones)."""
+    return base + -(-batch * context // MAX_PREFILL)
+
+
 class Clock:
     """A wall-time budget for the whole run: points past it are skipped and say so."""
 
@@ -73,9 +80,7 @@ def bench_shape(shape: str, contexts, batches, compressions, clock: Clock, resul
             results["skipped"].append({"shape": shape, "context": ctx, "batch": batch, "compression": cr,
                                        "why": "does not fit the pool"})
             continue
-        # Prefill chunks alternate with decode steps, so the first requests decode while the last
-        # prefill: give them one token per chunk to spare, so that the whole batch decodes together.
-        r = run_batch(backend, loaded, batch, ctx, new_tokens + -(-batch * ctx // MAX_PREFILL), cr)
+        r = run_batch(backend, loaded, batch, ctx, tokens_to_decode(new_tokens, batch, ctx), cr)
         row = asdict(r) | {"shape": shape, "backend": "paged", "weight_bytes": wbytes}
         per_seq = r.peak_reserved_bytes / batch
         row["max_concurrency_16gib"] = int(FIXED_POOL_BYTES // per_seq) if per_seq else None
@@ -132,7 +137,7 @@ def hf_static_pairs(loaded, shape: str, clock: Clock, points=((1024, 1), (8192, 
         if clock.left() < 90:
             break
         backend = paged_backend(loaded, max_seqs=batch + 2)
-        paged = run_batch(backend, loaded, batch, ctx, 48, 8)
+        paged = run_batch(backend, loaded, batch, ctx, tokens_to_decode(48, batch, ctx), 8)
         backend.close()
         backend = None
         _collect()
@@ -162,7 +167,7 @@ def bench_equal_memory(shape: str, context: int, dense_batch: int, clock: Clock,
     cr8_batch = (pages - rows) // (rows * (per_row + 1))  # one page per row of decode margin each
     for cr, batch in ((1, dense_batch), (8, cr8_batch)):
         backend = paged_backend(loaded, max_seqs=batch + 2, num_pages=pages)
-        r = run_batch(backend, loaded, batch, context, 32 + -(-batch * context // MAX_PREFILL), cr)
+        r = run_batch(backend, loaded, batch, context, tokens_to_decode(32, batch, context), cr)
         out[f"cr{cr}"] = asdict(r)
         backend.close()
         backend = None
@@ -196,7 +201,8 @@ def bench_smollm2(clock: Clock, results: dict) -> None:
                     continue
                 rule = EvictionRule("dms", window=loaded.dms.window, threshold=0.0) if cr == 8 else \
                     EvictionRule("dense", window=loaded.dms.window)
-                r = run_batch(backend, loaded, batch, ctx, 48, cr, rule=rule, prompts=prompts)
+                r = run_batch(backend, loaded, batch, ctx, tokens_to_decode(48, batch, ctx), cr, rule=rule,
+                              prompts=prompts)
                 results["paged"].append(asdict(r) | {"shape": "smollm2-135m (real weights, trained DMS)",
                                                      "backend": "paged", "weight_bytes": weight_bytes(loaded.hf_model)})
     backend.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from budgetllm.models.dms_spec import DMSSpec
 
@@ -42,16 +41,10 @@ class DecisionHead:
         """q_pre_rope: [T, Hq, D] (after q_norm); residual: [T, hidden]. Returns [T, H] float32."""
         s = self.spec
         if s.variant == "borrowed":
-            raw = q_pre_rope[:, :: self.group, -1].float()
-        elif s.variant == "adapter":
-            w = self.weights
-            x = residual.float()
-            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + s.norm_eps) * w["norm_weight"].float()
-            bias = w["proj_bias"].float() if w.get("proj_bias") is not None else None
-            raw = F.linear(x, w["proj_weight"].float(), bias)
-        else:
-            return None
-        return raw * s.alpha_scale - s.alpha_offset
+            return q_pre_rope[:, :: self.group, -1].float() * s.alpha_scale - s.alpha_offset
+        if s.variant == "adapter":
+            return s.adapter_logits(residual, self.weights)
+        return None
 
     def strip_channel(self, q: torch.Tensor) -> torch.Tensor:
         """Zero the borrowed channel (call before and after RoPE). No-op for other variants."""

@@ -82,6 +82,17 @@ class DMSSpec:
             for (x0, t0), (x1, t1) in zip(pts, pts[1:], strict=False):
                 if x0 <= x <= x1:
                     return t0 + (t1 - t0) * (x - x0) / (x1 - x0)
-        if abs(compression - self.native_cr) < 1e-6:
-            return 0.0
         return None
+
+    def adapter_logits(self, residual, weights: dict[str, Any]):
+        """The adapter variant's decision logits ``[N, H]`` float32 for the residual stream ``[N, hidden]``
+        (before the layer's input norm): ``dms_proj_alpha(RMSNorm(residual)) * alpha_scale - alpha_offset``,
+        all in float32. ``weights``: one layer of ``adapter_weights`` (float32 copies convert for free).
+        The one definition the reference backend, the trainer and the paged engine share."""
+        import torch
+
+        x = residual.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.norm_eps) * weights["norm_weight"].float()
+        bias = weights.get("proj_bias")
+        raw = torch.nn.functional.linear(x, weights["proj_weight"].float(), None if bias is None else bias.float())
+        return raw * self.alpha_scale - self.alpha_offset

@@ -37,9 +37,7 @@ class FusedLayer:
     gate_up_w: torch.Tensor
     down_w: torch.Tensor
     qk_norm: torch.Tensor | None  # Qwen3: [Hq + H, D], q_norm's weight on q heads, k_norm's on k heads
-    alpha_norm: torch.Tensor | None = None  # adapter variant: float32 weights
-    alpha_w: torch.Tensor | None = None
-    alpha_b: torch.Tensor | None = None
+    alpha: dict | None = None  # adapter variant: the layer's adapter weights in float32 (converted once)
 
 
 class FusedModel:
@@ -91,10 +89,7 @@ class FusedModel:
             if hasattr(attn, "q_norm") else None,
         )
         if self.adapter:
-            w = self.dms.adapter_weights[i]
-            out.alpha_norm = w["norm_weight"].float()
-            out.alpha_w = w["proj_weight"].float()
-            out.alpha_b = w["proj_bias"].float() if w.get("proj_bias") is not None else None
+            out.alpha = {k: (v.float() if v is not None else None) for k, v in self.dms.adapter_weights[i].items()}
         return out
 
     # -- pieces of a forward ----------------------------------------------------------------
@@ -118,11 +113,8 @@ class FusedModel:
         qkv = F.linear(h, L.qkv_w, L.qkv_b)
         v = qkv[:, (Hq + H) * D:].view(-1, H, D)
         s = self.dms
-        logits_in = None
-        if self.adapter:  # the adapter reads the residual stream (its own norm, float32)
-            xf = x.float()
-            xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + s.norm_eps) * L.alpha_norm
-            logits_in = F.linear(xf, L.alpha_w, L.alpha_b) * s.alpha_scale - s.alpha_offset
+        # the adapter reads the residual stream (its own norm, float32)
+        logits_in = s.adapter_logits(x, L.alpha) if self.adapter else None
         borrowed = (self.G, float(s.alpha_scale), float(s.alpha_offset)) if self.borrowed else None
         has_logits = self.borrowed or self.adapter
         q, k, _, dec = qkv_rope(qkv, self.cos, self.sin_signed, pos, Hq, H, D, qk_norm=L.qk_norm, eps=self.eps,

@@ -1,9 +1,11 @@
 """Eviction rules as per-row tensors, so one batch mixes requests with different rules.
 
 Every batch row carries ``code`` (what decides), ``thr`` (dms threshold), ``sinks`` (window mode)
-and ``period`` (the "forced" benchmark mode); :func:`decide_rows` turns them and the decision logits
-into the ``[N, H]`` decisions the store kernels take, on the GPU, inside a CUDA graph. Each code
-mirrors ``EvictionRule.decide`` exactly, so both backends flag the same tokens.
+and ``period`` (the "forced" benchmark mode). :func:`step_decisions` (once per step) decides every
+row whose rule needs no logits; the threshold rows (``logit > thr``) are decided per layer inside the
+fused q/k kernel (``budgetllm.kernels.qkv_rope``), whose eager definition is :func:`layer_decisions`
+(:func:`decide_rows` = both, for tests). All on the GPU, inside a CUDA graph. Each code mirrors
+``EvictionRule.decide`` exactly, so both backends flag the same tokens.
 
 Benchmark hook (random-weight models, whose learned decisions mean nothing):
 ``EvictionRule("forced", window=w, period=CR)`` flags token k iff ``k % period != 0``, so every KV
@@ -55,7 +57,7 @@ def step_decisions(pos: torch.Tensor, code: torch.Tensor, sinks: torch.Tensor, p
 def layer_decisions(logits: torch.Tensor | None, thr: torch.Tensor, base: torch.Tensor,
                     uses_thr: torch.Tensor) -> torch.Tensor:
     """Decisions [N, H] of one layer: ``logits > thr`` on threshold rows (compared in float64, like
-    the reference's Python float), ``base`` elsewhere. Two small kernels per layer, none without logits."""
+    the reference's Python float), ``base`` elsewhere. The engine runs this inside ``kernels.qkv_rope``."""
     if logits is None:
         return base
     return torch.where(uses_thr, logits > thr[:, None], base)

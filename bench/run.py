@@ -1,4 +1,4 @@
-"""Run the benchmark matrix of TARGETS.md on the GPU and write bench.json, summary.json and plots.
+"""Run the benchmark matrix of docs/targets.md on the GPU and write bench.json, summary.json and plots.
 
     python bench/run.py --out bench/results [--budget-s 480] [--quick] [--only grid|rest|equal]
     python bench/run.py --out bench/results --merge a.json b.json   # parts of one session -> one report

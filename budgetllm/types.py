@@ -24,7 +24,7 @@ class SamplingParams:
 
 @dataclass
 class ThinkingConfig:
-    """Where thinking starts and ends, and how a budget closes it (research/budget.md §1.4)."""
+    """Where thinking starts and ends, and how a budget closes it (docs/notes/budget.md §1.4)."""
 
     open_tag: str = "<think>\n"
     close_tag: str = "</think>"

@@ -1,4 +1,4 @@
-"""The dependency rules of DESIGN.md, checked with import-linter's contracts in pyproject.toml."""
+"""The dependency rules of docs/design.md, checked with import-linter's contracts in pyproject.toml."""
 
 from __future__ import annotations
 

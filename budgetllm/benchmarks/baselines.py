@@ -75,7 +75,7 @@ def hf_generate_decode_rate(hf_model, batch: int, context: int, new_tokens: int 
 
 class GraphedDenseStep:
     """One dense decode step in plain torch, captured in a CUDA graph: the 'paging costs nothing'
-    yardstick of TARGETS.md. As lean as plain torch gets: q/k/v and gate/up fused into one GEMM
+    yardstick of docs/targets.md. As lean as plain torch gets: q/k/v and gate/up fused into one GEMM
     each (cuBLAS), torch's fused RMSNorm, SDPA with GQA over a static [B, H, T, D] cache."""
 
     def __init__(self, hf_model, batch: int, context: int):

@@ -1,4 +1,4 @@
-"""`budgetllm bench`: run the TARGETS.md matrix on this machine's GPU (or merge parts of one run)."""
+"""`budgetllm bench`: run the docs/targets.md matrix on this machine's GPU (or merge parts of one run)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The benchmark matrix of TARGETS.md on one GPU: every point measured side by side in one run."""
+"""The benchmark matrix of docs/targets.md on one GPU: every point measured side by side in one run."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def bench_shape(shape: str, contexts, batches, compressions, clock: Clock, resul
     loaded = random_model(shape)
     wbytes = weight_bytes(loaded.hf_model)
     points = [(c, b, cr) for c in contexts for b in batches for cr in compressions]
-    # the points TARGETS.md names first, so a short budget skips the others
+    # the points docs/targets.md names first, so a short budget skips the others
     key = {(32768, 16): 0, (8192, 16): 1, (1024, 1): 2, (32768, 1): 3, (1024, 16): 4}
     points.sort(key=lambda p: key.get(p[:2], 9))
     backend = paged_backend(loaded, max_seqs=max(batches) + 4, memory_fraction=memory_fraction)

@@ -1,4 +1,4 @@
-"""From bench.json to summary.json (one entry per performance line of TARGETS.md) and plots."""
+"""From bench.json to summary.json (one entry per performance line of docs/targets.md) and plots."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """DMS semantics: eviction decisions, the delayed-eviction mask, the brute-force oracle, retrofit training.
 
-Owns: how a decision logit is computed for each variant (research/dms.md §1.1), how decisions become
+Owns: how a decision logit is computed for each variant (docs/notes/dms.md §1.1), how decisions become
 a visibility mask (§1.3–1.5), and a brute-force attention under that mask (the test oracle).
 May use: torch, ``budgetllm.models``. Must not import: policy, accounting, server. The semantics
 (decisions, mask, oracle) never import the engine; the retrofit tools (``thresholds``, ``quality``)

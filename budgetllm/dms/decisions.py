@@ -1,4 +1,4 @@
-"""Eviction decision logits for both DMS variants (research/dms.md §1.1)."""
+"""Eviction decision logits for both DMS variants (docs/notes/dms.md §1.1)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from budgetllm.models.adapter import AdapterFile, save_adapter_file
 
 
 def nvidia_config_keys(meta: dict, variant: str = "adapter") -> dict:
-    """The Model-Optimizer ``Qwen3ConfigDMS`` keys (research/dms.md §4.3) for an adapter's metadata."""
+    """The Model-Optimizer ``Qwen3ConfigDMS`` keys (docs/notes/dms.md §4.3) for an adapter's metadata."""
     return {
         "dms_alpha_scale": float(meta.get("alpha_scale", 100.0)),
         "dms_initial_alpha_offset": float(meta.get("alpha_offset", 5.0)),

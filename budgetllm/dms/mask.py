@@ -1,4 +1,4 @@
-"""From per-token decisions to the delayed-eviction visibility mask (research/dms.md §1.3–1.5)."""
+"""From per-token decisions to the delayed-eviction visibility mask (docs/notes/dms.md §1.3–1.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retrofit training (research/dms.md §2): distillation from the dense model + a one-sided hinge
+"""Retrofit training (docs/notes/dms.md §2): distillation from the dense model + a one-sided hinge
 pulling the eviction rate toward 1 - 1/CR, with CR rising linearly from ``initial_cr`` to the target.
 
 Decisions are Gumbel-sigmoid relaxed (logistic noise, tau = 0.1); the soft delayed-eviction mask

@@ -5,7 +5,7 @@ Same semantics as inference (``budgetllm.engine.reference``): decision logits co
 stripped before and after :func:`~budgetllm.dms.decisions.apply_rope`, the decision made at token
 t+1 is the fate of token t, and a key k stays fully visible to query q while q - k <= window.
 
-Training mask (research/dms.md §1.3): outside the window, key k gets the additive bias
+Training mask (docs/notes/dms.md §1.3): outside the window, key k gets the additive bias
 log(1 - sigmoid(z_{k+1})) with z = (logit + logistic noise) / tau. Attention takes an additive
 [B, H, G*T, T] mask (the G query heads of a GQA group are stacked along the query axis, so K/V are
 not repeated); fine for the <= 4K-token training lengths used here. When the mask needs gradients

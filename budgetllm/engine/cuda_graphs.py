@@ -1,6 +1,6 @@
 """CUDA graphs of the decode step, one per batch-size bucket (nano-vllm style).
 
-Kernel launches dominate a decode step on small models (docs/GPU.md: 69 ms eager vs a 1.2 ms
+Kernel launches dominate a decode step on small models (docs/gpu-notes.md: 69 ms eager vs a 1.2 ms
 bandwidth floor), so each bucket's whole step (embedding, every layer's GEMMs, store-and-evict and
 paged attention, the LM head) is captured once and replayed. Everything a step reads is either a
 static buffer of the runner (token ids, slots, rule parameters) or GPU state (``seq_pos``, row

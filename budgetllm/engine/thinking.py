@@ -1,4 +1,4 @@
-"""The thinking-budget controller of one request (research/budget.md §1.4–1.5). Torch-free.
+"""The thinking-budget controller of one request (docs/notes/budget.md §1.4–1.5). Torch-free.
 
 Phases: "thinking" (reasoning tokens are counted from the open tag in the prompt), "closing" (the
 budget is spent: the hand-off text and the close tag are fed as forced tokens), "answer" (the

@@ -1,4 +1,4 @@
-"""DMS settings of a loaded model, read from config.json keys or an adapter file (research/dms.md §4)."""
+"""DMS settings of a loaded model, read from config.json keys or an adapter file (docs/notes/dms.md §4)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 Variant = Literal["none", "borrowed", "adapter"]
 
-# FastDMS's metadata loader accepts these aliases (research/dms.md §5); we accept them too.
+# FastDMS's metadata loader accepts these aliases (docs/notes/dms.md §5); we accept them too.
 _ALIASES = {
     "window": ("dms_window_size", "window_size"),
     "alpha_scale": ("dms_alpha_scale", "alpha_scale"),

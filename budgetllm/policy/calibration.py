@@ -3,7 +3,7 @@
 ``budgetllm calibrate`` fills one with ``build_table(grid, measure)``: ``measure`` runs the model
 (the engine's job, not this torch-free module) on one grid point and returns its
 ``CalibrationPoint``. The Pareto policy reads the table through ``interpolate``: accuracy rises
-roughly log-linearly with thinking tokens and saturates (research/budget.md §3.5), so budgets are
+roughly log-linearly with thinking tokens and saturates (docs/notes/budget.md §3.5), so budgets are
 interpolated in log2(1 + budget) and clamped outside the measured range (flat, never
 extrapolated); compressions in log2(CR). JSON format: ``{"version": 1, "model": ..., "points": [...]}``.
 """
@@ -47,7 +47,7 @@ _NUMERIC = (
 
 @dataclass(frozen=True)
 class CalibrationGrid:
-    """The grid ``budgetllm calibrate`` measures (research/budget.md §3.5 suggests this one)."""
+    """The grid ``budgetllm calibrate`` measures (docs/notes/budget.md §3.5 suggests this one)."""
 
     tasks: tuple[str, ...] = ("gsm",)
     thinking_budgets: tuple[int, ...] = (0, 256, 512, 1024, 2048, 4096)

@@ -1,4 +1,4 @@
-"""The KV cost model every policy shares (research/budget.md §3.1).
+"""The KV cost model every policy shares (docs/notes/budget.md §3.1).
 
 With prompt ``P``, generated tokens ``G`` (thinking + answer), compression ``CR``, DMS window
 ``w`` and width ``W`` (parallel samples):

@@ -3,7 +3,7 @@
 ``plan(context)`` is the base's plan; ``escalate(context, previous, attempt)`` gives the plan
 for retry number ``attempt`` (1 = the first retry), or None when the steps are exhausted, the
 agent has no calls left, or the step would change nothing. The default ladder follows
-research/budget.md §4: double the budget and the compression (peak KV stays about constant),
+docs/notes/budget.md §4: double the budget and the compression (peak KV stays about constant),
 then NoThinking with parallel samples and a majority vote, which beats truncated thinking at
 small budgets. Wrap it in a ``PolicyChain`` to keep a memory cap on the retries.
 """

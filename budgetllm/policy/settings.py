@@ -8,7 +8,7 @@ then applies the token limits no layer may break, in this order:
 2. the model's context (``max_context - prompt_tokens``) and the agent's ``tokens_left``;
 3. ``answer_reserve <= max_tokens`` and ``thinking_budget + answer_reserve <= max_tokens``:
    when the ceiling is tight the thinking budget shrinks first, so the answer keeps its room
-   (research/budget.md §1.5: "thinking eats max_tokens -> empty answer").
+   (docs/notes/budget.md §1.5: "thinking eats max_tokens -> empty answer").
 """
 
 from __future__ import annotations

@@ -93,14 +93,6 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def load_policy_file(path: str | None) -> Any:
-    if not path:
-        return None
-    from budgetllm.policy import load_policy  # type: ignore[attr-defined]
-
-    return load_policy(path)
-
-
 def import_ray_integration() -> Any:
     """``budgetllm_ray``: installed with the wheel, or found in a source checkout's integrations/ray."""
     try:
@@ -140,8 +132,9 @@ def serve_command(args: argparse.Namespace) -> int:
         return 0
 
     from budgetllm import LLM  # imports torch: only here, not when the module is imported
+    from budgetllm.policy import load_policy
 
-    policy = load_policy_file(args.policy)
+    policy = load_policy(args.policy) if args.policy else None
     llm = LLM.from_pretrained(args.model, compression=args.compression, backend=args.backend,
                               device=args.device, dtype=args.dtype, policy=policy)
     log.info("serving %s on http://%s:%d (max context %d)", llm.model_name, args.host, args.port, llm.max_context)

@@ -1,4 +1,4 @@
-"""The shared cost model: live tokens, peak and KV reads (research/budget.md §3.1)."""
+"""The shared cost model: live tokens, peak and KV reads (docs/notes/budget.md §3.1)."""
 
 import pytest
 from hypothesis import given, settings

@@ -47,9 +47,9 @@ def _asgi_builder(cfg: dict[str, Any]) -> Callable[[], Any]:
         # Imported on the replica: the driver never loads torch or the model.
         from budgetllm import LLM
         from budgetllm.server.app import create_app
-        from budgetllm.server.cli import load_policy_file
+        from budgetllm.policy import load_policy
 
-        policy = load_policy_file(cfg["policy_file"])
+        policy = load_policy(cfg["policy_file"]) if cfg["policy_file"] else None
         # device None: Ray sets CUDA_VISIBLE_DEVICES to this replica's GPU, so "cuda" is the right one.
         llm = LLM.from_pretrained(cfg["model"], compression=cfg["compression"], backend=cfg["backend"],
                                   device=cfg["device"], dtype=cfg["dtype"], policy=policy, progress=False)

@@ -201,10 +201,7 @@ def main() -> None:
 
     # -- quality (whatever time is left) -------------------------------------------------------------
     if not a.no_quality and time.time() < deadline_total - 60:
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from quality import run_quality
+        from budgetllm.benchmarks.quality import run_quality
 
         try:
             res = run_quality(loaded, n_text=8 if dev == "cuda" else 1, n_tasks=24 if dev == "cuda" else 2,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -112,13 +111,7 @@ def add_eval_subcommand(subparsers) -> argparse.ArgumentParser:
 
 
 def eval_command(args) -> int:
-    root = Path(__file__).resolve().parents[2] / "bench"
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        import quality as bench_quality
-    except ImportError as e:  # installed without the repository's bench/ folder
-        raise SystemExit(f"budgetllm eval needs bench/quality.py from the repository: {e}") from None
+    from budgetllm.benchmarks import quality as bench_quality
     argv = ["--out", args.out, "--ratios", args.ratios, "--methods", args.methods, "--n-text", str(args.n_text),
             "--n-tasks", str(args.n_tasks), "--text-len", str(args.text_len)]
     for flag in ("model", "adapter", "heldout", "device"):

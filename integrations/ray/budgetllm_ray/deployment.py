@@ -46,8 +46,8 @@ def _asgi_builder(cfg: dict[str, Any]) -> Callable[[], Any]:
     def build_budgetllm_app() -> Any:
         # Imported on the replica: the driver never loads torch or the model.
         from budgetllm import LLM
-        from budgetllm.server.app import create_app
         from budgetllm.policy import load_policy
+        from budgetllm.server.app import create_app
 
         policy = load_policy(cfg["policy_file"]) if cfg["policy_file"] else None
         # device None: Ray sets CUDA_VISIBLE_DEVICES to this replica's GPU, so "cuda" is the right one.

@@ -1,6 +1,7 @@
 """Quality of DMS against training-free eviction at the same kept-token budget (budgetllm eval).
 
-    python bench/quality.py --out bench/results [--heldout heldout_stream.json] [--n-tasks 24]
+    budgetllm eval --out bench/results [--heldout heldout_stream.json] [--n-tasks 24]
+    (or: python -m budgetllm.benchmarks.quality ...; both work from an installed package)
 
 For each requested ratio (2, 4, 8) the DMS run sets the budget: every sequence's baseline keeps as
 many entries per (layer, KV head) row as DMS kept at its last token. Metrics: next-token KL to the

@@ -1,4 +1,4 @@
-"""`budgetllm ...` commands: generate, policy, calibrate, retrofit, eval, serve, bench."""
+"""`budgetllm ...` commands: generate, cache, policy, calibrate, retrofit, eval, serve, bench."""
 
 from __future__ import annotations
 
@@ -59,6 +59,28 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=_generate)
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from budgetllm.models import weights_cache as wc
+
+    if args.action == "clear":
+        freed = wc.clear()
+        print(f"removed the converted-weights cache under {wc.weights_root()} ({freed / 2**20:.0f} MiB)")
+        return 0
+    entries = wc.list_entries()
+    print(f"cache directory: {wc.cache_root()} (set ${wc.CACHE_ENV} to move it)")
+    for e in entries:
+        state = "ok" if e.problem is None else f"will be rebuilt: {e.problem}"
+        print(f"  {e.path.name}  {e.bytes / 2**20:.0f} MiB  {state}" + (f"\n    from {e.source}" if e.source else ""))
+    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {sum(e.bytes for e in entries) / 2**20:.0f} MiB")
+    return 0
+
+
+def _add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="the converted-weights cache (GGUF files de-quantised once): info or clear")
+    p.add_argument("action", choices=["info", "clear"])
+    p.set_defaults(func=_cache)
+
+
 # Subcommands owned by other packages: (module, function that adds the subparser).
 _PLUGINS = [
     ("budgetllm.policy.cli", "add_policy_subcommands"),
@@ -74,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="budgetllm", description="Cheap long-thinking LLMs with DMS KV compression")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_cache(sub)
     for module, func in _PLUGINS:
         try:
             add = getattr(importlib.import_module(module), func)

@@ -135,6 +135,7 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     adapter: str | Path | None = None,
     progress: bool = True,
+    cache: bool = True,
 ) -> LoadedModel:
     """Load a model for budgetllm.
 
@@ -142,6 +143,8 @@ def load_model(
     config.json + safetensors + tokenizer, a ``.gguf`` file, or a Hugging Face id.
     adapter: a budgetllm DMS adapter file laid over the model (default: the shipped adapter for
     the embedded model, when present).
+    cache: load a GGUF file through the converted-weights cache (``budgetllm.models.weights_cache``):
+    the first load de-quantises it and saves safetensors in the user cache, later loads read those.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -173,6 +176,13 @@ def load_model(
         source, name = str(directory), directory.name
     else:
         source, name = str(model), str(model)
+    if cache and "gguf_file" in kwargs:
+        from budgetllm.models import weights_cache
+
+        entry = weights_cache.converted(Path(source) / kwargs["gguf_file"], progress=progress,
+                                        quiet_gguf=_quiet_gguf_progress)
+        if entry is not None:  # same weights and tokenizer, saved as safetensors: loads in seconds
+            source, kwargs = str(entry), {}
 
     with _progress(progress) as bar:
         task = bar.add_task(f"loading {name}", total=4) if bar else None

@@ -156,6 +156,10 @@ def load_model(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if device.type == "cpu":
+        from budgetllm.models.threads import apply_default_threads
+
+        apply_default_threads()  # torch's one-thread-per-core default is slow for decode (see threads.py)
 
     kwargs: dict[str, Any] = {}
     directory: Path | None = None

@@ -7,12 +7,11 @@ import json
 
 import pytest
 import torch
+from tiny_gguf import write_tiny_gguf
 
 from budgetllm.cli import main as cli_main
 from budgetllm.models import load_model
 from budgetllm.models import weights_cache as wc
-
-from tiny_gguf import write_tiny_gguf
 
 TEXTS = ["hello the world", "<|im_start|>user\nthe answer is 42<|im_end|>", "  tabs\tand ünïcode"]
 

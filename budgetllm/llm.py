@@ -173,7 +173,8 @@ class LLM:
             top_p=plan.top_p if plan.top_p is not None else call.top_p, top_k=call.top_k, seed=call.seed)
         req = GenerationRequest(
             prompt_ids=prompt_ids, rule=rule, sampling=sampling, controller=ctrl,
-            meter=KVMeter(self.kv_shape, plan.compression, rule.mode), eos_ids=self.prompter.eos_ids,
+            meter=KVMeter(self.kv_shape, plan.compression, rule.mode, window=_tokens_kept_before_eviction(rule)),
+            eos_ids=self.prompter.eos_ids,
             banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config))
         yield from self._drive(req, call, plan, ctrl)
 
@@ -342,3 +343,10 @@ def get_llm(model: str | None = None, *, backend: str | None = None, device: str
 
 
 __all__ = ["LLM", "EvictionRule", "get_llm"]
+
+
+def _tokens_kept_before_eviction(rule) -> int:
+    """How long a sequence must grow before the rule can drop anything (0: it never does)."""
+    if rule.mode == "dms":
+        return rule.window
+    return rule.window + rule.sinks if rule.mode == "window" else 0

@@ -47,6 +47,8 @@ class KVMemory:
     compression_requested / compression_achieved: requested ratio, measured logical/live.
     evicted_tokens: (layer, head) token entries dropped, summed over layers and heads.
     kv_bytes_read: K/V bytes the attention read during decode, summed over steps.
+    window: tokens a row keeps before it may evict (DMS / window modes; 0 when nothing can be evicted):
+    a call whose prompt and output fit in it cannot compress, whatever ratio was requested.
     """
 
     logical_bytes: int = 0
@@ -58,6 +60,7 @@ class KVMemory:
     evicted_tokens: int = 0
     kv_bytes_read: int = 0
     mode: str = "dense"  # "dms" (learned decisions), "window" (StreamingLLM), "dense"
+    window: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

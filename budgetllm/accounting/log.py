@@ -48,6 +48,20 @@ class UsageLog:
 UsageSink = Callable[[str, Usage], None]
 
 
+def too_short_to_compress(usage: Usage) -> bool:
+    """True when compression was asked for but the whole call (prompt and output) fit in the
+    eviction window: no token ever left it, so none could be dropped."""
+    kv = usage.kv
+    return kv.compression_requested > 1 and kv.window > 0 and usage.total_tokens <= kv.window
+
+
+def _too_short(usage: Usage) -> list[tuple[str, str]]:
+    if not too_short_to_compress(usage):
+        return []
+    return [("why not compressed", f"too short: {usage.total_tokens} tokens fit in the {usage.kv.window}-token "
+                                   "window, and only tokens that leave it can be dropped")]
+
+
 def usage_rows(usage: Usage) -> list[tuple[str, str]]:
     """The accounting table of one call as (field, value) rows."""
     kv = usage.kv
@@ -58,6 +72,7 @@ def usage_rows(usage: Usage) -> list[tuple[str, str]]:
         ("KV mode", kv.mode),
         ("compression requested", f"{kv.compression_requested:g}x"),
         ("compression achieved (measured)", f"{kv.compression_achieved:.2f}x"),
+        *_too_short(usage),
         ("KV logical (dense would hold)", format_bytes(kv.logical_bytes)),
         ("KV live (kept)", format_bytes(kv.live_bytes)),
         ("KV peak live", format_bytes(kv.peak_live_bytes)),

@@ -38,9 +38,9 @@ class KVMeter:
     number of (layer, KV head, token) entries kept, summed over all rows.
     """
 
-    def __init__(self, shape: KVShape, compression_requested: float, mode: str):
+    def __init__(self, shape: KVShape, compression_requested: float, mode: str, window: int = 0):
         self.shape = shape
-        self._kv = KVMemory(compression_requested=float(compression_requested), mode=mode)
+        self._kv = KVMemory(compression_requested=float(compression_requested), mode=mode, window=int(window))
         self._seq_len = 0
         self._live_entries = 0
 

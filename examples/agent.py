@@ -1,16 +1,26 @@
-"""A LangChain agent on ChatDMS: two tools, a per-call budget policy, and a KV-memory report.
+"""A LangChain agent on ChatDMS: tools, a per-call budget policy, a long report read with a
+compressed KV cache, and a KV-memory report that explains each call's ratio.
 
     python examples/agent.py                       # embedded SmolLM2-135M, offline, on the CPU
     python examples/agent.py --question "What is the capital of France?"
     python examples/agent.py --model Qwen/Qwen3-1.7B --device cuda --max-tokens 512
     python examples/agent.py --policy examples/policies/memory_cap.yaml   # budgets from a policy file
 
+Two tasks run through one agent. (1) A question the calculator answers: short calls, whose prompts
+fit in the model's 256-token eviction window, so nothing can be evicted and the report says so.
+(2) The long-context step: the agent reads an incident report of ~1,500 tokens returned by the
+``read_report`` tool and says what caused the outage; the policy compresses the call that reads it
+(``tools: read_report`` in ``examples/policies/agent.yaml``), and the report shows the ratio achieved
+and why it is below the one requested (the newest 256 tokens are always kept).
+
 Each model call gets its thinking budget and compression from a policy file
 (``examples/policies/agent.yaml``; or the ``StepPolicy`` class below with ``--policy step``) through
 ``BudgetMiddleware`` (within an agent-level token budget); ``get_dms_usage_callback`` collects
 tokens and KV memory per call. A 135M model rarely decides to call a tool by itself, so the first
-call is made with ``tool_choice="calculator"`` (the engine then writes the call's opening and the model the
-arguments; ``--force-tool none`` turns this off); larger models use the tools unprompted.
+call of task 1 is made with ``tool_choice="calculator"`` (the engine then writes the call's opening
+and the model the arguments; ``--force-tool none`` turns this off), and task 2 starts from the
+agent's ``read_report`` call already made (its result in the conversation), so the long read
+happens whatever the model would have called; larger models use the tools unprompted.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from pathlib import Path
 from langchain.agents import create_agent
 from langchain.agents.middleware import wrap_model_call
 from langchain_budgetllm import BudgetMiddleware, ChatDMS, get_dms_usage_callback
-from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
 from budgetllm import CallContext, Plan
@@ -64,6 +74,29 @@ FACTS = {
 def lookup(term: str) -> str:
     """Look up a short fact about a country or a term."""
     return FACTS.get(term.strip().lower(), f"no entry for {term!r}; known: {', '.join(sorted(FACTS))}")
+
+
+SERVICES = ("api-gateway", "auth", "billing", "search", "checkout", "inventory", "notifications", "reports")
+
+
+def incident_report(entries: int = 40) -> str:
+    """A long, regular incident log with the cause stated once, in the middle."""
+    lines = ["INCIDENT 4711 - checkout outage, 2026-11-12. Timeline (UTC), one line per event:"]
+    for i in range(entries):
+        svc, minute = SERVICES[i % len(SERVICES)], 14 + i // 2
+        if i == entries // 2:
+            lines.append(f"09:{minute:02d} load-balancer: TLS certificate for checkout.example.com EXPIRED; "
+                         "all new connections to checkout refused. ROOT CAUSE of the outage.")
+        lines.append(f"09:{minute:02d} {svc}: p99 latency {300 + 37 * (i % 11)} ms, error rate {(i * 7) % 13}.{i % 10}%, "
+                     f"{120 + 9 * (i % 17)} requests/s, health check {'ok' if i % 5 else 'slow'}")
+    lines.append("10:02 certificate renewed, checkout recovered; downtime 47 minutes.")
+    return "\n".join(lines)
+
+
+@tool
+def read_report() -> str:
+    """Return the latest incident report (a long log)."""
+    return incident_report()
 
 
 @dataclass
@@ -118,44 +151,25 @@ def force_first_tool_call(tool_name: str):
     return force
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--question", default="What is 17 * 23? Use the calculator.")
-    parser.add_argument("--model", default=None, help="HF id, local dir or .gguf (default: embedded SmolLM2-135M)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--backend", default=None, help='"reference" (any device) or "paged" (CUDA)')
-    parser.add_argument("--max-tokens", type=int, default=96)
-    parser.add_argument("--token-budget", type=int, default=400, help="generated tokens the whole run may spend")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 helps on a busy machine)")
-    parser.add_argument("--policy", default=str(Path(__file__).with_name("policies") / "agent.yaml"),
-                        help='a budget policy file (YAML/TOML); "step" uses the StepPolicy class above')
-    parser.add_argument("--force-tool", default="calculator",
-                        help='the first call must call this tool ("any": some tool; "none": let the model decide)')
-    args = parser.parse_args(argv)
-    if args.threads:
-        import torch
+REPORT_QUESTION = "What caused the outage in the incident report? Answer in one sentence."
 
-        torch.set_num_threads(args.threads)
 
-    model = ChatDMS(model=args.model, device=args.device, backend=args.backend, max_tokens=args.max_tokens, temperature=0)
-    agent = create_agent(
-        model,
-        tools=[calculator, lookup],
-        system_prompt="You are a helpful assistant. Use the calculator for arithmetic and lookup for facts.",
-        middleware=[BudgetMiddleware(StepPolicy() if args.policy == "step" else args.policy,
-                                     token_budget=args.token_budget, max_calls=4)]
-        + ([] if args.force_tool == "none" else [force_first_tool_call(args.force_tool)]),
-    )
-    with get_dms_usage_callback() as usage:
-        state = agent.invoke({"messages": [{"role": "user", "content": args.question}]})
+def report_task() -> list:
+    """Task 2's conversation: the question, the agent's read_report call, and the tool's long result."""
+    call = {"name": "read_report", "args": {}, "id": "call_report", "type": "tool_call"}
+    return [HumanMessage(REPORT_QUESTION), AIMessage("", tool_calls=[call]),
+            ToolMessage(incident_report(), tool_call_id="call_report", name="read_report")]
 
-    print(f"Q: {args.question}")
-    for msg in state["messages"][1:]:
+
+def print_transcript(messages: list) -> None:
+    print(f"Q: {messages[0].text}")
+    for msg in messages[1:]:
         if isinstance(msg, AIMessage):
             plan = msg.response_metadata.get("budget_plan", {})
             thinking = msg.additional_kwargs.get("reasoning_content", "")
-            print(f"\n[model] budget={plan.get('thinking_budget')} CR={plan.get('compression')} "
-                  f"max_tokens={plan.get('max_tokens')}")
+            if plan:
+                print(f"\n[model] budget={plan.get('thinking_budget')} CR={plan.get('compression')} "
+                      f"max_tokens={plan.get('max_tokens')}")
             if thinking:
                 print(f"  thinking: {thinking.strip()[:200]!r}")
             for call in msg.tool_calls:
@@ -165,12 +179,88 @@ def main(argv: list[str] | None = None) -> dict:
             if msg.content:
                 print(f"  answer: {msg.text.strip()[:300]}")
         elif isinstance(msg, ToolMessage):
-            print(f"[tool {msg.name}] {msg.content}")
+            text = msg.text
+            print(f"[tool {msg.name}] {text if len(text) < 200 else text[:160] + f' ... ({len(text)} characters)'}")
 
+
+def explain_compression(messages: list) -> list[str]:
+    """One line per model call: the ratio achieved, and why it is what it is."""
+    lines = []
+    calls = [m for m in messages if isinstance(m, AIMessage) and m.response_metadata.get("kv_memory")]
+    for n, msg in enumerate(calls, 1):
+        kv, usage = msg.response_metadata["kv_memory"], msg.usage_metadata or {}
+        tokens, window = usage.get("total_tokens", 0), kv.get("window", 0)
+        asked, got = kv.get("compression_requested", 1.0), kv.get("compression_achieved", 1.0)
+        head = f"call {n}: {tokens} tokens, CR asked {asked:g}, achieved {got:.2f}x: "
+        if asked <= 1:
+            why = "dense, as the policy chose (" + (msg.response_metadata.get("budget_plan", {}).get("reasons", {})
+                                                   .get("compression", "no reason given")) + ")"
+        elif window and tokens <= window:
+            why = (f"too short to compress: all {tokens} tokens fit in the {window}-token window, and only "
+                   "tokens that have left the window can be dropped")
+        elif window:
+            bound = tokens / (window + (tokens - window) / asked)
+            why = (f"the newest {window} tokens are always kept and the older {tokens - window} at about 1/{asked:g}, "
+                   f"so {asked:g}x is reached only on much longer contexts (about {bound:.1f}x at this length if "
+                   f"the learned decisions evict exactly 1 - 1/{asked:g}); {kv.get('evicted_tokens', 0)} "
+                   "(layer, head, token) entries were dropped")
+        else:
+            why = f"mode {kv.get('mode')}"
+        lines.append(head + why)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--question", default="What is 17 * 23? Use the calculator.")
+    parser.add_argument("--model", default=None, help="HF id, local dir or .gguf (default: embedded SmolLM2-135M)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--backend", default=None, help='"reference" (any device) or "paged" (CUDA)')
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--token-budget", type=int, default=400, help="generated tokens each task may spend")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: budgetllm's choice)")
+    parser.add_argument("--policy", default=str(Path(__file__).with_name("policies") / "agent.yaml"),
+                        help='a budget policy file (YAML/TOML); "step" uses the StepPolicy class above')
+    parser.add_argument("--force-tool", default="calculator",
+                        help='the first call must call this tool ("any": some tool; "none": let the model decide)')
+    parser.add_argument("--no-long-step", action="store_true", help="skip task 2 (the long incident report)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    model = ChatDMS(model=args.model, device=args.device, backend=args.backend, max_tokens=args.max_tokens, temperature=0)
+
+    def make_agent(force_tool: str):
+        return create_agent(
+            model,
+            tools=[calculator, lookup, read_report],
+            system_prompt="You are a helpful assistant. Use the calculator for arithmetic, lookup for facts and "
+                          "read_report for incident reports.",
+            middleware=[BudgetMiddleware(StepPolicy() if args.policy == "step" else args.policy,
+                                         token_budget=args.token_budget, max_calls=4)]
+            + ([] if force_tool == "none" else [force_first_tool_call(force_tool)]),
+        )
+
+    runs = [[HumanMessage(args.question)]] + ([] if args.no_long_step else [report_task()])
+    results = []
+    with get_dms_usage_callback() as usage:
+        for i, messages in enumerate(runs):
+            agent = make_agent(args.force_tool if i == 0 else "none")
+            results.append(agent.invoke({"messages": messages})["messages"])
+
+    for i, messages in enumerate(results, 1):
+        print(f"\n=== task {i} ===")
+        print_transcript(messages)
     print("\nKV memory report")
     print(usage.report())
-    answer = state["messages"][-1].text if state["messages"] else ""
-    return {"answer": answer, "calls": len(usage.calls), "usage": usage.to_dict()}
+    print("\nWhy each ratio is what it is")
+    for i, messages in enumerate(results, 1):
+        for line in explain_compression(messages):
+            print(f"  task {i}, {line}")
+    answers = [m[-1].text if m else "" for m in results]
+    return {"answer": answers[0], "answers": answers, "calls": len(usage.calls), "usage": usage.to_dict()}
 
 
 if __name__ == "__main__":

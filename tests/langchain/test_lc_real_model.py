@@ -86,4 +86,7 @@ def test_example_agent_runs_end_to_end(real_chat, capsys):  # real_chat: the mod
     result = module.main(["--max-tokens", "24", "--device", "cpu", "--backend", "reference"])
     out = capsys.readouterr().out
     assert "KV memory report" in out and "total" in out
-    assert result["calls"] >= 1
+    assert result["calls"] >= 2 and len(result["answers"]) == 2
+    # the long-context step: the call that reads the incident report is compressed, and explained
+    assert max(c["compression_achieved"] or 1.0 for c in result["usage"]["calls"]) > 1.5
+    assert "Why each ratio is what it is" in out and "task 2, call 1:" in out

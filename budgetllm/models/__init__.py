@@ -2,7 +2,8 @@
 
 Owns: resolving a model name (embedded default, HF id, local directory, GGUF file), checking the
 architecture (Llama, Qwen2, Qwen3), reading DMS settings and adapter weights (both checkpoint
-variants and budgetllm adapter files), and tiny random checkpoints for tests.
+variants and budgetllm adapter files), the converted-weights cache of GGUF files
+(``weights_cache``), the default CPU thread count (``threads``), and tiny random checkpoints for tests.
 May use: torch, transformers, safetensors, ``budgetllm.kernels``. Must not import: engine, policy,
 accounting, server.
 """

@@ -7,7 +7,9 @@ torch starts one OpenMP thread per core. For a batch-1 decode step of a small mo
 mostly wait for each other, and on a machine whose cores are busy with other work that waiting
 becomes ruinous: SmolLM2-135M decoded at 0.42 tok/s with torch's default on a busy 2-core machine
 against 13.5 tok/s with one thread; on an idle 2-core machine two threads gained about 13% over one
-(14.6 vs 12.9 tok/s). So budgetllm uses half the cores it may run on, at least 1 and at most 4.
+(14.6 vs 12.9 tok/s). Measured again while this was written, 48 tokens at CR 8 on a 2-core machine
+with a load average of 11: 1.3 tok/s with one thread, 0.1 with two. So budgetllm uses half the
+cores it may run on, at least 1 and at most 4.
 
 Override: ``BUDGETLLM_THREADS=N`` (``BUDGETLLM_THREADS=torch`` keeps torch's own choice); an
 ``OMP_NUM_THREADS`` set in the environment is respected as well. The default is applied once per

@@ -6,9 +6,10 @@ compressed KV cache, and a KV-memory report that explains each call's ratio.
     python examples/agent.py --model Qwen/Qwen3-1.7B --device cuda --max-tokens 512
     python examples/agent.py --policy examples/policies/memory_cap.yaml   # budgets from a policy file
 
-Two tasks run through one agent. (1) A question the calculator answers: short calls, whose prompts
-fit in the model's 256-token eviction window, so nothing can be evicted and the report says so.
-(2) The long-context step: the agent reads an incident report of ~1,500 tokens returned by the
+Two tasks run through one agent. (1) A question the calculator answers: short calls of a few
+hundred tokens (the system prompt and tool schemas), barely longer than the model's 256-token
+eviction window, so they compress little (a call that fits in the window compresses not at all,
+and the report says so). (2) The long-context step: the agent reads an incident report of ~1,500 tokens returned by the
 ``read_report`` tool and says what caused the outage; the policy compresses the call that reads it
 (``tools: read_report`` in ``examples/policies/agent.yaml``), and the report shows the ratio achieved
 and why it is below the one requested (the newest 256 tokens are always kept).

@@ -107,6 +107,7 @@ def check_entry(directory: Path) -> str | None:
 def write_entry(directory: Path, source: Path, hf_model: Any, tokenizer: Any) -> Path:
     """Save a converted model as a cache entry: into a temporary directory, then one rename."""
     directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(directory.parent)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
     try:
         _save_model(hf_model, tmp)
@@ -122,12 +123,24 @@ def write_entry(directory: Path, source: Path, hf_model: Any, tokenizer: Any) ->
         if directory.exists():  # a broken entry (checked by the caller) or one another process just built
             shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
-    except OSError:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if check_entry(directory) is None:  # another process won the race: use its entry
+        if isinstance(e, OSError) and check_entry(directory) is None:  # another process won the race
             return directory
         raise
     return directory
+
+
+def _remove_stale_builds(root: Path, older_than_s: float = 3600.0) -> None:
+    """Temporary directories of builds that were killed (a live build renames its own within minutes)."""
+    import time
+
+    for d in root.glob(".building-*"):
+        try:
+            if time.time() - d.stat().st_mtime > older_than_s:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def converted(gguf: Path, *, progress: bool = True, quiet_gguf=None) -> Path | None:
@@ -153,9 +166,9 @@ def converted(gguf: Path, *, progress: bool = True, quiet_gguf=None) -> Path | N
                                                          dtype=torch.float32)
         try:
             return write_entry(directory, gguf, model, tokenizer)
-        except OSError as e:
-            print(f"budgetllm: cannot write the weights cache ({e}); loading {Path(gguf).name} directly",
-                  file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - a cache that cannot be written only costs the speed-up
+            print(f"budgetllm: cannot write the weights cache ({type(e).__name__}: {e}); loading "
+                  f"{Path(gguf).name} directly", file=sys.stderr)
             return None
 
 

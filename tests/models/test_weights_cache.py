@@ -129,3 +129,18 @@ def test_cache_cli_info_and_clear(gguf_file, cache_dir, capsys):
     assert not (cache_dir / "weights").exists() and not (cache_dir / "hashes.json").exists()
     cli_main(["cache", "info"])
     assert "0 entries" in capsys.readouterr().out
+
+
+def test_killed_builds_are_swept_later(gguf_file, direct, cache_dir):
+    import os
+    import time
+
+    root = cache_dir / "weights"
+    old, fresh = root / ".building-old", root / ".building-fresh"
+    for d in (old, fresh):
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    entry = wc.write_entry(wc.entry_dir(gguf_file), gguf_file, direct.hf_model, direct.tokenizer)
+    assert wc.check_entry(entry) is None
+    assert not old.exists() and fresh.exists()  # a build started a moment ago may still be running

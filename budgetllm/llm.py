@@ -6,11 +6,13 @@ import asyncio
 import math
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 from budgetllm.accounting.meter import KVMeter, KVShape
 from budgetllm.engine.eviction import EvictionRule
 from budgetllm.engine.generation import GenerationRequest
+from budgetllm.engine.output import CallOutput
 from budgetllm.engine.thinking import ThinkingController
 from budgetllm.errors import InvalidRequestError, PromptTooLongError
 from budgetllm.options import CallOptions, resolve_rule
@@ -42,6 +44,7 @@ class LLM:
         self.kv_shape = KVShape(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim,
                                 dtype_bytes=loaded.dtype.itemsize)
         self._sinks: list = []
+        self._output = CallOutput(self.prompter, self.thinking_config, self.model_name, self._sinks)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -105,16 +108,14 @@ class LLM:
         attempt = 1
         while not final.text.strip() and not final.tool_calls and hasattr(policy, "escalate"):
             ctx = self._context(CallOptions.parse(dict(opts)), final.usage.input_tokens)
-            previous = final.usage.plan or {}
-            nxt = policy.escalate(ctx, self._plan_from_dict(previous), attempt)
+            nxt = policy.escalate(ctx, final.usage.plan, attempt)
             if nxt is None:
                 break
             attempt += 1
             retry = dict(opts, thinking_budget=nxt.thinking_budget, compression=nxt.compression,
                          max_tokens=nxt.max_tokens)
             final = self._generate_once(messages, retry)
-            if final.usage.plan is not None:
-                final.usage.plan["escalation_attempt"] = attempt
+            final.usage.plan = replace(final.usage.plan, escalation_attempt=attempt)
         return final
 
     def _generate_once(self, messages, opts: dict) -> Generation:
@@ -124,15 +125,6 @@ class LLM:
                 final = event.generation
         assert final is not None
         return final
-
-    @staticmethod
-    def _plan_from_dict(d: dict):
-        from dataclasses import fields
-
-        from budgetllm.policy.base import Plan
-
-        names = {f.name for f in fields(Plan)}
-        return Plan(**{k: v for k, v in d.items() if k in names})
 
     def stream(self, messages, **opts: Any) -> Iterator[StreamEvent]:
         """Stream reasoning / text deltas, complete tool calls, then a "done" event with usage.
@@ -175,7 +167,7 @@ class LLM:
             prompt_ids=prompt_ids, rule=rule, sampling=sampling, controller=ctrl,
             meter=KVMeter(self.kv_shape, plan.compression, rule.mode), eos_ids=self.prompter.eos_ids,
             banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config))
-        yield from self._drive(req, call, plan, ctrl)
+        yield from self._output.events(self.backend, req, plan, stop=call.stop, with_tools=bool(call.tools))
 
     def _context(self, call: CallOptions, prompt_tokens: int) -> CallContext:
         return CallContext(
@@ -202,76 +194,6 @@ class LLM:
         if "free_bytes" in stats:
             return {"free_kv_bytes": stats["free_bytes"], "total_kv_bytes": stats.get("total_bytes")}
         return {}
-
-    def _drive(self, req: GenerationRequest, call: CallOptions, plan, ctrl) -> Iterator[StreamEvent]:
-        from budgetllm.engine.detok import IncrementalDecoder, TextAssembler
-
-        decoder = IncrementalDecoder(self.prompter.decode)
-        text = TextAssembler(ctrl.thinking, self.thinking_config.close_tag.strip(), call.stop or [],
-                             open_tag=self.thinking_config.open_tag.strip() if plan.thinking_budget != 0 else "")
-        tools = self.prompter.tool_splitter() if call.tools else None
-        generated: list[int] = []
-        finish = "length"
-        steps = self.backend.run(req)
-        try:
-            for step in steps:
-                if step.token_id >= 0 and step.finished is None:
-                    generated.append(step.token_id)
-                    pieces = text.feed(decoder.push(step.token_id))
-                    if text.opened_by_model and text.in_reasoning and not ctrl.thinking:
-                        ctrl.model_opened(plan.thinking_budget)
-                    if not text.in_reasoning:
-                        ctrl.model_closed()
-                    yield from self._emit(pieces, tools)
-                    if text.stopped:
-                        finish = "stop"
-                        break
-                if step.finished:
-                    finish = step.finished
-                    break
-        except GeneratorExit:
-            req.cancelled = True
-            raise
-        finally:
-            steps.close()
-        yield from self._emit(text.flush(), tools)
-        gen = self._finish(req, plan, ctrl, text, tools, generated, finish)
-        yield from gen[1]
-        yield StreamEvent("done", generation=gen[0])
-
-    def _emit(self, pieces, tools) -> Iterator[StreamEvent]:
-        for kind, piece in pieces:
-            if kind == "text" and tools is not None:
-                for _, visible in tools.feed(piece):
-                    if visible:
-                        yield StreamEvent("text", visible)
-            elif piece:
-                yield StreamEvent(kind, piece)
-
-    def _finish(self, req, plan, ctrl, text, tools, generated, finish):
-        events: list[StreamEvent] = []
-        answer, calls, invalid = text.answer, [], []
-        if tools is not None:
-            tail = tools.finish()
-            if tail and "<tool_call>" not in tail:
-                events.append(StreamEvent("text", tail))
-            answer, calls, invalid = self.prompter.parse_tool_calls(text.answer)
-            events += [StreamEvent("tool_call", tool_call=c) for c in [*calls, *invalid]]
-            if calls or invalid:
-                finish = "tool_calls"
-        plan_dict = plan.to_dict()
-        plan_dict["forced_close"] = ctrl.forced_close
-        usage = Usage(
-            input_tokens=len(req.prompt_ids), output_tokens=len(generated), reasoning_tokens=ctrl.reasoning_tokens,
-            cached_tokens=req.cached_tokens,
-            kv=req.meter.result(), prefill_seconds=req.prefill_seconds, decode_seconds=req.decode_seconds,
-            plan=plan_dict)
-        gen = Generation(text=answer.strip() if calls else answer, reasoning=text.reasoning, finish_reason=finish,
-                         usage=usage, prompt_token_ids=req.prompt_ids, token_ids=generated, tool_calls=calls,
-                         invalid_tool_calls=invalid, model=self.model_name)
-        for sink in self._sinks:
-            sink(self.model_name, usage)
-        return gen, events
 
     # -- async ------------------------------------------------------------------------------
     async def agenerate(self, messages, **opts: Any) -> Generation:

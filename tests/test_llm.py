@@ -19,8 +19,8 @@ def test_thinking_budget_never_exceeded_and_reserve_holds(tiny_llm, budget, max_
     answer_tokens = u.output_tokens - u.reasoning_tokens
     if reserve is not None and out.finish_reason == "length":
         assert answer_tokens >= min(reserve, max_tokens)  # the answer kept its reserve
-    assert u.plan["thinking_budget"] == budget
-    if u.plan["forced_close"]:
+    assert u.plan.thinking_budget == budget
+    if u.forced_close:
         assert "</think>" not in out.text  # the block is closed and never reopened in the answer
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from budgetllm.types import Plan  # the policy's output record, shared with accounting and the engine
 
 
 @dataclass(frozen=True)
@@ -53,38 +55,6 @@ class CallContext:
     tool_name: str | None = None  # the tool whose result this call answers, if any
     tier: str | None = None  # a named tier of a policy file
     task: str | None = None  # a calibration task name (for the calibrated Pareto policy)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one call will do, and why.
-
-    thinking_budget: max reasoning tokens (None: no thinking block; 0: thinking off).
-    answer_reserve: tokens kept for the answer after thinking closes.
-    compression: KV compression ratio (1 = dense, exactly the base model).
-    max_tokens: cap on all generated tokens (reasoning + answer).
-    width: parallel samples with majority vote over extracted answers (1 = one sample).
-    reasons: a readable reason for each choice, keyed by the field name.
-    peak_kv_bytes / kv_bytes_read: the cost model's estimate for the worst case (every allowed
-        token generated); None when the model's KV bytes per token are unknown.
-    expected_accuracy: from a calibration table, when a calibrated policy chose the plan.
-    """
-
-    thinking_budget: int | None
-    answer_reserve: int
-    compression: float
-    max_tokens: int
-    temperature: float | None = None
-    top_p: float | None = None
-    width: int = 1
-    reasons: dict[str, str] = field(default_factory=dict)
-    policy: str = "fixed"
-    peak_kv_bytes: int | None = None
-    kv_bytes_read: int | None = None
-    expected_accuracy: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @runtime_checkable

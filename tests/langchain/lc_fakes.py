@@ -9,7 +9,7 @@ from typing import Any
 
 from langchain_core.tools import tool
 
-from budgetllm import Generation, KVMemory, StreamEvent, Usage
+from budgetllm import Generation, KVMemory, Plan, StreamEvent, Usage
 from budgetllm.chat_format import ToolCallStreamSplitter, parse_tool_calls
 from budgetllm.options import CallOptions
 
@@ -114,13 +114,13 @@ class FakeLLM:
                 kv_bytes_read=n_out * logical // 2,
                 mode="dms",
             )
-            plan = {
-                "thinking_budget": call.thinking_budget,
-                "compression": comp,
-                "max_tokens": call.max_tokens or 512,
-                "answer_reserve": call.answer_reserve or 0,
-                "reasons": {"compression": "requested by the caller" if call.compression else "policy default"},
-            }
+            plan = Plan(
+                thinking_budget=call.thinking_budget,
+                compression=comp,
+                max_tokens=call.max_tokens or 512,
+                answer_reserve=call.answer_reserve or 0,
+                reasons={"compression": "requested by the caller" if call.compression else "policy default"},
+            )
             usage = Usage(
                 input_tokens=n_in,
                 output_tokens=n_out,

@@ -157,9 +157,9 @@ def test_serve_command_across_processes(tiny_dir):
                 time.sleep(0.5)
         gen = remote.generate(MESSAGES, max_tokens=4, thinking_budget=2)
         assert gen.usage.output_tokens == 4 and gen.usage.kv.logical_bytes > 0 and gen.model
-        assert gen.usage.plan["policy"] == "memory-cap"  # the server's --policy file planned the call
+        assert gen.usage.plan.policy == "memory-cap"  # the server's --policy file planned the call
         fast = remote.generate(MESSAGES, max_tokens=4, policy_tier="fast")
-        assert fast.usage.plan["compression"] == 1.0 and "tier 'fast'" in fast.usage.plan["reasons"]["compression"]
+        assert fast.usage.plan.compression == 1.0 and "tier 'fast'" in fast.usage.plan.reasons["compression"]
         with pytest.raises(InvalidRequestError, match="unknown tier 'nope'"):
             remote.generate(MESSAGES, max_tokens=4, policy_tier="nope")
         events = list(remote.stream("Hello", max_tokens=3))

@@ -19,7 +19,14 @@ def test_thinking_budget_never_exceeded_and_reserve_holds(tiny_llm, budget, max_
     answer_tokens = u.output_tokens - u.reasoning_tokens
     if reserve is not None and out.finish_reason == "length":
         assert answer_tokens >= min(reserve, max_tokens)  # the answer kept its reserve
-    assert u.plan.thinking_budget == budget
+    plan = u.plan  # the one fitted plan: what the engine enforced, and what it reports
+    assert plan.thinking_budget == min(budget, max_tokens - plan.answer_reserve)
+    assert u.reasoning_tokens <= plan.thinking_budget
+    assert plan.thinking_budget + plan.answer_reserve <= plan.max_tokens <= max_tokens
+    if plan.thinking_budget < budget:
+        assert "lowered from" in plan.reasons["thinking_budget"]
+    if reserve is None:  # a default reserve never starves the budget the caller asked for
+        assert plan.thinking_budget == budget and "shrunk" in plan.reasons["answer_reserve"]
     if u.forced_close:
         assert "</think>" not in out.text  # the block is closed and never reopened in the answer
 

@@ -18,6 +18,7 @@ class RequestedLimits:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    answer_reserve: int | None = None  # the caller's reserve replaces the policy's (see policy.fit)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,20 @@ class AgentBudget:
     calls_left: int | None = None
     step: int = 0
     step_name: str | None = None  # the agent step's name (e.g. "plan", "act"), for per-step overrides
+    # Calls made after the budget is spent (tokens, KV byte-seconds or calls left <= 0) run with
+    # thinking off and at most this many tokens; None: only tokens_left caps a call.
+    max_tokens_when_spent: int | None = None
+
+    def spent(self) -> list[str]:
+        """The parts of the budget that are used up (tokens, KV byte-seconds, calls)."""
+        out = []
+        if self.tokens_left is not None and self.tokens_left <= 0:
+            out.append("token budget")
+        if self.kv_byte_seconds_left is not None and self.kv_byte_seconds_left <= 0:
+            out.append("KV byte-seconds budget")
+        if self.calls_left is not None and self.calls_left <= 0:
+            out.append("call budget")
+        return out
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,8 @@ class ModelProfile:
     max_context: int = 8192
     supports_compression: bool = True
     calibration: Any = None  # a CalibrationTable, or None
+    thinking_open_tokens: int = 0  # tokens of the open tag the engine appends to start a thinking block
+    thinking_close_tokens: int = 0  # tokens of the close tag (and what follows it) that end one
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,7 @@ class CallContext:
     tool_name: str | None = None  # the tool whose result this call answers, if any
     tier: str | None = None  # a named tier of a policy file
     task: str | None = None  # a calibration task name (for the calibrated Pareto policy)
+    thinking_open: bool = False  # the prompt itself already opens a thinking block (R1-style templates)
 
 
 @runtime_checkable

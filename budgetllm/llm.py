@@ -19,7 +19,7 @@ from budgetllm.options import CallOptions, resolve_rule
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, ModelProfile, RequestedLimits
 from budgetllm.policy.fit import PlannedPolicy, check_fitted, escalate_call, plan_call
 from budgetllm.prompting import Prompter
-from budgetllm.types import Generation, SamplingParams, StreamEvent, ThinkingConfig, Usage
+from budgetllm.types import Generation, SamplingParams, StreamEvent, ThinkingConfig
 
 
 class LLM:

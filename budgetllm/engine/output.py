@@ -28,13 +28,18 @@ class CallOutput:
     model_name: str
     sinks: list[UsageSink] = field(default_factory=list)
 
-    def events(self, backend, req, plan: Plan, *, stop: list[str] | None = None,
-               with_tools: bool = False) -> Iterator[StreamEvent]:
+    def events(
+        self, backend, req, plan: Plan, *, stop: list[str] | None = None, with_tools: bool = False
+    ) -> Iterator[StreamEvent]:
         """Run ``req`` on ``backend`` and stream its events; closing the iterator cancels it."""
         ctrl = req.controller
         decoder = IncrementalDecoder(self.prompter.decode)
-        text = TextAssembler(ctrl.thinking, self.thinking.close_tag.strip(), stop or [],
-                             open_tag=self.thinking.open_tag.strip() if plan.thinking_budget != 0 else "")
+        text = TextAssembler(
+            ctrl.thinking,
+            self.thinking.close_tag.strip(),
+            stop or [],
+            open_tag=self.thinking.open_tag.strip() if plan.thinking_budget != 0 else "",
+        )
         tools = self.prompter.tool_splitter() if with_tools else None
         generated: list[int] = []
         finish = "length"
@@ -65,8 +70,9 @@ class CallOutput:
         yield from tail
         yield StreamEvent("done", generation=generation)
 
-    def _finish(self, req, plan: Plan, text: TextAssembler, tools, generated: list[int],
-                finish: str) -> tuple[Generation, list[StreamEvent]]:
+    def _finish(
+        self, req, plan: Plan, text: TextAssembler, tools, generated: list[int], finish: str
+    ) -> tuple[Generation, list[StreamEvent]]:
         ctrl = req.controller
         events: list[StreamEvent] = []
         answer, calls, invalid = text.answer, [], []
@@ -79,12 +85,27 @@ class CallOutput:
             if calls or invalid:
                 finish = "tool_calls"
         usage = Usage(
-            input_tokens=len(req.prompt_ids), output_tokens=len(generated), reasoning_tokens=ctrl.reasoning_tokens,
-            cached_tokens=req.cached_tokens, kv=req.meter.result(), prefill_seconds=req.prefill_seconds,
-            decode_seconds=req.decode_seconds, plan=plan, forced_close=ctrl.forced_close)
-        gen = Generation(text=answer.strip() if calls else answer, reasoning=text.reasoning, finish_reason=finish,
-                         usage=usage, prompt_token_ids=req.prompt_ids, token_ids=generated, tool_calls=calls,
-                         invalid_tool_calls=invalid, model=self.model_name)
+            input_tokens=len(req.prompt_ids),
+            output_tokens=len(generated),
+            reasoning_tokens=ctrl.reasoning_tokens,
+            cached_tokens=req.cached_tokens,
+            kv=req.meter.result(),
+            prefill_seconds=req.prefill_seconds,
+            decode_seconds=req.decode_seconds,
+            plan=plan,
+            forced_close=ctrl.forced_close,
+        )
+        gen = Generation(
+            text=answer.strip() if calls else answer,
+            reasoning=text.reasoning,
+            finish_reason=finish,
+            usage=usage,
+            prompt_token_ids=req.prompt_ids,
+            token_ids=generated,
+            tool_calls=calls,
+            invalid_tool_calls=invalid,
+            model=self.model_name,
+        )
         for sink in self.sinks:
             sink(self.model_name, usage)
         return gen, events

@@ -24,8 +24,8 @@ from budgetllm.policy.calibration import CalibrationGrid, CalibrationPoint, Cali
 from budgetllm.policy.chain import EscalatingPolicy, PlanStage, PolicyChain
 from budgetllm.policy.cost import kv_tokens_read, live_tokens, parse_size, peak_kv_tokens, with_estimates
 from budgetllm.policy.effort import DEFAULT_EFFORT_MAP, EFFORT_LEVELS, EffortPolicy
-from budgetllm.policy.fit import escalate_call, fit_plan, plan_call
 from budgetllm.policy.escalation import EscalationPolicy, EscalationStep
+from budgetllm.policy.fit import escalate_call, fit_plan, plan_call
 from budgetllm.policy.frontier_plot import plot_frontier
 from budgetllm.policy.load_aware import LoadAwarePolicy, LoadBand
 from budgetllm.policy.memory_cap import MemoryCapPolicy

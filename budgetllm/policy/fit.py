@@ -69,7 +69,11 @@ class PlannedPolicy:
 
 def fit_plan(context: CallContext, plan: Plan) -> Plan:
     """Fit a proposed plan to the call (see the module docstring for the order of the rules)."""
-    if not isinstance(plan.compression, (int, float)) or not plan.compression > 0 or not math.isfinite(plan.compression):
+    if (
+        not isinstance(plan.compression, (int, float))
+        or not plan.compression > 0
+        or not math.isfinite(plan.compression)
+    ):
         raise InvalidRequestError("compression", f"the policy chose {plan.compression}; it must be > 0")
     req, agent = context.requested, context.agent
     plan = normalized(plan)
@@ -105,8 +109,12 @@ def _keep_callers_budget(context: CallContext, plan: Plan, ceiling: int) -> Plan
     req = context.requested
     budget, reserve = plan.thinking_budget, plan.answer_reserve
     max_tokens = max(min(plan.max_tokens, ceiling), 0)
-    if (not budget or budget != req.thinking_budget or req.answer_reserve is not None
-            or budget + reserve <= max_tokens):
+    if (
+        not budget
+        or budget != req.thinking_budget
+        or req.answer_reserve is not None
+        or budget + reserve <= max_tokens
+    ):
         return plan
     shrunk = min(reserve, max(max_tokens - budget, max_tokens // 4))
     why = f"shrunk from {reserve} to {shrunk} so the requested thinking budget fits max_tokens {max_tokens}"

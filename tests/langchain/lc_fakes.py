@@ -9,7 +9,17 @@ from typing import Any
 
 from langchain_core.tools import tool
 
-from budgetllm import AgentBudget, CallContext, FixedPolicy, Generation, KVMemory, Plan, RequestedLimits, StreamEvent, Usage
+from budgetllm import (
+    AgentBudget,
+    CallContext,
+    FixedPolicy,
+    Generation,
+    KVMemory,
+    Plan,
+    RequestedLimits,
+    StreamEvent,
+    Usage,
+)
 from budgetllm.chat_format import ToolCallStreamSplitter, parse_tool_calls
 from budgetllm.options import CallOptions
 from budgetllm.policy import plan_call

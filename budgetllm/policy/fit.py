@@ -81,7 +81,7 @@ def fit_plan(context: CallContext, plan: Plan) -> Plan:
         reserve = min(req.answer_reserve, plan.max_tokens)
         plan = replace(plan, answer_reserve=reserve, reasons={**plan.reasons, "answer_reserve": REQUESTED})
     spent = agent.spent() if agent.max_tokens_when_spent is not None else []
-    if spent and plan.thinking_budget:
+    if spent and (plan.thinking_budget or (plan.thinking_budget is None and context.thinking_open)):
         why = f"the agent's {' and '.join(spent)} is spent: thinking off"
         plan = replace(plan, thinking_budget=0, reasons=note(plan.reasons, "thinking_budget", why))
     room = context.model.max_context - context.prompt_tokens
@@ -122,17 +122,20 @@ def _keep_callers_budget(context: CallContext, plan: Plan, ceiling: int) -> Plan
 
 
 def _thinking_edges(context: CallContext, plan: Plan) -> Plan:
-    """A budget too small to close the block turns thinking off; an opened block without a budget
-    gets what max_tokens leaves after the reserve."""
-    budget, close = plan.thinking_budget, context.model.thinking_close_tokens
+    """An opened block without a budget gets what max_tokens leaves after the reserve; a budget
+    too small to write the close tag turns thinking off."""
+    budget, reasons = plan.thinking_budget, plan.reasons
+    if budget is None and context.thinking_open:
+        budget = plan.max_tokens - plan.answer_reserve
+        why = f"the prompt opens a thinking block: max_tokens minus the answer reserve ({budget})"
+        reasons = note(reasons, "thinking_budget", why)
+    close = context.model.thinking_close_tokens
     if budget and budget < close:
         why = f"{budget} tokens cannot hold the {close}-token close of a thinking block: thinking off"
-        return replace(plan, thinking_budget=0, reasons=note(plan.reasons, "thinking_budget", why))
-    if budget is None and context.thinking_open:
-        room = plan.max_tokens - plan.answer_reserve
-        why = f"the prompt opens a thinking block: max_tokens minus the answer reserve ({room})"
-        return replace(plan, thinking_budget=room, reasons=note(plan.reasons, "thinking_budget", why))
-    return plan
+        budget, reasons = 0, note(reasons, "thinking_budget", why)
+    if budget == plan.thinking_budget:
+        return plan
+    return replace(plan, thinking_budget=budget, reasons=reasons)
 
 
 def check_fitted(plan: Plan, prompt_tokens: int, max_context: int) -> None:

@@ -160,3 +160,27 @@ def test_tool_choice_forces_a_call_of_that_tool(tiny_llm):
     assert out.finish_reason == "tool_calls" and calls and calls[0].name == "add"
     free = llm.generate("add 3 and 4", tools=tools, max_tokens=12)
     assert not free.tool_calls  # a random model does not call tools by itself
+
+
+def test_an_empty_answer_runs_the_fitted_escalated_plan(tiny_llm):
+    """A retry runs the policy's escalated plan, fitted once: the policy plans the first call only."""
+    from budgetllm.policy import EscalationPolicy, FixedPolicy
+
+    planned = []
+
+    class Counting(EscalationPolicy):
+        def plan(self, context):
+            planned.append(context)
+            return super().plan(context)
+
+    llm = tiny_llm("llama")
+    full = llm.generate("count", max_tokens=20, compression=1)
+    stop = full.text.lstrip()[:1]
+    assert stop  # the random model writes something: cutting at its first character empties the answer
+    out = llm.generate("count", policy=Counting(base=FixedPolicy(compression=2.0, max_tokens=20)), stop=[stop])
+    assert len(planned) == 1 and planned[0].prompt_tokens == out.usage.input_tokens
+    plan = out.usage.plan
+    assert plan.escalation_attempt in (2, 3) and plan.compression == 4.0
+    assert "escalation 1/2" in plan.reasons["compression"]
+    if plan.escalation_attempt == 3:
+        assert (plan.thinking_budget, plan.width) == (0, 4)

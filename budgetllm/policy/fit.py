@@ -6,7 +6,7 @@ this order; everything after it (the LLM, the thinking controller, the agent mid
 checks the result (``check_fitted``):
 
 1. ``max_tokens`` grows to hold ``thinking_budget + answer_reserve`` (a policy's max_tokens is a
-   default; the budget is the intent);
+   default; the budget is the intent), but not above the call's lowest ceiling (step 3);
 2. the caller's ``answer_reserve`` replaces the policy's (up to max_tokens: it does not grow it);
 3. ceilings no policy may lift lower ``max_tokens``: the caller's ``max_tokens`` (a hard ceiling,
    as in Anthropic's API), the model's context left after the prompt (and after the open tag when
@@ -76,10 +76,6 @@ def fit_plan(context: CallContext, plan: Plan) -> Plan:
     ):
         raise InvalidRequestError("compression", f"the policy chose {plan.compression}; it must be > 0")
     req, agent = context.requested, context.agent
-    plan = normalized(plan)
-    if req.answer_reserve is not None and plan.answer_reserve != min(req.answer_reserve, plan.max_tokens):
-        reserve = min(req.answer_reserve, plan.max_tokens)
-        plan = replace(plan, answer_reserve=reserve, reasons={**plan.reasons, "answer_reserve": REQUESTED})
     spent = agent.spent() if agent.max_tokens_when_spent is not None else []
     if spent and (plan.thinking_budget or (plan.thinking_budget is None and context.thinking_open)):
         why = f"the agent's {' and '.join(spent)} is spent: thinking off"
@@ -90,14 +86,19 @@ def fit_plan(context: CallContext, plan: Plan) -> Plan:
     ceilings = []
     if req.max_tokens is not None:
         ceilings.append((req.max_tokens, "the caller's max_tokens"))
-    if room < min(1, plan.max_tokens, *(c for c, _ in ceilings)):
-        raise PromptTooLongError(context.prompt_tokens, context.model.max_context)
     ceilings.append((room, f"the model's context holds {context.model.max_context} tokens"))
     if agent.tokens_left is not None:
         ceilings.append((agent.tokens_left, "the agent's tokens left"))
     if spent:
         ceilings.append((agent.max_tokens_when_spent, f"the agent's {' and '.join(spent)} is spent"))
-    plan = _keep_callers_budget(context, plan, min(c for c, _ in ceilings))
+    lowest = min(c for c, _ in ceilings)
+    plan = normalized(plan, up_to=lowest)
+    if room < min(1, plan.max_tokens, req.max_tokens if req.max_tokens is not None else 1):
+        raise PromptTooLongError(context.prompt_tokens, context.model.max_context)
+    if req.answer_reserve is not None and plan.answer_reserve != min(req.answer_reserve, plan.max_tokens):
+        reserve = min(req.answer_reserve, plan.max_tokens)
+        plan = replace(plan, answer_reserve=reserve, reasons={**plan.reasons, "answer_reserve": REQUESTED})
+    plan = _keep_callers_budget(context, plan, lowest)
     for ceiling, why in ceilings:
         plan = fit_tokens(plan, ceiling, why)
     plan = _thinking_edges(context, plan)

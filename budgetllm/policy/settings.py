@@ -90,22 +90,24 @@ def fit_tokens(plan: Plan, ceiling: int, why: str) -> Plan:
     )
 
 
-def normalized(plan: Plan) -> Plan:
+def normalized(plan: Plan, up_to: int | None = None) -> Plan:
     """A plan from any policy made consistent: ``max_tokens >= thinking_budget + answer_reserve``.
 
     A base policy may hand over a budget larger than its max_tokens (e.g. ``FixedPolicy(
     thinking_budget=4096)`` with its default max_tokens); the budget is the intent, so max_tokens
-    grows. Real ceilings (caller, context, agent) are applied afterwards by ``policy.fit.fit_plan``.
+    grows, but not above ``up_to`` (the call's lowest ceiling, when the fit knows it). The
+    ceilings themselves (caller, context, agent) are applied by ``policy.fit.fit_plan``.
     """
     reserve = max(plan.answer_reserve, 0)
     need = (plan.thinking_budget or 0) + reserve
+    if up_to is not None:
+        need = min(need, max(up_to, plan.max_tokens))
     if plan.max_tokens >= need and reserve == plan.answer_reserve:
         return plan
-    reasons = note(
-        plan.reasons,
-        "max_tokens",
-        f"raised from {plan.max_tokens} to {need} to hold thinking budget + answer reserve",
-    )
+    reasons = plan.reasons
+    if need > plan.max_tokens:
+        why = f"raised from {plan.max_tokens} to {need} to hold thinking budget + answer reserve"
+        reasons = note(reasons, "max_tokens", why)
     return replace(plan, answer_reserve=reserve, max_tokens=max(plan.max_tokens, need), reasons=reasons)
 
 

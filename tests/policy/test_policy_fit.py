@@ -36,7 +36,7 @@ def test_the_callers_max_tokens_is_a_ceiling_and_a_policy_budget_gives_way():
     out = plan_call(EffortPolicy(), ctx(reasoning_effort="high", max_tokens=1000))
     assert (out.max_tokens, out.answer_reserve, out.thinking_budget) == (1000, 256, 744)
     assert "lowered from 16384 to 744" in out.reasons["thinking_budget"]
-    assert "the caller's max_tokens" in out.reasons["max_tokens"]
+    assert out.reasons["max_tokens"] == "requested by the caller"  # never raised past it, so never lowered
 
 
 def test_a_default_reserve_never_starves_the_callers_budget():

@@ -199,3 +199,14 @@ def test_policy_file_path(chat_fake, fake_llm):
     assert plan["compression"] == 4.0  # the file's "medium" level
     assert 0 < plan["thinking_budget"] <= 2048
     assert "medium" in plan["reasons"]["thinking_budget"] and plan["source"] == "BudgetMiddleware"
+
+
+def test_without_a_policy_the_models_own_policy_plans_with_the_agents_state(chat_fake, fake_llm):
+    policy = StepPolicy()
+    agent = create_agent(chat_fake(three_steps(), policy=policy), tools=[add, lookup],
+                         middleware=[BudgetMiddleware(token_budget=1000)])
+    out = agent.invoke({"messages": [{"role": "user", "content": "go"}]})
+    assert [c.agent.step for c in policy.seen] == [0, 1, 2]
+    assert policy.seen[0].agent.tokens_left == 1000 and policy.seen[1].agent.tokens_left < 1000
+    plans = [m.response_metadata["budget_plan"] for m in out["messages"] if isinstance(m, AIMessage)]
+    assert [p["thinking_budget"] for p in plans] == [64, 48, 32] and [p["step"] for p in plans] == [0, 1, 2]

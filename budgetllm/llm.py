@@ -6,17 +6,20 @@ import asyncio
 import math
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 from budgetllm.accounting.meter import KVMeter, KVShape
 from budgetllm.engine.eviction import EvictionRule
 from budgetllm.engine.generation import GenerationRequest
+from budgetllm.engine.output import CallOutput
 from budgetllm.engine.thinking import ThinkingController
-from budgetllm.errors import InvalidRequestError, PromptTooLongError
+from budgetllm.errors import InvalidRequestError
 from budgetllm.options import CallOptions, resolve_rule
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, ModelProfile, RequestedLimits
+from budgetllm.policy.fit import PlannedPolicy, check_fitted, escalate_call, plan_call
 from budgetllm.prompting import Prompter
-from budgetllm.types import Generation, SamplingParams, StreamEvent, ThinkingConfig, Usage
+from budgetllm.types import Generation, SamplingParams, StreamEvent, ThinkingConfig
 
 
 class LLM:
@@ -42,6 +45,10 @@ class LLM:
         self.kv_shape = KVShape(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim,
                                 dtype_bytes=loaded.dtype.itemsize)
         self._sinks: list = []
+        think = self.thinking_config  # what opening and closing a thinking block costs, in tokens
+        self._think_tokens = (len(self.prompter.encode_text(think.open_tag)),
+                              len(self.prompter.encode_text(think.close_tag + think.after_close)))
+        self._output = CallOutput(self.prompter, self.thinking_config, self.model_name, self._sinks)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -83,7 +90,8 @@ class LLM:
         return ModelProfile(
             name=self.model_name, kv_bytes_per_token=self.kv_shape.token_bytes, window=dms.window,
             native_compression=dms.native_cr if dms.has_decisions else 1.0, max_context=self.max_context,
-            supports_compression=dms.has_decisions,
+            supports_compression=dms.has_decisions, thinking_open_tokens=self._think_tokens[0],
+            thinking_close_tokens=self._think_tokens[1],
         )
 
     def count_tokens(self, messages, tools: list[dict] | None = None) -> int:
@@ -104,17 +112,13 @@ class LLM:
         policy = opts.get("policy") or self.policy
         attempt = 1
         while not final.text.strip() and not final.tool_calls and hasattr(policy, "escalate"):
-            ctx = self._context(CallOptions.parse(dict(opts)), final.usage.input_tokens)
-            previous = final.usage.plan or {}
-            nxt = policy.escalate(ctx, self._plan_from_dict(previous), attempt)
+            call = CallOptions.parse(dict(opts))
+            prompt_ids, opened = self._prompt(messages, call)
+            nxt = escalate_call(policy, self._context(call, len(prompt_ids), opened), final.usage.plan, attempt)
             if nxt is None:
                 break
-            attempt += 1
-            retry = dict(opts, thinking_budget=nxt.thinking_budget, compression=nxt.compression,
-                         max_tokens=nxt.max_tokens)
-            final = self._generate_once(messages, retry)
-            if final.usage.plan is not None:
-                final.usage.plan["escalation_attempt"] = attempt
+            attempt += 1  # the retry runs the fitted escalated plan as it is (fitting it again changes nothing)
+            final = self._generate_once(messages, dict(opts, policy=PlannedPolicy(replace(nxt, escalation_attempt=attempt))))
         return final
 
     def _generate_once(self, messages, opts: dict) -> Generation:
@@ -125,49 +129,23 @@ class LLM:
         assert final is not None
         return final
 
-    @staticmethod
-    def _plan_from_dict(d: dict):
-        from dataclasses import fields
-
-        from budgetllm.policy.base import Plan
-
-        names = {f.name for f in fields(Plan)}
-        return Plan(**{k: v for k, v in d.items() if k in names})
-
     def stream(self, messages, **opts: Any) -> Iterator[StreamEvent]:
         """Stream reasoning / text deltas, complete tool calls, then a "done" event with usage.
         Closing the iterator early cancels the request."""
         call = CallOptions.parse(opts)
-        prompt_text = self.prompter.render(messages, call.tools)
-        prompt_ids = self.prompter.encode_text(prompt_text)
-        plan = self._plan(call, len(prompt_ids))
-        # Templates that already open the block (R1 distills) think without being asked.
-        opened = prompt_text.rstrip().endswith(self.thinking_config.open_tag.strip())
-        reserve = plan.answer_reserve
-        if call.answer_reserve is None and plan.thinking_budget:
-            # A default reserve never starves a budget the caller asked for: it shrinks to what the
-            # budget leaves (at least a quarter of max_tokens stays for the answer).
-            reserve = min(reserve, max(plan.max_tokens - plan.thinking_budget, plan.max_tokens // 4))
-        if reserve != plan.answer_reserve:
-            from dataclasses import replace
-
-            plan = replace(plan, answer_reserve=reserve, reasons={
-                **plan.reasons, "answer_reserve": f"shrunk to {reserve} so the thinking budget fits max_tokens"})
-        budget = plan.thinking_budget
-        if opened and budget is None:
-            budget = plan.max_tokens
-        ctrl = ThinkingController(budget, reserve, plan.max_tokens,
+        prompt_ids, opened = self._prompt(messages, call)
+        # The one budget fit happens in the policy layer; from here on the plan is only checked.
+        plan = plan_call(call.policy or self.policy, self._context(call, len(prompt_ids), opened))
+        ctrl = ThinkingController(plan.thinking_budget, plan.answer_reserve, plan.max_tokens,
                                   encode=self.prompter.encode_text, config=self.thinking_config)
         if not opened:
             prompt_ids = prompt_ids + self.prompter.encode_text(ctrl.prompt_suffix())
         forced_call = self.prompter.tool_call_prefix(call.tool_choice, call.tools)
         if forced_call:  # tool_choice "any"/"required"/a name: the answer starts inside a tool call
             ctrl.answer_prefix = self.prompter.encode_text(forced_call)
-        if len(prompt_ids) + min(plan.max_tokens, plan.answer_reserve) > self.max_context:
-            raise PromptTooLongError(len(prompt_ids), self.max_context, plan.answer_reserve)
-        plan_max = min(plan.max_tokens, self.max_context - len(prompt_ids))
-        ctrl.max_tokens = plan_max
-        rule = resolve_rule(self.loaded.dms, plan.compression, len(prompt_ids) + plan_max, self.backend, prompt_ids)
+        check_fitted(plan, len(prompt_ids), self.max_context)
+        rule = resolve_rule(self.loaded.dms, plan.compression, len(prompt_ids) + plan.max_tokens, self.backend,
+                            prompt_ids)
         sampling = SamplingParams(
             temperature=plan.temperature if plan.temperature is not None else call.temperature,
             top_p=plan.top_p if plan.top_p is not None else call.top_p, top_k=call.top_k, seed=call.seed)
@@ -176,103 +154,29 @@ class LLM:
             meter=KVMeter(self.kv_shape, plan.compression, rule.mode, window=_tokens_kept_before_eviction(rule)),
             eos_ids=self.prompter.eos_ids,
             banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config))
-        yield from self._drive(req, call, plan, ctrl)
+        yield from self._output.events(self.backend, req, plan, stop=call.stop, with_tools=bool(call.tools))
 
-    def _context(self, call: CallOptions, prompt_tokens: int) -> CallContext:
+    def _prompt(self, messages, call: CallOptions) -> tuple[list[int], bool]:
+        """The prompt's token ids, and whether the template already opens a thinking block
+        (R1 distills: the model then thinks without being asked)."""
+        text = self.prompter.render(messages, call.tools)
+        return self.prompter.encode_text(text), text.rstrip().endswith(self.thinking_config.open_tag.strip())
+
+    def _context(self, call: CallOptions, prompt_tokens: int, opened: bool = False) -> CallContext:
         return CallContext(
             prompt_tokens=prompt_tokens,
             requested=RequestedLimits(call.thinking_budget, call.compression, call.reasoning_effort,
-                                      call.max_tokens, call.temperature_requested, call.top_p_requested),
+                                      call.max_tokens, call.temperature_requested, call.top_p_requested,
+                                      answer_reserve=call.answer_reserve),
             agent=call.agent_budget or CallContext.__dataclass_fields__["agent"].default_factory(),
-            model=self.profile, tool_name=call.tool_name, tier=call.policy_tier,
+            model=self.profile, tool_name=call.tool_name, tier=call.policy_tier, thinking_open=opened,
             **self._pool_memory())
-
-    def _plan(self, call: CallOptions, prompt_tokens: int):
-        policy = call.policy or self.policy
-        plan = policy.plan(self._context(call, prompt_tokens))
-        if plan.compression <= 0 or not math.isfinite(plan.compression):
-            raise InvalidRequestError("compression", f"the policy chose {plan.compression}; it must be > 0")
-        if call.answer_reserve is not None:
-            from dataclasses import replace
-
-            plan = replace(plan, answer_reserve=min(call.answer_reserve, plan.max_tokens))
-        return plan
 
     def _pool_memory(self) -> dict:
         stats = self.backend.pool_stats()
         if "free_bytes" in stats:
             return {"free_kv_bytes": stats["free_bytes"], "total_kv_bytes": stats.get("total_bytes")}
         return {}
-
-    def _drive(self, req: GenerationRequest, call: CallOptions, plan, ctrl) -> Iterator[StreamEvent]:
-        from budgetllm.engine.detok import IncrementalDecoder, TextAssembler
-
-        decoder = IncrementalDecoder(self.prompter.decode)
-        text = TextAssembler(ctrl.thinking, self.thinking_config.close_tag.strip(), call.stop or [],
-                             open_tag=self.thinking_config.open_tag.strip() if plan.thinking_budget != 0 else "")
-        tools = self.prompter.tool_splitter() if call.tools else None
-        generated: list[int] = []
-        finish = "length"
-        steps = self.backend.run(req)
-        try:
-            for step in steps:
-                if step.token_id >= 0 and step.finished is None:
-                    generated.append(step.token_id)
-                    pieces = text.feed(decoder.push(step.token_id))
-                    if text.opened_by_model and text.in_reasoning and not ctrl.thinking:
-                        ctrl.model_opened(plan.thinking_budget)
-                    if not text.in_reasoning:
-                        ctrl.model_closed()
-                    yield from self._emit(pieces, tools)
-                    if text.stopped:
-                        finish = "stop"
-                        break
-                if step.finished:
-                    finish = step.finished
-                    break
-        except GeneratorExit:
-            req.cancelled = True
-            raise
-        finally:
-            steps.close()
-        yield from self._emit(text.flush(), tools)
-        gen = self._finish(req, plan, ctrl, text, tools, generated, finish)
-        yield from gen[1]
-        yield StreamEvent("done", generation=gen[0])
-
-    def _emit(self, pieces, tools) -> Iterator[StreamEvent]:
-        for kind, piece in pieces:
-            if kind == "text" and tools is not None:
-                for _, visible in tools.feed(piece):
-                    if visible:
-                        yield StreamEvent("text", visible)
-            elif piece:
-                yield StreamEvent(kind, piece)
-
-    def _finish(self, req, plan, ctrl, text, tools, generated, finish):
-        events: list[StreamEvent] = []
-        answer, calls, invalid = text.answer, [], []
-        if tools is not None:
-            tail = tools.finish()
-            if tail and "<tool_call>" not in tail:
-                events.append(StreamEvent("text", tail))
-            answer, calls, invalid = self.prompter.parse_tool_calls(text.answer)
-            events += [StreamEvent("tool_call", tool_call=c) for c in [*calls, *invalid]]
-            if calls or invalid:
-                finish = "tool_calls"
-        plan_dict = plan.to_dict()
-        plan_dict["forced_close"] = ctrl.forced_close
-        usage = Usage(
-            input_tokens=len(req.prompt_ids), output_tokens=len(generated), reasoning_tokens=ctrl.reasoning_tokens,
-            cached_tokens=req.cached_tokens,
-            kv=req.meter.result(), prefill_seconds=req.prefill_seconds, decode_seconds=req.decode_seconds,
-            plan=plan_dict)
-        gen = Generation(text=answer.strip() if calls else answer, reasoning=text.reasoning, finish_reason=finish,
-                         usage=usage, prompt_token_ids=req.prompt_ids, token_ids=generated, tool_calls=calls,
-                         invalid_tool_calls=invalid, model=self.model_name)
-        for sink in self._sinks:
-            sink(self.model_name, usage)
-        return gen, events
 
     # -- async ------------------------------------------------------------------------------
     async def agenerate(self, messages, **opts: Any) -> Generation:

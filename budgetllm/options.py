@@ -9,6 +9,7 @@ from typing import Any
 from budgetllm.errors import InvalidRequestError
 
 _EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+EFFORT_LEVELS: tuple[str, ...] = _EFFORTS  # the public name: the policy's effort ladder reads it
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
@@ -66,6 +66,49 @@ class KVMemory:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What one call will do, and why (a budget policy's decision, fitted once by the policy layer).
+
+    thinking_budget: max reasoning tokens (None: no thinking block; 0: thinking off).
+    answer_reserve: tokens kept for the answer after thinking closes.
+    compression: KV compression ratio (1 = dense, exactly the base model).
+    max_tokens: cap on all generated tokens (reasoning + answer).
+    width: parallel samples with majority vote over extracted answers (1 = one sample).
+    reasons: a readable reason for each choice, keyed by the field name.
+    peak_kv_bytes / kv_bytes_read: the cost model's estimate for the worst case (every allowed
+        token generated); None when the model's KV bytes per token are unknown.
+    expected_accuracy: from a calibration table, when a calibrated policy chose the plan.
+    escalation_attempt: 0 for a first try; n for the plan of the n-th try after an escalation.
+    """
+
+    thinking_budget: int | None
+    answer_reserve: int
+    compression: float
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    width: int = 1
+    reasons: dict[str, str] = field(default_factory=dict)
+    policy: str = "fixed"
+    peak_kv_bytes: int | None = None
+    kv_bytes_read: int | None = None
+    expected_accuracy: float | None = None
+    escalation_attempt: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        """The edge's way back (a plan read from JSON); unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        for name in ("thinking_budget", "answer_reserve", "compression", "max_tokens"):
+            values.setdefault(name, None if name == "thinking_budget" else 0)
+        return cls(**values)
+
+
 @dataclass
 class Usage:
     """Token and memory accounting of one call."""
@@ -77,14 +120,15 @@ class Usage:
     kv: KVMemory = field(default_factory=KVMemory)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
-    plan: dict[str, Any] | None = None  # the budget plan applied (thinking budget, compression, reasons)
+    plan: Plan | None = None  # the budget plan applied (thinking budget, compression, reasons)
+    forced_close: bool = False  # the thinking budget ran out and the engine closed the block
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(self)  # the plan becomes a dict too (asdict recurses)
         d["total_tokens"] = self.total_tokens
         return d
 

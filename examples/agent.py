@@ -104,8 +104,8 @@ def read_report() -> str:
 class StepPolicy:
     """Think on the first call; answer tool results directly, with every token visible.
 
-    Any object with ``plan(CallContext) -> Plan`` is a budgetllm policy; BudgetMiddleware then
-    clamps the plan to what the agent has left.
+    Any object with ``plan(CallContext) -> Plan`` is a budgetllm policy; BudgetMiddleware hands it
+    to the engine with the agent's state, and the engine fits its plan to what the agent has left.
     """
 
     first_thinking_budget: int = 32

@@ -19,8 +19,15 @@ def test_thinking_budget_never_exceeded_and_reserve_holds(tiny_llm, budget, max_
     answer_tokens = u.output_tokens - u.reasoning_tokens
     if reserve is not None and out.finish_reason == "length":
         assert answer_tokens >= min(reserve, max_tokens)  # the answer kept its reserve
-    assert u.plan["thinking_budget"] == budget
-    if u.plan["forced_close"]:
+    plan = u.plan  # the one fitted plan: what the engine enforced, and what it reports
+    assert plan.thinking_budget == min(budget, max_tokens - plan.answer_reserve)
+    assert u.reasoning_tokens <= plan.thinking_budget
+    assert plan.thinking_budget + plan.answer_reserve <= plan.max_tokens <= max_tokens
+    if plan.thinking_budget < budget:
+        assert "lowered from" in plan.reasons["thinking_budget"]
+    if reserve is None:  # a default reserve never starves the budget the caller asked for
+        assert plan.thinking_budget == budget and "shrunk" in plan.reasons["answer_reserve"]
+    if u.forced_close:
         assert "</think>" not in out.text  # the block is closed and never reopened in the answer
 
 
@@ -153,3 +160,27 @@ def test_tool_choice_forces_a_call_of_that_tool(tiny_llm):
     assert out.finish_reason == "tool_calls" and calls and calls[0].name == "add"
     free = llm.generate("add 3 and 4", tools=tools, max_tokens=12)
     assert not free.tool_calls  # a random model does not call tools by itself
+
+
+def test_an_empty_answer_runs_the_fitted_escalated_plan(tiny_llm):
+    """A retry runs the policy's escalated plan, fitted once: the policy plans the first call only."""
+    from budgetllm.policy import EscalationPolicy, FixedPolicy
+
+    planned = []
+
+    class Counting(EscalationPolicy):
+        def plan(self, context):
+            planned.append(context)
+            return super().plan(context)
+
+    llm = tiny_llm("llama")
+    full = llm.generate("count", max_tokens=20, compression=1)
+    stop = full.text.lstrip()[:1]
+    assert stop  # the random model writes something: cutting at its first character empties the answer
+    out = llm.generate("count", policy=Counting(base=FixedPolicy(compression=2.0, max_tokens=20)), stop=[stop])
+    assert len(planned) == 1 and planned[0].prompt_tokens == out.usage.input_tokens
+    plan = out.usage.plan
+    assert plan.escalation_attempt in (2, 3) and plan.compression == 4.0
+    assert "escalation 1/2" in plan.reasons["compression"]
+    if plan.escalation_attempt == 3:
+        assert (plan.thinking_budget, plan.width) == (0, 4)

@@ -82,11 +82,10 @@ def usage_rows(usage: Usage) -> list[tuple[str, str]]:
         ("prefill time", f"{usage.prefill_seconds * 1000:.0f} ms"),
         ("decode time", f"{usage.decode_seconds * 1000:.0f} ms"),
     ]
-    if usage.plan:
+    if usage.plan is not None:
         for key in ("thinking_budget", "answer_reserve", "compression", "max_tokens"):
-            if key in usage.plan:
-                rows.append((f"plan: {key}", str(usage.plan[key])))
-        for key, why in (usage.plan.get("reasons") or {}).items():
+            rows.append((f"plan: {key}", str(getattr(usage.plan, key))))
+        for key, why in usage.plan.reasons.items():
             rows.append((f"why {key}", str(why)))
     return rows
 

@@ -2,7 +2,9 @@
 
 Owns: per-request state and the thinking-budget controller (torch-free), the scheduler and block
 manager of the paged engine (torch-free), the model runner and sampler (torch), and the backends
-"reference" (pure PyTorch over the HF model, any device) and "paged" (GPU).
+"reference" (pure PyTorch over the HF model, any device) and "paged" (GPU), and the output side
+(``output.CallOutput``: steps -> stream events -> Generation, torch-free). A call's plan arrives
+fitted by ``budgetllm.policy.fit``; the engine enforces and reports it, never fits it again.
 May use: ``budgetllm.models``, ``budgetllm.cache``, ``budgetllm.kernels``, ``budgetllm.dms``, and the
 record types of ``budgetllm.policy`` / ``budgetllm.accounting``.
 """

@@ -137,7 +137,7 @@ def advance(h: Handle, seq: Sequence, sampled: int) -> str | None:
 
 
 def _consumer_may_change(ctrl) -> bool:
-    """Whether the consumer's text checks may still change the controller (LLM._drive calls
+    """Whether the consumer's text checks may still change the controller (CallOutput.events calls
     ``model_closed`` inside a thinking block and ``model_opened`` on the first answer tokens)."""
     if ctrl.phase == "thinking":
         return True

@@ -11,7 +11,7 @@ only per-step host sync is the readback of sampled tokens, which also carries ev
 live entries and overflow flag (for accounting and the block manager) and the free-page count.
 
 While a request is inside its thinking block the model may close it itself, which the consumer
-detects on the text (``LLM._drive`` calls ``controller.model_closed()``). To see the controller
+detects on the text (``engine.output.CallOutput.events`` calls ``controller.model_closed()``). To see the controller
 exactly as the reference does, such a request is held back from the next decode step until its
 consumer has taken the previous token (``hold``); other requests keep running meanwhile.
 """

@@ -38,11 +38,10 @@ class ThinkingController:
             self.phase = "thinking"
             self._close_ids = self.encode(self.config.close_tag + self.config.after_close)
             self._handoff_ids = self.encode(self.config.handoff)
-            # The answer reserve holds: thinking may use at most max_tokens - reserve.
-            self.budget = max(0, min(self.budget, self.max_tokens - self.answer_reserve))
-            if self.budget < len(self._close_ids):
-                self.budget = 0
-                self.phase = "answer"
+            # The plan arrives fitted (budgetllm.policy.fit): the answer reserve holds and the
+            # budget can hold the close tag. Nothing here fits it again.
+            assert self.budget + self.answer_reserve <= self.max_tokens, "plan not fitted: budget + reserve > max_tokens"
+            assert self.budget >= len(self._close_ids), "plan not fitted: the budget cannot hold the close tag"
 
     @property
     def thinking(self) -> bool:
@@ -94,8 +93,9 @@ class ThinkingController:
         if self.phase == "answer" and self.answer_tokens <= 2 and not self.forced_close:
             self.reasoning_tokens += self.answer_tokens  # the open tag itself is reasoning
             self.answer_tokens = 0
-            self.budget = self.max_tokens - self.answer_reserve if budget is None else min(
-                budget, self.max_tokens - self.answer_reserve)
+            room = self.max_tokens - self.answer_reserve  # what the fitted plan leaves for thinking
+            assert budget is None or budget <= room, "plan not fitted: budget + reserve > max_tokens"
+            self.budget = room if budget is None else budget
             if not self._close_ids:
                 self._close_ids = self.encode(self.config.close_tag + self.config.after_close)
                 self._handoff_ids = self.encode(self.config.handoff)

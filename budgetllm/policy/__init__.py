@@ -6,7 +6,9 @@ Must not import: torch, the engine, models, kernels, or ``budgetllm.accounting``
 
 The one extension point is ``BudgetPolicy``: anything with ``plan(context) -> Plan``. Stages
 (``refine(context, plan) -> Plan``) compose in a ``PolicyChain``; ``load_policy(path)`` builds one
-from a file. Precedence of settings: see ``budgetllm.policy.tiered``.
+from a file. Precedence of settings: see ``budgetllm.policy.tiered``. A policy proposes;
+``plan_call(policy, context)`` fits the proposal to the call once (``budgetllm.policy.fit``) and
+is what the engine runs.
 """
 
 from budgetllm.policy.base import (
@@ -23,6 +25,7 @@ from budgetllm.policy.chain import EscalatingPolicy, PlanStage, PolicyChain
 from budgetllm.policy.cost import kv_tokens_read, live_tokens, parse_size, peak_kv_tokens, with_estimates
 from budgetllm.policy.effort import DEFAULT_EFFORT_MAP, EFFORT_LEVELS, EffortPolicy
 from budgetllm.policy.escalation import EscalationPolicy, EscalationStep
+from budgetllm.policy.fit import escalate_call, fit_plan, plan_call
 from budgetllm.policy.frontier_plot import plot_frontier
 from budgetllm.policy.load_aware import LoadAwarePolicy, LoadBand
 from budgetllm.policy.memory_cap import MemoryCapPolicy
@@ -71,12 +74,15 @@ __all__ = [
     "RequestedLimits",
     "TieredPolicy",
     "build_table",
+    "escalate_call",
+    "fit_plan",
     "kv_tokens_read",
     "live_tokens",
     "load_policy",
     "load_policy_bytes",
     "parse_size",
     "peak_kv_tokens",
+    "plan_call",
     "plot_frontier",
     "with_estimates",
 ]

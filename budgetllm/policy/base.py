@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from budgetllm.types import Plan  # the policy's output record, shared with accounting and the engine
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,7 @@ class RequestedLimits:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    answer_reserve: int | None = None  # the caller's reserve replaces the policy's (see policy.fit)
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,20 @@ class AgentBudget:
     calls_left: int | None = None
     step: int = 0
     step_name: str | None = None  # the agent step's name (e.g. "plan", "act"), for per-step overrides
+    # Calls made after the budget is spent (tokens, KV byte-seconds or calls left <= 0) run with
+    # thinking off and at most this many tokens; None: only tokens_left caps a call.
+    max_tokens_when_spent: int | None = None
+
+    def spent(self) -> list[str]:
+        """The parts of the budget that are used up (tokens, KV byte-seconds, calls)."""
+        out = []
+        if self.tokens_left is not None and self.tokens_left <= 0:
+            out.append("token budget")
+        if self.kv_byte_seconds_left is not None and self.kv_byte_seconds_left <= 0:
+            out.append("KV byte-seconds budget")
+        if self.calls_left is not None and self.calls_left <= 0:
+            out.append("call budget")
+        return out
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,8 @@ class ModelProfile:
     max_context: int = 8192
     supports_compression: bool = True
     calibration: Any = None  # a CalibrationTable, or None
+    thinking_open_tokens: int = 0  # tokens of the open tag the engine appends to start a thinking block
+    thinking_close_tokens: int = 0  # tokens of the close tag (and what follows it) that end one
 
 
 @dataclass(frozen=True)
@@ -53,38 +72,7 @@ class CallContext:
     tool_name: str | None = None  # the tool whose result this call answers, if any
     tier: str | None = None  # a named tier of a policy file
     task: str | None = None  # a calibration task name (for the calibrated Pareto policy)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one call will do, and why.
-
-    thinking_budget: max reasoning tokens (None: no thinking block; 0: thinking off).
-    answer_reserve: tokens kept for the answer after thinking closes.
-    compression: KV compression ratio (1 = dense, exactly the base model).
-    max_tokens: cap on all generated tokens (reasoning + answer).
-    width: parallel samples with majority vote over extracted answers (1 = one sample).
-    reasons: a readable reason for each choice, keyed by the field name.
-    peak_kv_bytes / kv_bytes_read: the cost model's estimate for the worst case (every allowed
-        token generated); None when the model's KV bytes per token are unknown.
-    expected_accuracy: from a calibration table, when a calibrated policy chose the plan.
-    """
-
-    thinking_budget: int | None
-    answer_reserve: int
-    compression: float
-    max_tokens: int
-    temperature: float | None = None
-    top_p: float | None = None
-    width: int = 1
-    reasons: dict[str, str] = field(default_factory=dict)
-    policy: str = "fixed"
-    peak_kv_bytes: int | None = None
-    kv_bytes_read: int | None = None
-    expected_accuracy: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    thinking_open: bool = False  # the prompt itself already opens a thinking block (R1-style templates)
 
 
 @runtime_checkable

@@ -6,7 +6,8 @@ anything with ``refine(context, plan) -> Plan``. The built-in stages are also po
 own (``plan(context)`` refines their ``base``), so one class serves both uses.
 
 Order matters: caps go last so nothing after them can break them. Escalation re-runs the
-stages on the escalated plan, so a retry never exceeds a cap either.
+stages on the escalated plan, so a retry never exceeds a cap either. The chain proposes; the
+token fit (caller, context, agent) happens once, after it, in ``budgetllm.policy.fit``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, Plan
-from budgetllm.policy.cost import with_estimates
-from budgetllm.policy.settings import apply_token_limits, normalized
 
 
 @runtime_checkable
@@ -65,10 +64,8 @@ class PolicyChain:
     name: str | None = None
 
     def _finish(self, context: CallContext, plan: Plan) -> Plan:
-        plan = normalized(plan)
         for stage in self.stages:
             plan = stage.refine(context, plan)
-        plan = with_estimates(context, apply_token_limits(context, plan))
         return plan if self.name is None else replace(plan, policy=self.name)
 
     def plan(self, context: CallContext) -> Plan:

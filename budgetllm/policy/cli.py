@@ -15,6 +15,7 @@ from dataclasses import replace
 from budgetllm.errors import BudgetLLMError, PolicyFileError
 from budgetllm.policy.base import AgentBudget, CallContext, ModelProfile, RequestedLimits
 from budgetllm.policy.cost import format_bytes, parse_size
+from budgetllm.policy.fit import escalate_call, plan_call
 from budgetllm.policy.loader import FilePolicy, load_policy
 
 _FIELDS = ("thinking_budget", "answer_reserve", "compression", "max_tokens", "width", "temperature", "top_p")
@@ -78,10 +79,10 @@ def explain_command(
             tool_name=tool,
             tier=tier,
         )
-        plan = policy.plan(context)
+        plan = plan_call(policy, context)  # what the engine would run: the policy's plan, fitted
         retries = []
         while len(retries) < 4 and (
-            nxt := policy.escalate(context, retries[-1] if retries else plan, len(retries) + 1)
+            nxt := escalate_call(policy, context, retries[-1] if retries else plan, len(retries) + 1)
         ):
             retries.append(nxt)
     except (BudgetLLMError, ValueError) as exc:

@@ -5,7 +5,8 @@ for retry number ``attempt`` (1 = the first retry), or None when the steps are e
 agent has no calls left, or the step would change nothing. The default ladder follows
 docs/notes/budget.md §4: double the budget and the compression (peak KV stays about constant),
 then NoThinking with parallel samples and a majority vote, which beats truncated thinking at
-small budgets. Wrap it in a ``PolicyChain`` to keep a memory cap on the retries.
+small budgets. Wrap it in a ``PolicyChain`` to keep a memory cap on the retries. The retry is a
+proposal like any plan: ``budgetllm.policy.fit.escalate_call`` fits it to the call.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, Plan
-from budgetllm.policy.cost import with_estimates
-from budgetllm.policy.settings import VOTING_TEMPERATURE, apply_token_limits, normalized, note
+from budgetllm.policy.settings import VOTING_TEMPERATURE, normalized, note
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,6 @@ class EscalationPolicy:
             temperature=temperature,
             reasons=reasons,
         )
-        plan = with_estimates(context, apply_token_limits(context, plan))
         same = (plan.thinking_budget, plan.compression, plan.width, plan.max_tokens) == (
             previous.thinking_budget,
             previous.compression,

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from budgetllm.errors import PolicyFileError
+from budgetllm.options import EFFORT_LEVELS
 from budgetllm.policy.file_schema import EffortName, PolicyFileModel
 
 Path_ = tuple[Any, ...]
@@ -40,8 +41,8 @@ FIX_HINTS = {
     "budget_scale": "use a fraction above 0 and at most 1, e.g. 0.5",
     "accuracy_floor": "use a fraction from 0 to 1, e.g. 0.6 (not 60)",
     "version": "write `version: 1`",
-    "effort": "use one of none, minimal, low, medium, high, xhigh",
-    "default_effort": "use one of none, minimal, low, medium, high, xhigh",
+    "effort": f"use one of {', '.join(EFFORT_LEVELS)}",
+    "default_effort": f"use one of {', '.join(EFFORT_LEVELS)}",
     "objective": "use max_accuracy or min_memory",
     "thinking_budget_factor": "use a factor >= 1, e.g. 2",
     "compression_factor": "use a factor >= 1, e.g. 2",

@@ -14,9 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from budgetllm.options import EFFORT_LEVELS
 from budgetllm.policy.cost import parse_size
 
-EffortName = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+EffortName = Literal[EFFORT_LEVELS]  # type: ignore[valid-type]  # the levels of the options contract
 
 
 def rule_error(field: str, message: str, fix: str) -> PydanticCustomError:

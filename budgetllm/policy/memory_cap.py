@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, Plan
 from budgetllm.policy.chain import StageAsPolicy
 from budgetllm.policy.cost import format_bytes, plan_kv_tokens_read, plan_peak_kv_tokens, with_estimates
-from budgetllm.policy.settings import apply_token_limits, fit_tokens, normalized, note
+from budgetllm.policy.fit import fit_plan
+from budgetllm.policy.settings import fit_tokens, note
 
 
 @dataclass
@@ -105,7 +106,9 @@ class MemoryCapPolicy(StageAsPolicy):
         return peak, reads, said
 
     def refine(self, context: CallContext, plan: Plan) -> Plan:
-        plan = apply_token_limits(context, self._clamp(normalized(plan)))
+        # The memory fit works on the call's fitted plan (fit_plan is idempotent, and what this
+        # stage changes only lowers max_tokens, so the final fit after it changes nothing).
+        plan = fit_plan(context, self._clamp(plan))
         peak_cap, read_cap, said = self._caps(context)
         has_byte_cap = self.max_peak_kv_bytes is not None or self.max_kv_bytes_read is not None
         if peak_cap is None and read_cap is None:

@@ -22,7 +22,7 @@ from budgetllm.errors import InvalidRequestError
 from budgetllm.policy.base import CallContext, Plan
 from budgetllm.policy.calibration import CalibrationTable
 from budgetllm.policy.cost import format_bytes, kv_tokens_read, peak_kv_tokens, with_estimates
-from budgetllm.policy.settings import DEFAULT_ANSWER_RESERVE, apply_token_limits
+from budgetllm.policy.settings import DEFAULT_ANSWER_RESERVE
 
 
 @dataclass(frozen=True)
@@ -166,4 +166,4 @@ class ParetoPolicy:
             plan = replace(
                 plan, temperature=0.7, reasons=plan.reasons | {"temperature": "0.7: voting needs sampling"}
             )
-        return with_estimates(context, apply_token_limits(context, plan))
+        return with_estimates(context, plan)

@@ -2,13 +2,12 @@
 
 Every policy resolves a stack of layers (built-in defaults, file defaults, effort, tier, tool,
 step, the caller) into ``PlanSettings`` plus, per field, the layer that set it. ``build_plan``
-then applies the token limits no layer may break, in this order:
-
-1. the caller's ``max_tokens`` (a hard ceiling, as in Anthropic's API);
-2. the model's context (``max_context - prompt_tokens``) and the agent's ``tokens_left``;
-3. ``answer_reserve <= max_tokens`` and ``thinking_budget + answer_reserve <= max_tokens``:
-   when the ceiling is tight the thinking budget shrinks first, so the answer keeps its room
-   (docs/notes/budget.md §1.5: "thinking eats max_tokens -> empty answer").
+turns them into the policy's proposal; the token limits no layer may break (the caller's
+max_tokens, the model's context, the agent's tokens left) are applied once, afterwards, by
+``budgetllm.policy.fit``. The two helpers below are the token arithmetic that fit and the memory
+cap share: ``fit_tokens`` lowers max_tokens with the thinking budget giving way before the answer
+reserve ("thinking eats max_tokens -> empty answer" is the failure it prevents), ``normalized``
+raises a default max_tokens to hold budget + reserve.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from budgetllm.policy.base import CallContext, Plan
-from budgetllm.policy.cost import with_estimates
 
 DEFAULT_ANSWER_RESERVE = 256
 # Majority vote over identical greedy samples is pointless; width > 1 needs sampling.
@@ -92,22 +90,24 @@ def fit_tokens(plan: Plan, ceiling: int, why: str) -> Plan:
     )
 
 
-def normalized(plan: Plan) -> Plan:
+def normalized(plan: Plan, up_to: int | None = None) -> Plan:
     """A plan from any policy made consistent: ``max_tokens >= thinking_budget + answer_reserve``.
 
     A base policy may hand over a budget larger than its max_tokens (e.g. ``FixedPolicy(
     thinking_budget=4096)`` with its default max_tokens); the budget is the intent, so max_tokens
-    grows. Real ceilings (caller, context, agent) are applied afterwards by ``apply_token_limits``.
+    grows, but not above ``up_to`` (the call's lowest ceiling, when the fit knows it). The
+    ceilings themselves (caller, context, agent) are applied by ``policy.fit.fit_plan``.
     """
     reserve = max(plan.answer_reserve, 0)
     need = (plan.thinking_budget or 0) + reserve
+    if up_to is not None:
+        need = min(need, max(up_to, plan.max_tokens))
     if plan.max_tokens >= need and reserve == plan.answer_reserve:
         return plan
-    reasons = note(
-        plan.reasons,
-        "max_tokens",
-        f"raised from {plan.max_tokens} to {need} to hold thinking budget + answer reserve",
-    )
+    reasons = plan.reasons
+    if need > plan.max_tokens:
+        why = f"raised from {plan.max_tokens} to {need} to hold thinking budget + answer reserve"
+        reasons = note(reasons, "max_tokens", why)
     return replace(plan, answer_reserve=reserve, max_tokens=max(plan.max_tokens, need), reasons=reasons)
 
 
@@ -133,12 +133,6 @@ def build_plan(context: CallContext, layers: Layers, policy: str) -> Plan:
     if max_tokens is None:
         max_tokens = (budget or 0) + reserve
         reasons["max_tokens"] = "thinking budget + answer reserve"
-    elif budget and int(budget) + reserve > int(max_tokens) and reasons.get("max_tokens") != REQUESTED:
-        # A file's max_tokens smaller than its own budget + reserve: the budget wins over a default.
-        reasons = note(
-            reasons, "max_tokens", f"raised from {max_tokens} to fit thinking budget + answer reserve"
-        )
-        max_tokens = int(budget) + reserve
     temperature = layers.get("temperature")
     if width > 1 and not temperature and "temperature" not in reasons:
         temperature = VOTING_TEMPERATURE
@@ -154,16 +148,4 @@ def build_plan(context: CallContext, layers: Layers, policy: str) -> Plan:
         reasons=reasons,
         policy=policy,
     )
-    return with_estimates(context, apply_token_limits(context, plan))
-
-
-def apply_token_limits(context: CallContext, plan: Plan) -> Plan:
-    """The ceilings no stage may lift: caller max_tokens, model context, agent tokens left."""
-    requested = context.requested.max_tokens
-    if requested is not None:
-        plan = fit_tokens(plan, requested, "the caller's max_tokens")
-    room = context.model.max_context - context.prompt_tokens
-    plan = fit_tokens(plan, room, f"the model's context holds {context.model.max_context} tokens")
-    if context.agent.tokens_left is not None:
-        plan = fit_tokens(plan, context.agent.tokens_left, "the agent's tokens left")
-    return fit_tokens(plan, plan.max_tokens, "")  # re-check reserve/budget invariants
+    return plan

@@ -72,6 +72,7 @@ class AgentBudgetIn(_Edge):
     kv_byte_seconds_left: float | None = Field(default=None, ge=0)
     calls_left: int | None = Field(default=None, ge=0)
     step: int = Field(default=0, ge=0)
+    max_tokens_when_spent: int | None = Field(default=None, ge=0)  # BudgetMiddleware's exit_behavior="continue"
 
 
 class ChatCompletionRequest(_Edge):

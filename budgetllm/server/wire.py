@@ -20,7 +20,7 @@ import math
 from dataclasses import fields
 from typing import Any
 
-from budgetllm.types import Generation, InvalidToolCall, KVMemory, StreamEvent, ToolCall, Usage
+from budgetllm.types import Generation, InvalidToolCall, KVMemory, Plan, StreamEvent, ToolCall, Usage
 
 _KV_FIELDS = {f.name for f in fields(KVMemory)}
 
@@ -50,7 +50,7 @@ def usage_to_wire(usage: Usage) -> dict[str, Any]:
         "total_tokens": usage.total_tokens,
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "kv_memory": json_safe(usage.kv.to_dict()),
-        "plan": json_safe(usage.plan) if usage.plan is not None else None,
+        "plan": json_safe(usage.plan.to_dict()) if usage.plan is not None else None,
         "prefill_seconds": usage.prefill_seconds,
         "decode_seconds": usage.decode_seconds,
     }
@@ -67,7 +67,7 @@ def usage_from_wire(d: dict[str, Any] | None) -> Usage:
         kv=KVMemory(**kv),
         prefill_seconds=float(d.get("prefill_seconds") or 0.0),
         decode_seconds=float(d.get("decode_seconds") or 0.0),
-        plan=d.get("plan"),
+        plan=Plan.from_dict(d["plan"]) if d.get("plan") else None,
     )
 
 

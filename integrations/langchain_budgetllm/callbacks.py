@@ -113,7 +113,7 @@ class DMSMemoryCallbackHandler(BaseCallbackHandler):
     def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[Any]], *, run_id: UUID, **kwargs: Any) -> None:
         params = kwargs.get("invocation_params") or {}
         with self._lock:
-            self._params[run_id] = {k: params.get(k) for k in ("thinking_budget", "compression")}
+            self._params[run_id] = {k: params.get(k) for k in ("thinking_budget", "compression", "agent_budget")}
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
@@ -150,7 +150,7 @@ class DMSMemoryCallbackHandler(BaseCallbackHandler):
             kv_bytes_read=_int(kv, "kv_bytes_read"),
             finish_reason=meta.get("finish_reason"),
             reasons=dict(plan.get("reasons") or {}),
-            step=plan.get("step"),
+            step=plan.get("step", getattr(params.get("agent_budget"), "step", None)),
         )
         from langchain_core.messages.ai import add_usage
 

@@ -1,17 +1,17 @@
 """BudgetMiddleware: per model call of an agent, a budget policy picks the thinking budget,
 compression and token cap from the agent's state (step, tokens and KV memory spent so far, an
-agent-level budget).
+agent-level budget). The middleware hands that state (and its policy) to the engine, which plans
+the call once; it does not plan itself.
 
 The pattern is LangChain's: ``wrap_model_call`` sets ``model_settings`` through
 ``request.override`` (as AnthropicPromptCachingMiddleware does), counters live in agent state as
 private, per-run attributes (as ModelCallLimitMiddleware keeps its counts), and ``after_model``
-adds the last AIMessage's usage to them. Each decision is written into that message's
-``response_metadata["budget_plan"]``.
+adds the last AIMessage's usage to them. The engine's plan comes back in that message's
+``response_metadata["budget_plan"]``, to which the middleware adds the step and budget it passed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import warnings
 from collections.abc import Awaitable, Callable
@@ -21,11 +21,10 @@ from typing import Annotated, Any, Literal, NotRequired
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse, hook_config
 from langchain.agents.middleware.types import PrivateStateAttr
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
-from langchain_core.messages.utils import count_tokens_approximately
 from langgraph.channels.untracked_value import UntrackedValue
 
 import budgetllm
-from budgetllm import AgentBudget, CallContext, FixedPolicy, ModelProfile, Plan, RequestedLimits
+from budgetllm import AgentBudget
 from langchain_budgetllm.chat_models import ChatDMS
 
 
@@ -77,7 +76,9 @@ class BudgetMiddleware(AgentMiddleware[BudgetState]):
 
     Args:
         policy: any budgetllm ``BudgetPolicy`` (``plan(CallContext) -> Plan``) or a policy file
-            path; None: a ``FixedPolicy`` (the caller's settings, else its defaults).
+            path, handed to the engine with each call; None: the model's own policy. The engine
+            plans once, with the agent's state in ``CallContext.agent``; a remote engine cannot
+            take a policy object (start the server with ``--policy FILE`` and set ``policy_tier``).
         token_budget: generated tokens (reasoning included) the whole agent run may spend.
         kv_byte_seconds_budget: KV memory the run may hold over time (byte-seconds).
         max_calls: model calls the run may make.
@@ -126,7 +127,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetState]):
             raise ValueError(
                 f"unsupported_model_behavior: must be 'ignore', 'warn' or 'raise', got {unsupported_model_behavior!r}"
             )
-        self.policy = _load_policy(policy) or FixedPolicy()
+        self.policy = _load_policy(policy)
         self.token_budget = token_budget
         self.kv_byte_seconds_budget = kv_byte_seconds_budget
         self.max_calls = max_calls
@@ -146,22 +147,14 @@ class BudgetMiddleware(AgentMiddleware[BudgetState]):
         if self.kv_byte_seconds_budget is not None:
             kv_left = self.kv_byte_seconds_budget - state.get("budget_kv_byte_seconds", 0.0)
         calls_left = None if self.max_calls is None else self.max_calls - steps
-        return AgentBudget(tokens_left=tokens_left, kv_byte_seconds_left=kv_left, calls_left=calls_left, step=steps)
-
-    @staticmethod
-    def _exhausted(budget: AgentBudget) -> list[str]:
-        spent = []
-        if budget.tokens_left is not None and budget.tokens_left <= 0:
-            spent.append("token budget")
-        if budget.kv_byte_seconds_left is not None and budget.kv_byte_seconds_left <= 0:
-            spent.append("KV byte-seconds budget")
-        if budget.calls_left is not None and budget.calls_left <= 0:
-            spent.append("call budget")
-        return spent
+        # exit_behavior "continue": the policy layer's fit turns thinking off and caps the call.
+        when_spent = self.min_max_tokens if self.exit_behavior == "continue" else None
+        return AgentBudget(tokens_left=tokens_left, kv_byte_seconds_left=kv_left, calls_left=calls_left, step=steps,
+                           max_tokens_when_spent=when_spent)
 
     @hook_config(can_jump_to=["end"])
     def before_model(self, state: BudgetState, runtime: Any) -> dict[str, Any] | None:
-        spent = self._exhausted(self.agent_budget(state))
+        spent = self.agent_budget(state).spent()
         if not spent or self.exit_behavior == "continue":
             return None
         msg = f"Agent budget exhausted ({', '.join(spent)}) after {state.get('budget_steps', 0)} model calls."
@@ -227,85 +220,28 @@ class BudgetMiddleware(AgentMiddleware[BudgetState]):
             warnings.warn(msg, stacklevel=3)
         return False
 
-    def plan(self, request: ModelRequest) -> tuple[Plan, dict[str, Any]]:
-        """The policy's plan for this call, clamped to the agent budget; and the settings to send."""
-        model: ChatDMS = request.model  # type: ignore[assignment]
-        settings = request.model_settings or {}
-        explicit = model.model_fields_set
+    def settings(self, request: ModelRequest) -> dict[str, Any]:
+        """What this call adds to the model's settings: the agent's state (budget left, step, the
+        tool whose result it answers, the tier) and the policy, when the middleware has one.
 
-        def asked(name: str) -> Any:
-            if name in settings:
-                return settings[name]
-            return getattr(model, name) if name in explicit else None
-
-        requested = RequestedLimits(
-            thinking_budget=asked("thinking_budget"),
-            compression=asked("compression"),
-            reasoning_effort=asked("reasoning_effort"),
-            max_tokens=asked("max_tokens"),
-            temperature=asked("temperature"),
-            top_p=asked("top_p"),
-        )
-        messages: list[BaseMessage] = ([request.system_message] if request.system_message else []) + list(request.messages)
-        try:
-            prompt_tokens = model.get_num_tokens_from_messages(messages, request.tools or None)
-        except Exception:  # e.g. a remote engine without a tokenizer
-            prompt_tokens = count_tokens_approximately(messages)
-        try:
-            profile = getattr(model.llm, "profile", None) or ModelProfile(name=model.model_name)
-        except Exception:
-            profile = ModelProfile(name=model.model_name)
+        The engine plans once, from these and the call's own settings (ChatDMS fields and
+        ``model_settings`` are the caller's requests); the plan comes back on the AIMessage.
+        """
         agent = self.agent_budget(request.state or {})
+        out: dict[str, Any] = {"agent_budget": agent}
+        if self.policy is not None:
+            out["policy"] = self.policy
+        if self.policy_tier is not None:
+            out["policy_tier"] = self.policy_tier
         last = request.messages[-1] if request.messages else None
-        tool_name = last.name if isinstance(last, ToolMessage) else None
-        context = CallContext(
-            prompt_tokens=prompt_tokens,
-            requested=requested,
-            agent=agent,
-            model=profile,
-            tool_name=tool_name,
-            tier=self.policy_tier or settings.get("policy_tier") or model.policy_tier,
-        )
-        plan = self._clamp(self.policy.plan(context), agent)
-        out = {
-            "thinking_budget": plan.thinking_budget,
-            "compression": plan.compression,
-            "max_tokens": plan.max_tokens,
-            "answer_reserve": plan.answer_reserve,
-            "agent_budget": agent,
-        }
-        if tool_name:
-            out["tool_name"] = tool_name
-        if plan.temperature is not None:
-            out["temperature"] = plan.temperature
-        if plan.top_p is not None:
-            out["top_p"] = plan.top_p
-        return plan, out
+        if isinstance(last, ToolMessage) and last.name:
+            out["tool_name"] = last.name
+        return out
 
-    def _clamp(self, plan: Plan, agent: AgentBudget) -> Plan:
-        """Hard limits no policy may lift: the run's tokens left (and the minimum when spent)."""
-        reasons = dict(plan.reasons)
-        max_tokens, budget, reserve = plan.max_tokens, plan.thinking_budget, plan.answer_reserve
-        if self._exhausted(agent):  # exit_behavior == "continue"
-            max_tokens = min(max_tokens, self.min_max_tokens)
-            budget = 0 if budget is not None else None
-            reasons["max_tokens"] = f"agent budget spent; smallest cap {max_tokens}"
-            reasons["thinking_budget"] = "agent budget spent; thinking off"
-        elif agent.tokens_left is not None and max_tokens > agent.tokens_left:
-            max_tokens = max(agent.tokens_left, 1)
-            reasons["max_tokens"] = f"{reasons.get('max_tokens', 'policy')}; clamped to the agent's {agent.tokens_left} tokens left"
-        if budget is not None and budget > max_tokens:
-            budget = max(0, max_tokens - min(reserve, max_tokens // 2))
-            reasons["thinking_budget"] = f"{reasons.get('thinking_budget', 'policy')}; fitted under max_tokens {max_tokens}"
-        reserve = min(reserve, max_tokens)
-        if (max_tokens, budget, reserve) == (plan.max_tokens, plan.thinking_budget, plan.answer_reserve):
-            return plan
-        return replace(plan, max_tokens=max_tokens, thinking_budget=budget, answer_reserve=reserve, reasons=reasons)
-
-    def decision(self, plan: Plan, agent: AgentBudget) -> dict[str, Any]:
-        """What goes into response_metadata["budget_plan"]: the plan, its reasons, the budget left."""
-        return {
-            **plan.to_dict(),
+    def _annotate(self, result: Any, agent: AgentBudget) -> Any:
+        """Add who set the call's agent state to the engine's plan in ``response_metadata["budget_plan"]``
+        (one plan: the engine's; this adds ``source``, ``step`` and the ``agent_budget`` it saw)."""
+        note = {
             "source": type(self).__name__,
             "step": agent.step,
             "agent_budget": {
@@ -315,18 +251,11 @@ class BudgetMiddleware(AgentMiddleware[BudgetState]):
             },
         }
 
-    def _annotate(self, result: Any, decision: dict[str, Any]) -> Any:
-        """Make sure the AIMessage carries the decision (ChatDMS already writes it, with the
-        engine's plan under "engine_plan"; a cached or rewritten message may not)."""
-
         def mark(message: BaseMessage) -> BaseMessage:
             if not isinstance(message, AIMessage):
                 return message
             meta = dict(message.response_metadata or {})
-            current = meta.get("budget_plan") or {}
-            if current.get("source") == decision["source"] and current.get("step") == decision["step"]:
-                return message
-            meta["budget_plan"] = {**decision, **({"engine_plan": current} if current else {})}
+            meta["budget_plan"] = {**(meta.get("budget_plan") or {}), **note}
             return message.model_copy(update={"response_metadata": meta})
 
         if isinstance(result, AIMessage):
@@ -335,28 +264,25 @@ class BudgetMiddleware(AgentMiddleware[BudgetState]):
             return ModelResponse(result=[mark(m) for m in result.result], structured_response=result.structured_response)
         inner = getattr(result, "model_response", None)  # ExtendedModelResponse
         if isinstance(inner, ModelResponse):
-            return replace(result, model_response=self._annotate(inner, decision))
+            return replace(result, model_response=self._annotate(inner, agent))
         return result
 
-    def _request(self, request: ModelRequest) -> tuple[ModelRequest, dict[str, Any]]:
-        plan, settings = self.plan(request)
-        decision = self.decision(plan, settings["agent_budget"])
-        settings["budget_plan"] = decision
-        return request.override(model_settings={**request.model_settings, **settings}), decision
+    def _request(self, request: ModelRequest) -> tuple[ModelRequest, AgentBudget]:
+        settings = self.settings(request)
+        return request.override(model_settings={**request.model_settings, **settings}), settings["agent_budget"]
 
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ModelResponse | AIMessage:
         if not self._applies(request):
             return handler(request)
-        request, decision = self._request(request)
-        return self._annotate(handler(request), decision)
+        request, agent = self._request(request)
+        return self._annotate(handler(request), agent)
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ModelResponse | AIMessage:
         if not self._applies(request):
             return await handler(request)
-        # Counting prompt tokens may load the engine or ask a server: keep it off the event loop.
-        request, decision = await asyncio.to_thread(self._request, request)
-        return self._annotate(await handler(request), decision)
+        request, agent = self._request(request)
+        return self._annotate(await handler(request), agent)

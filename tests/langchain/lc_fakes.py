@@ -9,9 +9,20 @@ from typing import Any
 
 from langchain_core.tools import tool
 
-from budgetllm import Generation, KVMemory, StreamEvent, Usage
+from budgetllm import (
+    AgentBudget,
+    CallContext,
+    FixedPolicy,
+    Generation,
+    KVMemory,
+    Plan,
+    RequestedLimits,
+    StreamEvent,
+    Usage,
+)
 from budgetllm.chat_format import ToolCallStreamSplitter, parse_tool_calls
 from budgetllm.options import CallOptions
+from budgetllm.policy import plan_call
 
 # What ChatDMS sends to the real model in tests: CPU, reference backend, short outputs.
 REAL_PARAMS = {"device": "cpu", "backend": "reference", "max_tokens": 16, "temperature": 0}
@@ -47,7 +58,8 @@ class FakeLLM:
 
     Each call takes the next entry of ``script`` (or calls ``script(messages, opts)``), streams it
     in small pieces through budgetllm.chat_format like the real engine, and records
-    ``(messages, opts)``. Options are validated with the engine's own CallOptions.
+    ``(messages, opts)``. Options are validated with the engine's own CallOptions, and each call
+    is planned as the engine plans it (its policy, else a FixedPolicy, through ``plan_call``).
     """
 
     script: list[Scripted] | Callable[[list, dict], Scripted] = field(default_factory=list)
@@ -78,6 +90,8 @@ class FakeLLM:
     def stream(self, messages, **opts):
         call = CallOptions.parse(dict(opts))
         self.calls.append((messages, dict(opts)))
+        n_in = self.count_tokens(messages)
+        plan = self._plan(call, n_in)
         s = self._next(messages, opts)
         try:
             for i in range(0, len(s.reasoning), self.piece):
@@ -99,9 +113,8 @@ class FakeLLM:
                     yield StreamEvent("tool_call", tool_call=c)
                 if calls or invalid:
                     finish = "tool_calls"
-            n_in = self.count_tokens(messages)
             n_out = len(s.output.split()) + len(s.reasoning.split())
-            comp = call.compression or 8.0
+            comp = plan.compression
             logical = (n_in + n_out) * 1024
             kv = KVMemory(
                 logical_bytes=logical,
@@ -114,13 +127,6 @@ class FakeLLM:
                 kv_bytes_read=n_out * logical // 2,
                 mode="dms",
             )
-            plan = {
-                "thinking_budget": call.thinking_budget,
-                "compression": comp,
-                "max_tokens": call.max_tokens or 512,
-                "answer_reserve": call.answer_reserve or 0,
-                "reasons": {"compression": "requested by the caller" if call.compression else "policy default"},
-            }
             usage = Usage(
                 input_tokens=n_in,
                 output_tokens=n_out,
@@ -135,6 +141,14 @@ class FakeLLM:
         except GeneratorExit:
             self.closed += 1
             raise
+
+    def _plan(self, call: CallOptions, prompt_tokens: int) -> Plan:
+        """The call's plan as the real engine makes it: its policy (else FixedPolicy), fitted once."""
+        requested = RequestedLimits(call.thinking_budget, call.compression, call.reasoning_effort, call.max_tokens,
+                                    call.temperature_requested, call.top_p_requested, answer_reserve=call.answer_reserve)
+        context = CallContext(prompt_tokens=prompt_tokens, requested=requested, agent=call.agent_budget or AgentBudget(),
+                              model=self.profile, tool_name=call.tool_name, tier=call.policy_tier)
+        return plan_call(call.policy or FixedPolicy(compression=8.0), context)
 
     def generate(self, messages, **opts):
         final = None

@@ -52,10 +52,10 @@ def test_decisions_follow_agent_steps(chat_fake, fake_llm):
     out = agent.invoke({"messages": [{"role": "user", "content": "What is 3+4, spelled?"}]})
     ai = [m for m in out["messages"] if isinstance(m, AIMessage)]
     assert len(ai) == 3 and ai[-1].content == "It is SEVEN."
-    # what the engine received
+    # what the engine received: the agent's state and the policy, no numbers planned elsewhere
     opts = [o for _, o in fake_llm.calls]
-    assert [o["thinking_budget"] for o in opts] == [64, 48, 32]
-    assert [o["compression"] for o in opts] == [2.0, 4.0, 4.0]
+    assert all(o["policy"] is policy and "thinking_budget" not in o and "max_tokens" not in o for o in opts)
+    assert [o["agent_budget"].step for o in opts] == [0, 1, 2]
     assert [o.get("tool_name") for o in opts] == [None, "add", "lookup"]
     assert all(o["tools"] for o in opts)
     # what the policy saw
@@ -63,12 +63,13 @@ def test_decisions_follow_agent_steps(chat_fake, fake_llm):
     assert [c.tool_name for c in policy.seen] == [None, "add", "lookup"]
     assert all(c.prompt_tokens > 0 for c in policy.seen)
     assert policy.seen[1].prompt_tokens > policy.seen[0].prompt_tokens
-    # decisions visible in message metadata, the engine's own plan kept
+    # the engine's plan (the only one) is in the message metadata, with the step that made it
     plans = [m.response_metadata["budget_plan"] for m in ai]
     assert [p["step"] for p in plans] == [0, 1, 2]
     assert [p["thinking_budget"] for p in plans] == [64, 48, 32]
+    assert [p["compression"] for p in plans] == [2.0, 4.0, 4.0]
     assert plans[1]["reasons"]["compression"] == "after tool add"
-    assert plans[0]["source"] == "BudgetMiddleware" and plans[0]["engine_plan"]["compression"] == 2.0
+    assert plans[0]["source"] == "BudgetMiddleware" and "engine_plan" not in plans[0]
     # counters are private: not in the agent's output
     assert not any(k.startswith("budget_") for k in out)
 
@@ -79,12 +80,13 @@ def test_token_budget_clamps_and_ends_the_run(chat_fake, fake_llm):
     agent = create_agent(chat_fake(three_steps()), tools=[add, lookup], middleware=[mw])
     out = agent.invoke({"messages": [{"role": "user", "content": "go"}]})
     opts = [o for _, o in fake_llm.calls]
-    assert [o["max_tokens"] for o in opts] == [15, 4]  # clamped to the tokens left
     assert [o["agent_budget"].tokens_left for o in opts] == [15, 4]
     last = out["messages"][-1]
     assert isinstance(last, AIMessage) and "token budget" in last.content
-    plan = [m for m in out["messages"] if isinstance(m, AIMessage)][0].response_metadata["budget_plan"]
-    assert "tokens left" in plan["reasons"]["max_tokens"]
+    calls = [m for m in out["messages"] if isinstance(m, AIMessage)][:2]  # the last one says the budget ran out
+    plans = [m.response_metadata["budget_plan"] for m in calls]
+    assert [p["max_tokens"] for p in plans] == [15, 4]  # fitted to the tokens left, by the engine's one fit
+    assert "tokens left" in plans[0]["reasons"]["max_tokens"]
 
 
 def test_call_budget_end_and_error(chat_fake, fake_llm):
@@ -104,10 +106,11 @@ def test_call_budget_end_and_error(chat_fake, fake_llm):
 def test_continue_behaviour_turns_thinking_off(chat_fake, fake_llm):
     mw = BudgetMiddleware(FixedPolicy(thinking_budget=32, max_tokens=64), max_calls=1, exit_behavior="continue")
     agent = create_agent(chat_fake(three_steps()), tools=[add, lookup], middleware=[mw])
-    agent.invoke({"messages": [{"role": "user", "content": "go"}]})
-    opts = [o for _, o in fake_llm.calls]
-    assert opts[0]["thinking_budget"] == 32
-    assert all(o["thinking_budget"] == 0 and o["max_tokens"] <= 16 for o in opts[1:])
+    out = agent.invoke({"messages": [{"role": "user", "content": "go"}]})
+    plans = [m.response_metadata["budget_plan"] for m in out["messages"] if isinstance(m, AIMessage)]
+    assert len(plans) == 3 and plans[0]["thinking_budget"] == 32
+    assert all(p["thinking_budget"] == 0 and p["max_tokens"] <= 16 for p in plans[1:])
+    assert "call budget is spent" in plans[1]["reasons"]["max_tokens"]
 
 
 def test_explicit_model_settings_are_requests_for_the_policy(chat_fake, fake_llm):
@@ -123,7 +126,8 @@ async def test_async_agent(chat_fake, fake_llm):
     agent = create_agent(chat_fake(three_steps()), tools=[add, lookup], middleware=[BudgetMiddleware(StepPolicy())])
     out = await agent.ainvoke({"messages": [{"role": "user", "content": "go"}]})
     assert out["messages"][-1].content == "It is SEVEN."
-    assert [o["thinking_budget"] for _, o in fake_llm.calls] == [64, 48, 32]
+    plans = [m.response_metadata["budget_plan"] for m in out["messages"] if isinstance(m, AIMessage)]
+    assert [p["thinking_budget"] for p in plans] == [64, 48, 32]
 
 
 def test_counters_and_callback_agree(chat_fake, fake_llm):
@@ -191,8 +195,18 @@ def test_policy_file_path(chat_fake, fake_llm):
     agent = create_agent(chat_fake([Scripted(output="done")], reasoning_effort="medium", max_tokens=4096),
                          tools=[add], middleware=[BudgetMiddleware(str(path))])
     out = agent.invoke({"messages": [{"role": "user", "content": "go"}]})
-    opts = fake_llm.calls[-1][1]
     plan = out["messages"][-1].response_metadata["budget_plan"]
-    assert opts["compression"] == 4.0  # the file's "medium" level
-    assert opts["thinking_budget"] == plan["thinking_budget"] <= 2048
+    assert plan["compression"] == 4.0  # the file's "medium" level
+    assert 0 < plan["thinking_budget"] <= 2048
     assert "medium" in plan["reasons"]["thinking_budget"] and plan["source"] == "BudgetMiddleware"
+
+
+def test_without_a_policy_the_models_own_policy_plans_with_the_agents_state(chat_fake, fake_llm):
+    policy = StepPolicy()
+    agent = create_agent(chat_fake(three_steps(), policy=policy), tools=[add, lookup],
+                         middleware=[BudgetMiddleware(token_budget=1000)])
+    out = agent.invoke({"messages": [{"role": "user", "content": "go"}]})
+    assert [c.agent.step for c in policy.seen] == [0, 1, 2]
+    assert policy.seen[0].agent.tokens_left == 1000 and policy.seen[1].agent.tokens_left < 1000
+    plans = [m.response_metadata["budget_plan"] for m in out["messages"] if isinstance(m, AIMessage)]
+    assert [p["thinking_budget"] for p in plans] == [64, 48, 32] and [p["step"] for p in plans] == [0, 1, 2]

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from policy_helpers import assert_invariants, ctx, toml_dumps
 
 from budgetllm.errors import InvalidRequestError, PolicyFileError
-from budgetllm.policy import load_policy_bytes
+from budgetllm.policy import escalate_call, load_policy_bytes, plan_call
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -73,7 +73,7 @@ def _check_plans(policy) -> None:
         return
     for context in (ctx(10), ctx(5000, reasoning_effort="high", free_kv_bytes=1, total_kv_bytes=10)):
         try:
-            assert_invariants(policy.plan(context))
+            assert_invariants(plan_call(policy, context))
         except InvalidRequestError:
             pass  # e.g. the file's default tier is unknown at run time: a request error, not a crash
 
@@ -131,7 +131,7 @@ def test_loaded_files_never_break_their_caps(document, prompt, effort, tier):
         return
     limits = document.get("limits", {})
     try:
-        plan = policy.plan(ctx(prompt, reasoning_effort=effort, tier=tier, thinking_budget=None))
+        plan = plan_call(policy, ctx(prompt, reasoning_effort=effort, tier=tier, thinking_budget=None))
     except InvalidRequestError:
         return  # an unknown tier for this file
     assert_invariants(plan)
@@ -147,7 +147,7 @@ def test_loaded_files_never_break_their_caps(document, prompt, effort, tier):
         from budgetllm.policy import parse_size
 
         assert plan.peak_kv_bytes <= parse_size(limits["max_peak_kv_bytes"])
-    retry = policy.escalate(ctx(prompt), plan, 1)
+    retry = escalate_call(policy, ctx(prompt), plan, 1)
     if retry is not None:
         assert_invariants(retry)
         if "max_thinking_budget" in limits:

@@ -5,6 +5,7 @@ from policy_helpers import assert_invariants, ctx
 
 from budgetllm.errors import InvalidRequestError
 from budgetllm.policy import PlanSettings, TieredPolicy
+from budgetllm.policy.fit import plan_call
 
 POLICY = TieredPolicy(
     defaults=PlanSettings(thinking_budget=512, compression=2, answer_reserve=128),
@@ -74,7 +75,7 @@ def test_width_above_one_turns_sampling_on():
 
 
 def test_a_prompt_that_fills_the_context_leaves_a_consistent_plan():
-    p = POLICY.plan(ctx(8000))
+    p = plan_call(POLICY, ctx(8000))
     assert p.max_tokens == 192 and p.answer_reserve == 128 and p.thinking_budget == 64
     assert_invariants(p)
 

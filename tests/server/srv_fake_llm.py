@@ -15,7 +15,7 @@ from typing import Any
 from budgetllm.errors import InvalidRequestError, PoolExhaustedError, PromptTooLongError
 from budgetllm.options import CallOptions
 from budgetllm.policy.base import ModelProfile
-from budgetllm.types import Generation, InvalidToolCall, KVMemory, StreamEvent, ToolCall, Usage
+from budgetllm.types import Generation, InvalidToolCall, KVMemory, Plan, StreamEvent, ToolCall, Usage
 
 
 def _text(content: Any) -> str:
@@ -99,8 +99,9 @@ class FakeLLM:
                         compression_requested=float(call.compression or 8.0), compression_achieved=4.0,
                         evicted_tokens=3, kv_bytes_read=1234, mode="dms"),
             prefill_seconds=0.25, decode_seconds=0.5,
-            plan={"thinking_budget": call.thinking_budget, "compression": call.compression or 8.0,
-                  "tier": call.policy_tier, "reasons": {"compression": "requested by the caller"}},
+            plan=Plan(thinking_budget=call.thinking_budget, answer_reserve=0, compression=call.compression or 8.0,
+                      max_tokens=call.max_tokens if call.max_tokens is not None else self.pieces,
+                      reasons={"compression": "requested by the caller", "tier": f"tier '{call.policy_tier}'"}),
         )
         gen = Generation(
             text="".join(text), reasoning="".join(reasoning),

@@ -37,7 +37,7 @@ def test_non_streamed_round_trip_with_reasoning_usage_and_kv_memory(server):
     assert usage.completion_tokens == 5 and usage.total_tokens == usage.prompt_tokens + 5
     kv = usage.model_extra["kv_memory"]
     assert kv["compression_requested"] == 4.0 and kv["mode"] == "dms" and kv["logical_bytes"] > kv["live_bytes"]
-    assert usage.model_extra["plan"]["tier"] == "cheap"
+    assert usage.model_extra["plan"]["reasons"]["tier"] == "tier 'cheap'"
     # The extras reached the engine as LLM options.
     assert server.llm.calls[-1] == {"thinking_budget": 2, "compression": 4.0, "policy_tier": "cheap",
                                     "reasoning_effort": "low"}

@@ -55,7 +55,9 @@ def test_openai_round_trip_on_a_real_model(real):
     assert (resp.choices[0].message.content or "") == local.text
     kv = usage.model_extra["kv_memory"]
     assert kv["compression_requested"] == 2.0 and kv["logical_bytes"] > 0 and kv["mode"] in ("window", "dms", "dense")
-    assert usage.model_extra["plan"]["thinking_budget"] == 3
+    plan = usage.model_extra["plan"]  # the engine's one fitted plan: the 3 requested tokens cannot close a block
+    assert plan["thinking_budget"] == 0 and plan["reasons"]["thinking_budget"].startswith("requested by the caller")
+    assert "3 tokens cannot hold the 4-token close" in plan["reasons"]["thinking_budget"]
 
     stream = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, extra_body=extra,
                                        stream=True, stream_options={"include_usage": True})
@@ -157,9 +159,9 @@ def test_serve_command_across_processes(tiny_dir):
                 time.sleep(0.5)
         gen = remote.generate(MESSAGES, max_tokens=4, thinking_budget=2)
         assert gen.usage.output_tokens == 4 and gen.usage.kv.logical_bytes > 0 and gen.model
-        assert gen.usage.plan["policy"] == "memory-cap"  # the server's --policy file planned the call
+        assert gen.usage.plan.policy == "memory-cap"  # the server's --policy file planned the call
         fast = remote.generate(MESSAGES, max_tokens=4, policy_tier="fast")
-        assert fast.usage.plan["compression"] == 1.0 and "tier 'fast'" in fast.usage.plan["reasons"]["compression"]
+        assert fast.usage.plan.compression == 1.0 and "tier 'fast'" in fast.usage.plan.reasons["compression"]
         with pytest.raises(InvalidRequestError, match="unknown tier 'nope'"):
             remote.generate(MESSAGES, max_tokens=4, policy_tier="nope")
         events = list(remote.stream("Hello", max_tokens=3))

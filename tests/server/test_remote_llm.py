@@ -49,6 +49,14 @@ def test_generate_and_stream_equal_local(server, messages, opts):
     assert events == list(local.stream(messages, **opts))
 
 
+def test_the_agent_budget_reaches_the_server_engine_whole(server):
+    """BudgetMiddleware's agent state (with the cap for calls after the budget is spent) is planned
+    by the server's engine, so it must arrive as it was sent."""
+    budget = AgentBudget(tokens_left=5, calls_left=0, step=3, max_tokens_when_spent=16)
+    RemoteLLM(server.url + "/v1").generate("hi", agent_budget=budget)
+    assert server.llm.calls[-1]["agent_budget"] == budget
+
+
 def test_model_facts_and_count_tokens(server):
     remote, local = RemoteLLM(server.url), FakeLLM()
     assert remote.model_name == local.model_name and remote.max_context == local.max_context

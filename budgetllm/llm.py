@@ -13,7 +13,7 @@ from budgetllm.engine.eviction import EvictionRule
 from budgetllm.engine.generation import GenerationRequest
 from budgetllm.engine.thinking import ThinkingController
 from budgetllm.errors import InvalidRequestError, PromptTooLongError
-from budgetllm.options import CallOptions, resolve_rule
+from budgetllm.options import CallOptions, check_option, check_policy_tier, resolve_rule, validate_messages
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, ModelProfile, RequestedLimits
 from budgetllm.prompting import Prompter
 from budgetllm.types import Generation, SamplingParams, StreamEvent, ThinkingConfig, Usage
@@ -42,6 +42,32 @@ class LLM:
         self.kv_shape = KVShape(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim,
                                 dtype_bytes=loaded.dtype.itemsize)
         self._sinks: list = []
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the engine, free its KV pool, CUDA graphs and the model's memory. Idempotent; any
+        later call raises BudgetLLMError. ``with LLM.from_pretrained(...) as llm:`` closes on exit."""
+        if self._closed:
+            return
+        self._closed = True
+        backend, self.backend, self.loaded = self.backend, None, None
+        if hasattr(backend, "close"):
+            backend.close()
+        del backend
+        _free_memory()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            from budgetllm.errors import BudgetLLMError
+
+            raise BudgetLLMError(f"this LLM ({self.model_name}) is closed; load it again to generate")
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -87,6 +113,9 @@ class LLM:
         )
 
     def count_tokens(self, messages, tools: list[dict] | None = None) -> int:
+        validate_messages(messages)
+        if tools is not None:
+            check_option("tools", tools)
         return len(self.prompter.encode_prompt(messages, tools))
 
     def add_usage_sink(self, sink) -> None:
@@ -94,6 +123,7 @@ class LLM:
         self._sinks.append(sink)
 
     def pool_stats(self) -> dict:
+        self._check_open()
         return self.backend.pool_stats()
 
     # -- generation -------------------------------------------------------------------------
@@ -137,7 +167,9 @@ class LLM:
     def stream(self, messages, **opts: Any) -> Iterator[StreamEvent]:
         """Stream reasoning / text deltas, complete tool calls, then a "done" event with usage.
         Closing the iterator early cancels the request."""
+        self._check_open()
         call = CallOptions.parse(opts)
+        validate_messages(messages)
         prompt_text = self.prompter.render(messages, call.tools)
         prompt_ids = self.prompter.encode_text(prompt_text)
         plan = self._plan(call, len(prompt_ids))
@@ -188,6 +220,7 @@ class LLM:
 
     def _plan(self, call: CallOptions, prompt_tokens: int):
         policy = call.policy or self.policy
+        check_policy_tier(policy, call.policy_tier)
         plan = policy.plan(self._context(call, prompt_tokens))
         if plan.compression <= 0 or not math.isfinite(plan.compression):
             raise InvalidRequestError("compression", f"the policy chose {plan.compression}; it must be > 0")
@@ -322,9 +355,9 @@ class LLM:
 
 
 def _check_compression(value: float) -> float:
-    if value is None or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise InvalidRequestError("compression", f"must be a number > 0 (1 = no compression), got {value!r}")
-    return float(value)
+    if value is None:
+        raise InvalidRequestError("compression", "must be a number >= 1 (1 = no compression), got None")
+    return float(check_option("compression", value))  # the bounds of budgetllm.options.CallOptions
 
 
 _SHARED: dict[tuple, LLM] = {}
@@ -336,9 +369,40 @@ def get_llm(model: str | None = None, *, backend: str | None = None, device: str
     """One shared LLM per (model, backend, device, dtype) in this process; thread-safe, loads once."""
     key = (model, backend, device, str(dtype))
     with _SHARED_LOCK:
-        if key not in _SHARED:
+        if key not in _SHARED or _SHARED[key]._closed:
             _SHARED[key] = LLM.from_pretrained(model, backend=backend, device=device, dtype=dtype, **kwargs)
         return _SHARED[key]
 
 
-__all__ = ["LLM", "EvictionRule", "get_llm"]
+def release_llm(model: str | None = None, *, backend: str | None = None, device: str | None = None,
+                dtype: Any = None) -> bool:
+    """Close and forget the shared LLM that ``get_llm`` made for these arguments; True if there was one."""
+    with _SHARED_LOCK:
+        llm = _SHARED.pop((model, backend, device, str(dtype)), None)
+    if llm is not None:
+        llm.close()
+    return llm is not None
+
+
+def release_all() -> int:
+    """Close every shared LLM of ``get_llm`` (ChatDMS's engines); returns how many were closed."""
+    with _SHARED_LOCK:
+        llms = list(_SHARED.values())
+        _SHARED.clear()
+    for llm in llms:
+        llm.close()
+    return len(llms)
+
+
+def _free_memory() -> None:
+    """Collect the engine's reference cycles (graphs <-> runner) and hand cached GPU blocks back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+__all__ = ["LLM", "EvictionRule", "get_llm", "release_all", "release_llm"]

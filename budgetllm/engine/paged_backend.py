@@ -137,9 +137,25 @@ class PagedBackend:
         return int(num_free_pages(self.runner.kv).item())  # padding pages are counted as used
 
     def close(self) -> None:
+        """Stop the engine thread, fail what is still queued, and drop the pool, the CUDA graphs
+        and the model (the memory returns once nothing else refers to them). Idempotent."""
         if self._thread is not None:
             self._inbox.put(("stop", None))
             self._thread.join(timeout=10)
+        if self.runner is None:
+            return
+        from budgetllm.errors import RequestCancelledError
+
+        err = RequestCancelledError("the engine was closed (LLM.close()) while this request ran")
+        pending = list(self.sched.running) + list(self.sched.waiting)
+        while not self._inbox.empty():
+            cmd, seq = self._inbox.get_nowait()
+            pending += [seq] if cmd == "add" else []
+        for s in pending:
+            s.payload.fail(err)
+            s.payload.flush()
+        self.error = self.error or err
+        self.runner = self._reference = self.model = None
 
     # -- the engine thread ------------------------------------------------------------------
     def _ensure_thread(self) -> None:

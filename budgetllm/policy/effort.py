@@ -13,10 +13,9 @@ import difflib
 from dataclasses import dataclass, field, replace
 
 from budgetllm.errors import InvalidRequestError
+from budgetllm.options import EFFORT_LEVELS  # defined once, with the per-call options
 from budgetllm.policy.base import CallContext, Plan
 from budgetllm.policy.settings import REQUESTED, Layers, PlanSettings, build_plan
-
-EFFORT_LEVELS: tuple[str, ...] = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 DEFAULT_EFFORT_MAP: dict[str, PlanSettings] = {
     "none": PlanSettings(thinking_budget=0, compression=1.0),

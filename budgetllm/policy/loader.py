@@ -49,6 +49,11 @@ class FilePolicy:
         model = replace(context.model, kv_bytes_per_token=self.profile.kv_bytes_per_token)
         return replace(context, model=model)
 
+    @property
+    def tiers(self) -> dict:
+        """The file's named tiers (what a call's ``policy_tier`` may pick)."""
+        return dict(self.document.tiers)
+
     def plan(self, context: CallContext) -> Plan:
         return self.chain.plan(self._context(context))
 

@@ -45,7 +45,7 @@ def metric(srv, name: str, outcome: str | None = None) -> float:
 def test_openai_round_trip_on_a_real_model(real):
     c = openai.OpenAI(base_url=real.url + "/v1", api_key="x", max_retries=0, timeout=120)
     extra = {"thinking_budget": 3, "compression": 2}
-    resp = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, extra_body=extra)
+    resp = c.chat.completions.create(model=real.llm.model_name, messages=MESSAGES, max_tokens=8, extra_body=extra)
     usage = resp.usage
     assert usage.prompt_tokens >= real.llm.count_tokens(MESSAGES)  # (+ an opened think tag, if any)
     local = real.llm.generate(MESSAGES, max_tokens=8, **extra)  # greedy: the server must say the same
@@ -57,7 +57,7 @@ def test_openai_round_trip_on_a_real_model(real):
     assert kv["compression_requested"] == 2.0 and kv["logical_bytes"] > 0 and kv["mode"] in ("window", "dms", "dense")
     assert usage.model_extra["plan"]["thinking_budget"] == 3
 
-    stream = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, extra_body=extra,
+    stream = c.chat.completions.create(model=real.llm.model_name, messages=MESSAGES, max_tokens=8, extra_body=extra,
                                        stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -93,7 +93,7 @@ def test_load_32_concurrent_streams(real):
 
     async def one(c: openai.AsyncOpenAI, i: int) -> tuple[str, int]:
         stream = await c.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=8, stream=True,
+            model=real.llm.model_name, messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=8, stream=True,
             stream_options={"include_usage": True})
         finish, tokens = None, 0
         async for ch in stream:

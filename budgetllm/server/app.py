@@ -190,6 +190,8 @@ def create_app(
     api_key: when set, every route except /health needs ``Authorization: Bearer <api_key>``.
     cors_origins: origins allowed by CORS; None (the default) adds no CORS headers at all.
     """
+    if isinstance(max_request_bytes, bool) or not isinstance(max_request_bytes, int) or max_request_bytes < 1:
+        raise ValueError(f"max_request_bytes must be a positive integer, got {max_request_bytes!r}")
     model_name = served_model_name or getattr(llm, "model_name", "budgetllm")
     served_names = {model_name, getattr(llm, "model_name", model_name)}
     metrics = ServerMetrics()

@@ -172,3 +172,20 @@ def test_serve_command_across_processes(tiny_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_misuse_on_a_real_engine_is_a_400_not_a_500(real):
+    """Found by probing the server on a real model: each of these was a 500 or silently ignored."""
+    url = real.url + "/v1/chat/completions"
+    truncated = [{"role": "user", "content": "weather?"},
+                 {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+                     "name": "get_weather", "arguments": '{"city": "Par'}}]},
+                 {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    r = httpx.post(url, json={"messages": truncated, "tools": [tool], "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200, r.text
+    r = httpx.post(url, json={"messages": MESSAGES, "policy_tier": "fast", "max_tokens": 2}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "policy_tier"  # no policy file: no tiers
+    r = httpx.post(url, json={"messages": MESSAGES, "seed": 2**64, "temperature": 0.7, "max_tokens": 2}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "seed"
+    assert httpx.post(url, json={"messages": MESSAGES, "max_tokens": 2}, timeout=60).status_code == 200

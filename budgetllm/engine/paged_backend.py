@@ -43,7 +43,10 @@ class PagedBackend:
                  memory_fraction: float = 0.85, num_pages: int | None = None, max_prefill_tokens: int = 4096,
                  cuda_graphs: bool = True, window: int | None = None, max_context: int | None = None,
                  seed: int | None = None, emulate_graphs: bool = False, prefix_cache: int = 0,
-                 exact_thinking: bool = True):
+                 exact_thinking: bool = True, gpu_memory_utilization: float | None = None):
+        # gpu_memory_utilization (vLLM's name; memory_fraction is the old one): budgetllm.cache.sizing
+        if gpu_memory_utilization is not None:
+            memory_fraction = gpu_memory_utilization
         self.model = loaded
         self.runner = ModelRunner(loaded, RunnerConfig(
             max_seqs=max_seqs, page_size=page_size, memory_fraction=memory_fraction, num_pages=num_pages,

@@ -121,3 +121,18 @@ def test_validate_options_names_the_field(opts, field):
     with pytest.raises(InvalidRequestError) as e:
         validate_options(**opts)
     assert e.value.field == field and isinstance(e.value, BudgetLLMError)
+
+
+def test_llm_and_remote_llm_both_have_what_llmlike_names():
+    from budgetllm.llm import LLM
+    from budgetllm.llm_like import LLMLike
+    from budgetllm.server.client import RemoteLLM
+
+    members = [n for n in dir(LLMLike) if not n.startswith("_")]
+    assert {"generate", "agenerate", "stream", "astream", "count_tokens", "close", "model_name"} <= set(members)
+    for cls in (LLM, RemoteLLM):
+        assert [n for n in members if not hasattr(cls, n) and n not in _instance_attrs(cls)] == [], cls
+
+
+def _instance_attrs(cls) -> set[str]:
+    return {"model_name"} if cls.__name__ == "LLM" else set()  # LLM sets model_name in __init__

@@ -17,6 +17,8 @@ from budgetllm.errors import (
     RequestCancelledError,
     UnsupportedArchitectureError,
 )
+from budgetllm.llm_like import LLMLike
+from budgetllm.options import EFFORT_LEVELS, CallOptions, validate_options
 from budgetllm.policy import (
     AgentBudget,
     BudgetPolicy,
@@ -42,6 +44,8 @@ from budgetllm.types import (
 _LAZY = {
     "LLM": ("budgetllm.llm", "LLM"),
     "get_llm": ("budgetllm.llm", "get_llm"),
+    "release_all": ("budgetllm.llm", "release_all"),
+    "release_llm": ("budgetllm.llm", "release_llm"),
     "RemoteLLM": ("budgetllm.server.client", "RemoteLLM"),
     "load_policy": ("budgetllm.policy", "load_policy"),
 }
@@ -60,7 +64,8 @@ def __getattr__(name: str):
 __version__ = "0.1.0"
 
 __all__ = [
-    "LLM", "get_llm", "RemoteLLM", "load_policy",
+    "LLM", "get_llm", "RemoteLLM", "load_policy", "release_all", "release_llm",
+    "CallOptions", "validate_options", "EFFORT_LEVELS", "LLMLike",
     "Generation", "StreamEvent", "Usage", "KVMemory", "ToolCall", "InvalidToolCall", "SamplingParams",
     "ThinkingConfig", "UsageLog", "KVMeter", "KVShape", "format_bytes", "render_usage_table",
     "BudgetPolicy", "CallContext", "Plan", "AgentBudget", "ModelProfile", "RequestedLimits", "FixedPolicy",

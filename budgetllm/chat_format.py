@@ -85,7 +85,10 @@ def _arguments_dict(arguments: Any) -> dict[str, Any]:
     if arguments is None or arguments == "":
         return {}
     if isinstance(arguments, str):
-        value = _loads(arguments)
+        try:
+            value = _loads(arguments)
+        except ValueError:  # an earlier, truncated call (agents send them back): shown as written
+            return {"value": arguments}
         if isinstance(value, dict):
             return value
     return {"value": arguments}

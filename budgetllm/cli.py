@@ -42,13 +42,15 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub) -> None:
+    from budgetllm.options import EFFORT_LEVELS
+
     p = sub.add_parser("generate", help="generate an answer with a compressed KV cache and print its accounting")
     p.add_argument("prompt")
     p.add_argument("--model", default=None, help="HF id, local dir or .gguf (default: embedded SmolLM2-135M)")
     p.add_argument("--compression", type=float, default=8.0, help="KV compression ratio (1 = dense)")
     p.add_argument("--thinking-budget", type=int, default=None, help="max reasoning tokens (thinking block)")
     p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--reasoning-effort", default=None, choices=["none", "minimal", "low", "medium", "high", "xhigh"])
+    p.add_argument("--reasoning-effort", default=None, choices=EFFORT_LEVELS)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--policy", default=None, help="a policy file (YAML/TOML) that chooses budgets per call")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -15,7 +14,7 @@ from budgetllm.engine.generation import GenerationRequest
 from budgetllm.engine.output import CallOutput
 from budgetllm.engine.thinking import ThinkingController
 from budgetllm.errors import InvalidRequestError
-from budgetllm.options import CallOptions, resolve_rule
+from budgetllm.options import CallOptions, check_option, check_policy_tier, resolve_rule, validate_messages
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, ModelProfile, RequestedLimits
 from budgetllm.policy.fit import PlannedPolicy, check_fitted, escalate_call, plan_call
 from budgetllm.prompting import Prompter
@@ -49,6 +48,32 @@ class LLM:
         self._think_tokens = (len(self.prompter.encode_text(think.open_tag)),
                               len(self.prompter.encode_text(think.close_tag + think.after_close)))
         self._output = CallOutput(self.prompter, self.thinking_config, self.model_name, self._sinks)
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the engine, free its KV pool, CUDA graphs and the model's memory. Idempotent; any
+        later call raises BudgetLLMError. ``with LLM.from_pretrained(...) as llm:`` closes on exit."""
+        if self._closed:
+            return
+        self._closed = True
+        backend, self.backend, self.loaded = self.backend, None, None
+        if hasattr(backend, "close"):
+            backend.close()
+        del backend
+        _free_memory()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            from budgetllm.errors import BudgetLLMError
+
+            raise BudgetLLMError(f"this LLM ({self.model_name}) is closed; load it again to generate")
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -95,6 +120,9 @@ class LLM:
         )
 
     def count_tokens(self, messages, tools: list[dict] | None = None) -> int:
+        validate_messages(messages)
+        if tools is not None:
+            check_option("tools", tools)
         return len(self.prompter.encode_prompt(messages, tools))
 
     def add_usage_sink(self, sink) -> None:
@@ -102,6 +130,7 @@ class LLM:
         self._sinks.append(sink)
 
     def pool_stats(self) -> dict:
+        self._check_open()
         return self.backend.pool_stats()
 
     # -- generation -------------------------------------------------------------------------
@@ -132,8 +161,11 @@ class LLM:
     def stream(self, messages, **opts: Any) -> Iterator[StreamEvent]:
         """Stream reasoning / text deltas, complete tool calls, then a "done" event with usage.
         Closing the iterator early cancels the request."""
+        self._check_open()
         call = CallOptions.parse(opts)
+        validate_messages(messages)
         prompt_ids, opened = self._prompt(messages, call)
+        check_policy_tier(call.policy or self.policy, call.policy_tier)
         # The one budget fit happens in the policy layer; from here on the plan is only checked.
         plan = plan_call(call.policy or self.policy, self._context(call, len(prompt_ids), opened))
         ctrl = ThinkingController(plan.thinking_budget, plan.answer_reserve, plan.max_tokens,
@@ -227,9 +259,9 @@ class LLM:
 
 
 def _check_compression(value: float) -> float:
-    if value is None or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise InvalidRequestError("compression", f"must be a number > 0 (1 = no compression), got {value!r}")
-    return float(value)
+    if value is None:
+        raise InvalidRequestError("compression", "must be a number >= 1 (1 = no compression), got None")
+    return float(check_option("compression", value))  # the bounds of budgetllm.options.CallOptions
 
 
 _SHARED: dict[tuple, LLM] = {}
@@ -241,12 +273,40 @@ def get_llm(model: str | None = None, *, backend: str | None = None, device: str
     """One shared LLM per (model, backend, device, dtype) in this process; thread-safe, loads once."""
     key = (model, backend, device, str(dtype))
     with _SHARED_LOCK:
-        if key not in _SHARED:
+        if key not in _SHARED or _SHARED[key]._closed:
             _SHARED[key] = LLM.from_pretrained(model, backend=backend, device=device, dtype=dtype, **kwargs)
         return _SHARED[key]
 
 
-__all__ = ["LLM", "EvictionRule", "get_llm"]
+def release_llm(model: str | None = None, *, backend: str | None = None, device: str | None = None,
+                dtype: Any = None) -> bool:
+    """Close and forget the shared LLM that ``get_llm`` made for these arguments; True if there was one."""
+    with _SHARED_LOCK:
+        llm = _SHARED.pop((model, backend, device, str(dtype)), None)
+    if llm is not None:
+        llm.close()
+    return llm is not None
+
+
+def release_all() -> int:
+    """Close every shared LLM of ``get_llm`` (ChatDMS's engines); returns how many were closed."""
+    with _SHARED_LOCK:
+        llms = list(_SHARED.values())
+        _SHARED.clear()
+    for llm in llms:
+        llm.close()
+    return len(llms)
+
+
+def _free_memory() -> None:
+    """Collect the engine's reference cycles (graphs <-> runner) and hand cached GPU blocks back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _tokens_kept_before_eviction(rule) -> int:
@@ -254,3 +314,6 @@ def _tokens_kept_before_eviction(rule) -> int:
     if rule.mode == "dms":
         return rule.window
     return rule.window + rule.sinks if rule.mode == "window" else 0
+
+
+__all__ = ["LLM", "EvictionRule", "get_llm", "release_all", "release_llm"]

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 import torch
 
 from budgetllm.cache.layout import PageLayout
+from budgetllm.cache.sizing import DEFAULT_GPU_MEMORY_UTILIZATION, kv_pool_budget, too_small_error
 from budgetllm.kernels import PagedKV
 
 
 @dataclass
 class PoolConfig:
     page_size: int = 16
-    memory_fraction: float = 0.85  # of the GPU memory free when the pool is built
+    # gpu_memory_utilization: the fraction of the card's TOTAL memory this engine may use (sizing.py)
+    memory_fraction: float = DEFAULT_GPU_MEMORY_UTILIZATION
     num_pages: int | None = None  # explicit size (tests, CPU); overrides memory_fraction
     max_seqs: int = 128
     padding_slots: int = 0  # extra slots for CUDA-graph padding rows
@@ -42,15 +44,28 @@ class PoolInfo:
         return self.usable_pages * self.layout.page_bytes
 
 
+def device_memory(device: torch.device) -> tuple[int, int, int]:
+    """(total, free, held by this process) bytes of ``device``."""
+    free, total = torch.cuda.mem_get_info(device)
+    return int(total), int(free), int(torch.cuda.memory_reserved(device))
+
+
 def size_pool(layout: PageLayout, cfg: PoolConfig, device: torch.device) -> int:
-    """Pages that fit in ``memory_fraction`` of the free GPU memory (after metadata and headroom)."""
+    """Pages that fit in ``gpu_memory_utilization`` (``memory_fraction``) of the device's total
+    memory, less what this process already holds and a headroom (budgetllm.cache.sizing)."""
     if cfg.num_pages is not None:
         return int(cfg.num_pages)
     if device.type != "cuda":
         raise ValueError("num_pages must be given when the pool is not on a CUDA device")
-    free, _ = torch.cuda.mem_get_info(device)
-    budget = int(free * cfg.memory_fraction) - cfg.headroom_bytes
-    return layout.pages_that_fit(budget, cfg.max_seqs + cfg.padding_slots)
+    total, free, held = device_memory(device)
+    budget = kv_pool_budget(total=total, free=free, held=held, utilization=cfg.memory_fraction,
+                            headroom=cfg.headroom_bytes)
+    pages = layout.pages_that_fit(budget, cfg.max_seqs + cfg.padding_slots)
+    needed = layout.rows_per_seq * (2 + cfg.padding_slots)
+    if pages < needed:
+        raise too_small_error(pages=pages, needed=needed, page_bytes=layout.page_bytes, total=total, free=free,
+                              held=held, utilization=cfg.memory_fraction, headroom=cfg.headroom_bytes)
+    return pages
 
 
 def build_pool(layout: PageLayout, cfg: PoolConfig, device: torch.device, dtype: torch.dtype

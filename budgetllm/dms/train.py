@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -207,7 +208,16 @@ class Retrofitter:
         Path(str(path) + ".tmp").replace(path)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint holds tensors, numbers and strings; unpickling anything else
+        # could run code from the file, so it is refused.
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            from budgetllm.errors import CheckpointFormatError
+
+            raise CheckpointFormatError(f"{path}: not a retrofit checkpoint of tensors and numbers only "
+                                        f"(refused to unpickle other objects: {str(e).splitlines()[0]}); "
+                                        "pass --no-resume or delete it") from None
         old = state["config"]
         for key in ("target_cr", "window", "scope", "seq_len", "alpha_scale", "alpha_offset"):
             if old.get(key) != getattr(self.cfg, key):

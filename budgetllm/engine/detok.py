@@ -33,14 +33,75 @@ def find_stop(text: str, stops: list[str]) -> int | None:
 
 
 def holdback(text: str, markers: list[str]) -> int:
-    """How many trailing characters could still be the start of a marker (kept unsent)."""
+    """How many trailing characters could still be the start of a marker (kept unsent).
+
+    Only the last ``len(marker) - 1`` characters can matter, so the cost is O(marker length)
+    whatever the length of ``text`` (a prefix-function pass over marker + tail)."""
     n = 0
     for s in markers:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                n = max(n, k)
-                break
+        if len(s) > 1 and text:
+            n = max(n, _border(s[:-1], text[-(len(s) - 1):]))
     return n
+
+
+def _failure(pattern: str) -> list[int]:
+    """KMP prefix function: fail[i] = length of the longest proper border of pattern[:i+1]."""
+    fail = [0] * len(pattern)
+    k = 0
+    for i in range(1, len(pattern)):
+        while k and pattern[i] != pattern[k]:
+            k = fail[k - 1]
+        if pattern[i] == pattern[k]:
+            k += 1
+        fail[i] = k
+    return fail
+
+
+def _border(prefix: str, tail: str) -> int:
+    """Length of the longest suffix of ``tail`` that is a prefix of ``prefix``."""
+    fail, k = _failure(prefix), 0
+    for ch in tail:
+        while k and (k == len(prefix) or ch != prefix[k]):
+            k = fail[k - 1]
+        if ch == prefix[k]:
+            k += 1
+    return k
+
+
+class StopMatcher:
+    """Streams text through the stop strings (one KMP automaton each): every character costs
+    amortised O(1) per stop string, so a long answer or a long stop string costs no more per token.
+
+    ``feed(text)`` returns the index (in all the text fed so far) where the earliest stop string
+    starts, or None; ``partial`` is how many trailing characters may still start one (held back).
+    """
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self._fail = [_failure(s) for s in self.stops]
+        self._state = [0] * len(self.stops)
+        self.fed = 0
+
+    @property
+    def partial(self) -> int:
+        return max(self._state, default=0)
+
+    def feed(self, text: str) -> int | None:
+        best = None
+        for j, (stop, fail) in enumerate(zip(self.stops, self._fail, strict=True)):
+            k = self._state[j]
+            for i, ch in enumerate(text):
+                while k and ch != stop[k]:
+                    k = fail[k - 1]
+                if ch == stop[k]:
+                    k += 1
+                if k == len(stop):
+                    start = self.fed + i + 1 - len(stop)
+                    best = start if best is None else min(best, start)
+                    break
+            self._state[j] = k
+        self.fed += len(text)
+        return best
 
 
 class TextAssembler:
@@ -56,6 +117,7 @@ class TextAssembler:
         self.open_tag = open_tag
         self.opened_by_model = False
         self.stops = [s for s in stops if s]
+        self._matcher = StopMatcher(self.stops)
         self.reasoning = ""
         self.answer = ""
         self._pending = ""  # text not yet assigned to reasoning or answer
@@ -96,12 +158,12 @@ class TextAssembler:
         if not self.answer:
             self._pending = self._pending.lstrip()
         self.answer += self._pending
+        cut = self._matcher.feed(self._pending)  # only the new text: O(its length) per stop string
         self._pending = ""
-        cut = find_stop(self.answer, self.stops)
         if cut is not None:
             self.answer = self.answer[:cut]
             self.stopped = True
-        limit = len(self.answer) if self.stopped else len(self.answer) - holdback(self.answer, self.stops)
+        limit = len(self.answer) if self.stopped else len(self.answer) - self._matcher.partial
         if limit > self._sent_answer:
             out.append(("text", self.answer[self._sent_answer : limit]))
             self._sent_answer = limit

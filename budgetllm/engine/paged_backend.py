@@ -43,7 +43,10 @@ class PagedBackend:
                  memory_fraction: float = 0.85, num_pages: int | None = None, max_prefill_tokens: int = 4096,
                  cuda_graphs: bool = True, window: int | None = None, max_context: int | None = None,
                  seed: int | None = None, emulate_graphs: bool = False, prefix_cache: int = 0,
-                 exact_thinking: bool = True):
+                 exact_thinking: bool = True, gpu_memory_utilization: float | None = None):
+        # gpu_memory_utilization (vLLM's name; memory_fraction is the old one): budgetllm.cache.sizing
+        if gpu_memory_utilization is not None:
+            memory_fraction = gpu_memory_utilization
         self.model = loaded
         self.runner = ModelRunner(loaded, RunnerConfig(
             max_seqs=max_seqs, page_size=page_size, memory_fraction=memory_fraction, num_pages=num_pages,
@@ -137,9 +140,25 @@ class PagedBackend:
         return int(num_free_pages(self.runner.kv).item())  # padding pages are counted as used
 
     def close(self) -> None:
+        """Stop the engine thread, fail what is still queued, and drop the pool, the CUDA graphs
+        and the model (the memory returns once nothing else refers to them). Idempotent."""
         if self._thread is not None:
             self._inbox.put(("stop", None))
             self._thread.join(timeout=10)
+        if self.runner is None:
+            return
+        from budgetllm.errors import RequestCancelledError
+
+        err = RequestCancelledError("the engine was closed (LLM.close()) while this request ran")
+        pending = list(self.sched.running) + list(self.sched.waiting)
+        while not self._inbox.empty():
+            cmd, seq = self._inbox.get_nowait()
+            pending += [seq] if cmd == "add" else []
+        for s in pending:
+            s.payload.fail(err)
+            s.payload.flush()
+        self.error = self.error or err
+        self.runner = self._reference = self.model = None
 
     # -- the engine thread ------------------------------------------------------------------
     def _ensure_thread(self) -> None:

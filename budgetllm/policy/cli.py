@@ -36,8 +36,10 @@ def _summary(policy: FilePolicy) -> str:
     doc = policy.document
     parts = ["pareto" if doc.pareto else "tiered"]
     for section in ("tiers", "tools", "steps"):
-        if getattr(doc, section):
-            parts.append(f"{section}: {', '.join(getattr(doc, section))}")
+        names = list(getattr(doc, section))
+        if names:
+            more = f", ... ({len(names)} in all)" if len(names) > 12 else ""
+            parts.append(f"{section}: {', '.join(names[:12])}{more}")
     if doc.load:
         parts.append(f"{len(doc.load)} load band(s)")
     if doc.escalation:
@@ -134,20 +136,49 @@ def add_policy_subcommands(subparsers: argparse._SubParsersAction) -> argparse.A
     check.set_defaults(func=lambda a: check_command(a.file))
     explain = commands.add_parser("explain", help="print what a policy would decide for one call, and why")
     explain.add_argument("file")
-    explain.add_argument("--prompt-tokens", type=int, required=True)
+    explain.add_argument("--prompt-tokens", type=_count, required=True)
     for flag in ("--tier", "--effort", "--tool", "--step"):
         explain.add_argument(flag)
     explain.add_argument("--free-kv-bytes", help="free KV pool memory, e.g. 512MiB")
     explain.add_argument("--total-kv-bytes", help="total KV pool memory, e.g. 4GiB")
-    explain.add_argument("--kv-bytes-per-token", type=int, help="override the file's model section")
-    explain.add_argument("--window", type=int)
-    explain.add_argument("--max-context", type=int)
-    explain.add_argument("--thinking-budget", type=int, help="as if the caller requested it")
-    explain.add_argument("--compression", type=float, help="as if the caller requested it")
-    explain.add_argument("--max-tokens", type=int, help="as if the caller requested it")
+    explain.add_argument("--kv-bytes-per-token", type=_count, help="override the file's model section")
+    explain.add_argument("--window", type=_count)
+    explain.add_argument("--max-context", type=_positive)
+    explain.add_argument("--thinking-budget", type=_call_option("thinking_budget", int), help="as if the caller requested it")
+    explain.add_argument("--compression", type=_call_option("compression", float), help="as if the caller requested it")
+    explain.add_argument("--max-tokens", type=_call_option("max_tokens", int), help="as if the caller requested it")
     explain.add_argument("--json", action="store_true", help="print the plan as JSON")
     explain.set_defaults(func=_run_explain)
     return policy
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**62:
+        raise argparse.ArgumentTypeError(f"must be a count >= 0, got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _call_option(name: str, kind: type):
+    """An argparse type checking a per-call option against budgetllm.options.CallOptions."""
+
+    def parse(text: str):
+        from budgetllm.errors import InvalidRequestError
+        from budgetllm.options import check_option
+
+        try:
+            return check_option(name, kind(text))
+        except (InvalidRequestError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _run_explain(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Effort levels: OpenAI-style ``reasoning_effort`` mapped to explicit budgets and compressions.
 
 The built-in ladder borrows Gemini's OpenAI-compatible mapping (low/medium/high = 1K/8K/24K,
-docs/notes/budget.md §2), rounded to powers of two, and pairs longer reasoning with stronger
+research/budget.md §2), rounded to powers of two, and pairs longer reasoning with stronger
 compression: the DMS paper finds the Pareto-optimal points for long traces at CR4-CR8, while
 short calls gain nothing (the 512-token window dominates their cache). Files may override any
 level; budgets must never decrease from ``none`` to ``xhigh`` (checked on construction).
@@ -13,7 +13,7 @@ import difflib
 from dataclasses import dataclass, field, replace
 
 from budgetllm.errors import InvalidRequestError
-from budgetllm.options import EFFORT_LEVELS
+from budgetllm.options import EFFORT_LEVELS  # defined once, with the per-call options
 from budgetllm.policy.base import CallContext, Plan
 from budgetllm.policy.settings import REQUESTED, Layers, PlanSettings, build_plan
 

@@ -163,8 +163,17 @@ def _check_pareto(doc: PolicyFileModel, base_dir: Path) -> tuple[CalibrationTabl
         )
     if pareto.calibration is None:
         return None, problems  # the engine's table for its model, checked when a call runs
-    path = Path(pareto.calibration)
-    path = path if path.is_absolute() else base_dir / path
+    raw = Path(pareto.calibration)
+    path = (base_dir / raw).resolve()
+    if raw.is_absolute() or not path.is_relative_to(base_dir.resolve()):
+        return None, [
+            *problems,
+            Problem(
+                "pareto.calibration",
+                f"must be a path inside the policy file's folder {base_dir}, got {pareto.calibration!r}",
+                "copy the calibration JSON next to the policy file and give its relative path",
+            ),
+        ]
     try:
         table = CalibrationTable.load(path)
     except PolicyFileError as exc:
@@ -172,7 +181,7 @@ def _check_pareto(doc: PolicyFileModel, base_dir: Path) -> tuple[CalibrationTabl
             *problems,
             Problem(
                 "pareto.calibration",
-                f"cannot be loaded: {exc}",
+                f"cannot be loaded (resolved relative to the policy file: {path}): {exc}",
                 "point it at a calibration JSON written by `budgetllm calibrate` (paths are relative to the policy file)",
             ),
         ]

@@ -15,11 +15,56 @@ import yaml
 PathLines = dict[tuple[Any, ...], int]
 
 
-def yaml_lines(text: str) -> tuple[PathLines, list[tuple[tuple[Any, ...], int]]]:
+MAX_INT_DIGITS = 30  # no policy number needs more; Python refuses to convert > 4300 digits anyway
+
+
+class NumberTooLong(yaml.constructor.ConstructorError):
+    """A YAML integer with more than MAX_INT_DIGITS digits (reported with its line)."""
+
+
+class PolicyYAMLLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader (libyaml's when installed: a policy file parses in milliseconds), reading
+    ``1e308`` as a number as YAML 1.2 does (YAML 1.1 needs a dot: ``1.0e308``), and refusing
+    integers too long to be a setting before Python converts them."""
+
+
+PolicyYAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _construct_int(loader: Any, node: yaml.ScalarNode) -> int:
+    digits = sum(c.isdigit() for c in node.value)
+    if digits > MAX_INT_DIGITS:
+        raise NumberTooLong(None, None, f"an integer of {digits} digits is out of range", node.start_mark)
+    return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+
+
+PolicyYAMLLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def load_yaml(text: str) -> tuple[Any, PathLines, list[tuple[tuple[Any, ...], int]]]:
+    """Parse once: (data, path -> line, duplicated keys)."""
+    root = yaml.compose(text, Loader=PolicyYAMLLoader)
+    if root is None:
+        return None, {}, []
+    loader = PolicyYAMLLoader("")
+    try:
+        data = loader.construct_document(root)
+    finally:
+        loader.dispose()
+    lines, duplicates = yaml_lines(text, root)
+    return data, lines, duplicates
+
+
+def yaml_lines(text: str, root: yaml.Node | None = None) -> tuple[PathLines, list[tuple[tuple[Any, ...], int]]]:
     """(path -> line, [(path, line) of each duplicated key])."""
     lines: PathLines = {}
     duplicates: list[tuple[tuple[Any, ...], int]] = []
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is None:
+        root = yaml.compose(text, Loader=PolicyYAMLLoader)
     seen: set[int] = set()  # aliases can make the node graph cyclic
 
     def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:

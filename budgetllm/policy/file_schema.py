@@ -14,10 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from budgetllm.options import EFFORT_LEVELS
+from budgetllm.options import EFFORT_LEVELS, MAX_TOKEN_COUNT, pydantic_bounds
 from budgetllm.policy.cost import parse_size
 
-EffortName = Literal[EFFORT_LEVELS]  # type: ignore[valid-type]  # the levels of the options contract
+EffortName = Literal[EFFORT_LEVELS]  # type: ignore[valid-type]  (the levels of budgetllm.options)
 
 
 def rule_error(field: str, message: str, fix: str) -> PydanticCustomError:
@@ -38,8 +38,14 @@ def _parse_size(value: Any) -> Any:
     return value
 
 
-Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=1)]
-Tokens = Annotated[int, Field(ge=0)]
+MAX_SIZE_BYTES = 2**62  # 4 EiB: larger sizes are typos, and keep the arithmetic in 64 bits
+Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=1, le=MAX_SIZE_BYTES)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKEN_COUNT)]
+
+
+def _call(name: str) -> Any:
+    """A per-call field with the bounds of budgetllm.options.CallOptions (one contract)."""
+    return Field(**pydantic_bounds(name))
 
 
 class _Strict(BaseModel):
@@ -47,12 +53,12 @@ class _Strict(BaseModel):
 
 
 class EffortEntry(_Strict):
-    thinking_budget: Tokens | None = None
-    answer_reserve: Tokens | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    compression: Annotated[float, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    thinking_budget: Annotated[int, _call("thinking_budget")] | None = None
+    answer_reserve: Annotated[int, _call("answer_reserve")] | None = None
+    max_tokens: Annotated[int, _call("max_tokens")] | None = None
+    compression: Annotated[float, _call("compression")] | None = None
+    temperature: Annotated[float, _call("temperature")] | None = None
+    top_p: Annotated[float, _call("top_p")] | None = None
     width: Annotated[int, Field(ge=1, le=64)] | None = None
 
 
@@ -62,12 +68,12 @@ class SettingsModel(EffortEntry):
 
 class LimitsModel(_Strict):
     max_peak_kv_bytes: Size | None = None
-    max_peak_kv_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_peak_kv_tokens: Annotated[int, Field(ge=1, le=MAX_TOKEN_COUNT)] | None = None
     max_kv_bytes_read: Size | None = None
     max_thinking_budget: Tokens | None = None
     min_thinking_budget: Tokens = 0
     max_width: Annotated[int, Field(ge=1, le=64)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, _call("max_tokens")] | None = None
     compressions: Annotated[list[Annotated[float, Field(ge=1)]], Field(min_length=1)] = [1.0, 2.0, 4.0, 8.0]
     max_compression: Annotated[float, Field(ge=1)] | None = None
     fit_free_memory: bool = False
@@ -101,9 +107,9 @@ class ModelSection(_Strict):
     """Optional: lets ``check`` find caps no call can meet, and ``explain`` estimate bytes."""
 
     name: str = "model"
-    kv_bytes_per_token: Annotated[int, Field(ge=0)] = 0
+    kv_bytes_per_token: Annotated[int, Field(ge=0, le=MAX_SIZE_BYTES)] = 0
     window: Tokens = 512
-    max_context: Annotated[int, Field(ge=1)] = 8192
+    max_context: Annotated[int, Field(ge=1, le=MAX_TOKEN_COUNT)] = 8192
     native_compression: Annotated[float, Field(ge=1)] = 1.0
 
 

@@ -23,12 +23,21 @@ from budgetllm.policy.effort import EffortPolicy
 from budgetllm.policy.escalation import EscalationPolicy, EscalationStep
 from budgetllm.policy.file_checks import check, to_settings
 from budgetllm.policy.file_errors import Problem, dotted, raise_problems, translate
-from budgetllm.policy.file_lines import PathLines, line_of, toml_lines, yaml_lines
+from budgetllm.policy.file_lines import (
+    MAX_INT_DIGITS,
+    NumberTooLong,
+    PathLines,
+    line_of,
+    load_yaml,
+    toml_lines,
+)
 from budgetllm.policy.file_schema import PolicyFileModel
 from budgetllm.policy.load_aware import LoadAwarePolicy, LoadBand
 from budgetllm.policy.memory_cap import MemoryCapPolicy
 from budgetllm.policy.pareto import ParetoPolicy
 from budgetllm.policy.tiered import TieredPolicy
+
+MAX_POLICY_BYTES = 1 << 20  # policy files are a few KiB; a bigger one is a mistake, refused at once
 
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
 
@@ -49,6 +58,11 @@ class FilePolicy:
         model = replace(context.model, kv_bytes_per_token=self.profile.kv_bytes_per_token)
         return replace(context, model=model)
 
+    @property
+    def tiers(self) -> dict:
+        """The file's named tiers (what a call's ``policy_tier`` may pick)."""
+        return dict(self.document.tiers)
+
     def plan(self, context: CallContext) -> Plan:
         return self.chain.plan(self._context(context))
 
@@ -65,6 +79,12 @@ def load_policy(path: str | Path) -> FilePolicy:
             f"{path}: unknown policy file type '{path.suffix}'. Fix: name it .yaml, .yml or .toml."
         )
     try:
+        size = path.stat().st_size
+        if size > MAX_POLICY_BYTES:
+            raise PolicyFileError(
+                f"{path}: the file is {size / 2**20:.1f} MiB; a policy file is at most {MAX_POLICY_BYTES // 2**20} MiB. "
+                "Fix: point --policy at the policy file (calibration data goes in its own JSON, pareto.calibration)."
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise PolicyFileError(
@@ -97,10 +117,19 @@ def _parse(text: str, fmt: str, source: str) -> tuple[Any, PathLines]:
             raise PolicyFileError(
                 f"{source}: TOML syntax error: {exc}. Fix: check the syntax on that line."
             ) from None
+        except ValueError as exc:  # Python's limit on integer digits
+            raise PolicyFileError(
+                f"{source}: a number is out of range ({exc}). Fix: write budgets and sizes with at most "
+                f"{MAX_INT_DIGITS} digits."
+            ) from None
         return data, toml_lines(text)
     try:
-        data = yaml.safe_load(text)
-        lines, duplicates = yaml_lines(text)
+        data, lines, duplicates = load_yaml(text)
+    except NumberTooLong as exc:
+        raise PolicyFileError(
+            f"{source}, line {exc.problem_mark.line + 1}: {exc.problem}. Fix: write a number of at most "
+            f"{MAX_INT_DIGITS} digits (budgets and sizes are bounded)."
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}, line {mark.line + 1}" if mark else source
@@ -130,8 +159,11 @@ def _load(data: bytes, fmt: str, source: str, base_dir: Path) -> FilePolicy:
         raise PolicyFileError(
             f"{source}: contains NUL bytes, so it is not a text policy file. Fix: save it as UTF-8 {fmt.upper()}."
         )
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyFileError(f"{source}: {len(data)} bytes; a policy file is at most {MAX_POLICY_BYTES} bytes. "
+                              "Fix: keep only the policy in it.")
     raw, lines = _parse(text, fmt, source)
-    if raw is None:
+    if raw is None or (fmt == "toml" and raw == {}):  # an empty file is an error in both formats
         raise PolicyFileError(
             f"{source}: the file is empty. Fix: start it with `version: 1` (see examples/policies/)."
         )

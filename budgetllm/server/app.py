@@ -21,10 +21,11 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from budgetllm.errors import (
     BudgetLLMError,
@@ -33,6 +34,7 @@ from budgetllm.errors import (
     PoolExhaustedError,
     PromptTooLongError,
 )
+from budgetllm.options import check_policy_tier, validate_options
 from budgetllm.server import wire
 from budgetllm.server.metrics import ServerMetrics, render_metrics
 from budgetllm.server.schemas import ChatCompletionRequest, TokenizeRequest, describe_validation_error
@@ -47,6 +49,7 @@ from budgetllm.server.streaming import (
 log = logging.getLogger("budgetllm.server")
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a 128k-token prompt is ~0.5 MB of text; 4 MB leaves room
+MAX_JSON_DEPTH = 64  # tool schemas nest a few levels; deeper bodies are refused before validation
 
 
 class APIError(Exception):
@@ -99,19 +102,55 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise APIError(413, f"request body is {declared} bytes; this server accepts at most {limit}",
                        code="request_too_large")
     body = bytearray()
-    async for part in request.stream():  # chunked bodies have no content-length: count them too
-        body += part
-        if len(body) > limit:
-            raise APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+    try:
+        async for part in request.stream():  # chunked bodies have no content-length: count them too
+            body += part
+            if len(body) > limit:
+                raise APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+    except ClientDisconnect:
+        raise _ClientLeft() from None
     if not body:
         raise APIError(400, "request body is empty; send a JSON object", code="invalid_json")
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        data = _TOO_DEEP  # deeper than the parser's stack: reported below like any too-deep body
+    if data is _TOO_DEEP or _too_deep(data, MAX_JSON_DEPTH):
+        raise APIError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
     if not isinstance(data, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
     return data
+
+
+_TOO_DEEP = object()
+
+
+class _ClientLeft(Exception):
+    """The client went away while sending its body: nothing to answer (logged at debug level)."""
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` deep (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def _check_options(opts: dict[str, Any], policy: Any) -> None:
+    """The per-call options checked at the edge against the one contract (budgetllm.options)."""
+    try:
+        validate_options(**opts)
+        if policy is not None:
+            check_policy_tier(policy, opts.get("policy_tier"))
+    except InvalidRequestError as e:
+        raise APIError(400, str(e), param=e.field, code="invalid_value") from None
 
 
 async def _final_generation(events: Any) -> Any:
@@ -151,7 +190,10 @@ def create_app(
     api_key: when set, every route except /health needs ``Authorization: Bearer <api_key>``.
     cors_origins: origins allowed by CORS; None (the default) adds no CORS headers at all.
     """
+    if isinstance(max_request_bytes, bool) or not isinstance(max_request_bytes, int) or max_request_bytes < 1:
+        raise ValueError(f"max_request_bytes must be a positive integer, got {max_request_bytes!r}")
     model_name = served_model_name or getattr(llm, "model_name", "budgetllm")
+    served_names = {model_name, getattr(llm, "model_name", model_name)}
     metrics = ServerMetrics()
     app = FastAPI(title="budgetllm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.llm, app.state.metrics = llm, metrics
@@ -171,6 +213,18 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         err = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
         return JSONResponse(err.payload(), status_code=exc.status_code)
+
+    @app.exception_handler(_ClientLeft)
+    async def _client_left(request: Request, exc: _ClientLeft) -> Response:
+        metrics.count("cancelled")
+        log.debug("client disconnected while sending its request body")
+        return Response(status_code=499)  # nobody reads it
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        metrics.count("error")  # an uncaught bug is still counted and answered in JSON
+        err = api_error_for(exc)
+        return JSONResponse(err.payload(), status_code=err.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -233,7 +287,15 @@ def create_app(
         except APIError:
             metrics.count("client_error")
             raise
-        messages, opts = req.engine_messages(), req.engine_options()
+        try:
+            if req.model and req.model not in served_names:
+                raise APIError(404, f"the model {req.model!r} does not exist; this server serves {model_name!r}",
+                               param="model", code="model_not_found")
+            messages, opts = req.engine_messages(), req.engine_options()
+            _check_options(opts, policy if policy is not None else getattr(llm, "policy", None))
+        except APIError:
+            metrics.count("client_error")
+            raise
         if policy is not None:
             opts["policy"] = policy
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

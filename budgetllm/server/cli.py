@@ -82,10 +82,17 @@ def add_serve_subcommand(subparsers: Any) -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> str | None:
     if not 0 < args.port < 65536:
         return f"--port must be between 1 and 65535, got {args.port}"
+    if args.max_request_bytes < 1024:
+        return f"--max-request-bytes must be at least 1024 (a minimal chat request), got {args.max_request_bytes}"
     if args.replicas < 1:
         return f"--replicas must be at least 1, got {args.replicas}"
-    if args.compression < 1:
-        return f"--compression is a ratio >= 1 (1 = dense), got {args.compression}"
+    from budgetllm.errors import InvalidRequestError
+    from budgetllm.options import check_option
+
+    try:
+        check_option("compression", args.compression)  # the bounds of budgetllm.options.CallOptions
+    except InvalidRequestError as e:
+        return f"--{e} (a ratio, 1 = dense)"
     if args.policy and not Path(args.policy).is_file():
         return f"--policy {args.policy}: no such file"
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:

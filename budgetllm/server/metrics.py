@@ -78,31 +78,38 @@ def _num(stats: dict[str, Any], key: str) -> float:
     return float(v) if isinstance(v, (int, float)) else 0.0
 
 
+def _gauge(stats: dict[str, Any], key: str) -> float | None:
+    return _num(stats, key) if key in stats else None
+
+
 def render_metrics(metrics: ServerMetrics, pool: dict[str, Any], model: str) -> str:
-    """The /metrics page. Missing pool keys read as 0 (the reference backend has no pages)."""
+    """The /metrics page. A gauge read from ``pool_stats()`` is left out when the backend does not
+    report it (the reference backend has no pages): an absent series, not a false 0."""
     model = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")  # label escaping
     label = f'{{model="{model}"}}'
     compression = _num(pool, "compression_achieved_mean") or metrics.compression_mean()
-    rows: list[tuple[str, str, str, float | dict[str, int]]] = [
-        ("budgetllm_kv_pages_total", "gauge", "KV pool pages in all", _num(pool, "pages_total")),
-        ("budgetllm_kv_pages_used", "gauge", "KV pool pages held by requests", _num(pool, "pages_used")),
-        ("budgetllm_kv_pages_free", "gauge", "KV pool pages free", _num(pool, "pages_free")),
-        ("budgetllm_kv_bytes_total", "gauge", "KV bytes in all (backends without pages)", _num(pool, "bytes_total")),
-        ("budgetllm_kv_bytes_used", "gauge", "KV bytes held (backends without pages)", _num(pool, "bytes_used")),
-        ("budgetllm_requests_active", "gauge", "requests the engine is running", _num(pool, "active")),
-        ("budgetllm_requests_queued", "gauge", "requests waiting for KV memory", _num(pool, "queued")),
+    rows: list[tuple[str, str, str, float | dict[str, int] | None]] = [
+        ("budgetllm_kv_pages_total", "gauge", "KV pool pages in all", _gauge(pool, "pages_total")),
+        ("budgetllm_kv_pages_used", "gauge", "KV pool pages held by requests", _gauge(pool, "pages_used")),
+        ("budgetllm_kv_pages_free", "gauge", "KV pool pages free", _gauge(pool, "pages_free")),
+        ("budgetllm_kv_bytes_total", "gauge", "KV bytes in all (backends without pages)", _gauge(pool, "bytes_total")),
+        ("budgetllm_kv_bytes_used", "gauge", "KV bytes held (backends without pages)", _gauge(pool, "bytes_used")),
+        ("budgetllm_requests_active", "gauge", "requests the engine is running", _gauge(pool, "active")),
+        ("budgetllm_requests_queued", "gauge", "requests waiting for KV memory", _gauge(pool, "queued")),
         ("budgetllm_http_requests_in_flight", "gauge", "chat requests the server is handling", metrics.in_flight),
         ("budgetllm_tokens_per_second", "gauge", f"output tokens/s over the last {RATE_WINDOW_S:.0f}s", metrics.tokens_per_second()),
         ("budgetllm_compression_achieved", "gauge", "mean achieved KV compression (logical/live)", compression),
         ("budgetllm_prompt_tokens_total", "counter", "prompt tokens of finished requests", metrics.prompt_tokens),
         ("budgetllm_completion_tokens_total", "counter", "generated tokens (reasoning included)", metrics.completion_tokens),
         ("budgetllm_reasoning_tokens_total", "counter", "reasoning tokens", metrics.reasoning_tokens),
-        ("budgetllm_engine_tokens_generated_total", "counter", "tokens the engine generated", _num(pool, "tokens_generated")),
+        ("budgetllm_engine_tokens_generated_total", "counter", "tokens the engine generated", _gauge(pool, "tokens_generated")),
         ("budgetllm_requests_cancelled_total", "counter", "requests cancelled by a client disconnect", metrics.cancelled),
         ("budgetllm_requests_total", "counter", "chat requests by outcome", dict(metrics.requests)),
     ]
     lines: list[str] = []
     for name, kind, help_text, value in rows:
+        if value is None:
+            continue
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         if isinstance(value, dict):

@@ -12,7 +12,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+from budgetllm.options import EFFORT_LEVELS, MAX_STOP_CHARS, MAX_STOP_STRINGS, pydantic_bounds
+
+ReasoningEffort = Literal[EFFORT_LEVELS]  # type: ignore[valid-type]  (the levels of budgetllm.options)
+
+
+def _opt(name: str, **extra: Any) -> Any:
+    """A field with the bounds of the per-call option ``name`` (budgetllm.options.CallOptions)."""
+    return Field(default=None, **pydantic_bounds(name), **extra)
 
 
 class _Edge(BaseModel):
@@ -68,44 +75,53 @@ class StreamOptions(_Edge):
 
 
 class AgentBudgetIn(_Edge):
-    tokens_left: int | None = Field(default=None, ge=0)
-    kv_byte_seconds_left: float | None = Field(default=None, ge=0)
-    calls_left: int | None = Field(default=None, ge=0)
-    step: int = Field(default=0, ge=0)
-    max_tokens_when_spent: int | None = Field(default=None, ge=0)  # BudgetMiddleware's exit_behavior="continue"
+    tokens_left: int | None = Field(default=None, ge=0, le=2**62, strict=True)
+    kv_byte_seconds_left: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    calls_left: int | None = Field(default=None, ge=0, le=2**62, strict=True)
+    step: int = Field(default=0, ge=0, le=2**62, strict=True)
+    max_tokens_when_spent: int | None = Field(default=None, ge=0, le=2**62, strict=True)  # BudgetMiddleware's exit_behavior="continue"
 
 
 class ChatCompletionRequest(_Edge):
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)  # OpenAI's newer name
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
-    seed: int | None = None
+    max_tokens: int | None = _opt("max_tokens")
+    max_completion_tokens: int | None = _opt("max_tokens")  # OpenAI's newer name
+    temperature: float | None = _opt("temperature")
+    top_p: float | None = _opt("top_p")
+    top_k: int | None = _opt("top_k")
+    seed: int | None = _opt("seed")
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, strict=True)
+    logprobs: bool | None = None  # refused when true: budgetllm returns no log-probabilities
+    top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
     # budgetllm extras
     reasoning_effort: ReasoningEffort | None = None
-    thinking_budget: int | None = Field(default=None, ge=0)
-    answer_reserve: int | None = Field(default=None, ge=0)
-    compression: float | None = Field(default=None, ge=1.0)  # 1 = dense (no eviction)
+    thinking_budget: int | None = _opt("thinking_budget")
+    answer_reserve: int | None = _opt("answer_reserve")
+    compression: float | None = _opt("compression")  # 1 = dense (no eviction)
     policy_tier: str | None = Field(default=None, min_length=1)
     agent_budget: AgentBudgetIn | None = None
     tool_name: str | None = None
-    return_token_ids: bool = False
+    return_token_ids: bool = Field(default=False, strict=True)
 
     @field_validator("n")
     @classmethod
     def _one_choice(cls, v: int) -> int:
         if v != 1:
             raise ValueError("only n=1 is supported (one choice per request); send several requests instead")
+        return v
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, v: Any) -> Any:
+        if v:  # false / 0 / null ask for nothing and are accepted
+            raise ValueError("log-probabilities are not supported by this server; leave logprobs unset")
         return v
 
     @field_validator("response_format")
@@ -121,8 +137,9 @@ class ChatCompletionRequest(_Edge):
         if v is None:
             return None
         v = [v] if isinstance(v, str) else v
-        if len(v) > 16 or any(not s for s in v):
-            raise ValueError("stop takes at most 16 non-empty strings")
+        if len(v) > MAX_STOP_STRINGS or any(not 0 < len(s) <= MAX_STOP_CHARS for s in v):
+            raise ValueError(f"stop takes at most {MAX_STOP_STRINGS} non-empty strings of at most "
+                             f"{MAX_STOP_CHARS} characters")
         return v
 
     def engine_messages(self) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from conftest import API_KEY
 
-OK_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+OK_BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def post(server, body=None, *, content=None, headers=None, path="/v1/chat/completions"):
@@ -157,7 +157,7 @@ def test_error_after_the_stream_started(server):
     assert '"error"' in lines[-2] and "internal_error" in lines[-2] and lines[-1] == "data: [DONE]"
     c = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=10)
     with pytest.raises(openai.APIError):
-        list(c.chat.completions.create(model="m", messages=body["messages"], stream=True))
+        list(c.chat.completions.create(model="fake-model", messages=body["messages"], stream=True))
     from budgetllm.server.client import RemoteError, RemoteLLM
 
     with pytest.raises(RemoteError, match="internal server error"):

@@ -66,7 +66,7 @@ def test_streamed_round_trip_with_usage_chunk(server):
 def test_tool_calls_in_openai_format(server):
     c = client(server)
     messages = [{"role": "user", "content": "what is the weather in Paris"}]
-    resp = c.chat.completions.create(model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice="auto")
+    resp = c.chat.completions.create(model="fake-model", messages=messages, tools=[WEATHER_TOOL], tool_choice="auto")
     choice = resp.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     (call,) = choice.message.tool_calls
@@ -75,12 +75,12 @@ def test_tool_calls_in_openai_format(server):
     # Send the call and its result back: the server accepts OpenAI's tool-call history.
     follow = messages + [choice.message.model_dump(exclude_none=True),
                          {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
-    resp2 = c.chat.completions.create(model="m", messages=follow, tools=[WEATHER_TOOL])
+    resp2 = c.chat.completions.create(model="fake-model", messages=follow, tools=[WEATHER_TOOL])
     assert resp2.choices[0].message.content.startswith("echo0:sunny")
     sent = server.llm.calls[-1]
     assert sent["tools"][0]["function"]["name"] == "get_weather"
 
-    stream = c.chat.completions.create(model="m", messages=messages, tools=[WEATHER_TOOL], stream=True)
+    stream = c.chat.completions.create(model="fake-model", messages=messages, tools=[WEATHER_TOOL], stream=True)
     calls = [tc for ch in stream for choice in ch.choices for tc in (choice.delta.tool_calls or [])]
     assert [(tc.index, tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == [
         (0, "get_weather", {"city": "Paris", "days": 2})]
@@ -98,10 +98,10 @@ def test_openai_client_with_api_key(keyed_server):
     from conftest import API_KEY
 
     ok = client(keyed_server, api_key=API_KEY).chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "x"}])
+        model="fake-model", messages=[{"role": "user", "content": "x"}])
     assert ok.choices[0].message.content
     with pytest.raises(openai.AuthenticationError):
-        client(keyed_server, api_key="wrong").chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        client(keyed_server, api_key="wrong").chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "x"}])
 
 
 def test_async_openai_client(server):
@@ -110,7 +110,7 @@ def test_async_openai_client(server):
     async def main():
         c = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=10)
         results = await asyncio.gather(*[
-            c.chat.completions.create(model="m", messages=[{"role": "user", "content": f"q{i}"}]) for i in range(8)])
+            c.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": f"q{i}"}]) for i in range(8)])
         await c.close()
         return [r.choices[0].message.content for r in results]
 

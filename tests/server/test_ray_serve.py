@@ -65,7 +65,7 @@ def test_two_cpu_replicas_behind_ray_serve(tiny_dir, monkeypatch):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         # 0.5 CPU each: two replicas fit the 2 logical CPUs next to Serve's controller and proxy.
-        serve_replicas(model=model_dir, backend="reference", device="cpu", replicas=2, num_gpus=0, num_cpus=0.5,
+        serve_replicas(model=model_dir, backend="reference", device="cpu", replicas=2, num_gpus=0, num_cpus=0.5, served_model_name="tiny",
                        host="127.0.0.1", port=port, blocking=False, api_key="sk-ray")
         url = f"http://127.0.0.1:{port}"
         auth = {"Authorization": "Bearer sk-ray"}

@@ -45,7 +45,7 @@ def metric(srv, name: str, outcome: str | None = None) -> float:
 def test_openai_round_trip_on_a_real_model(real):
     c = openai.OpenAI(base_url=real.url + "/v1", api_key="x", max_retries=0, timeout=120)
     extra = {"thinking_budget": 3, "compression": 2}
-    resp = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, extra_body=extra)
+    resp = c.chat.completions.create(model=real.llm.model_name, messages=MESSAGES, max_tokens=8, extra_body=extra)
     usage = resp.usage
     assert usage.prompt_tokens >= real.llm.count_tokens(MESSAGES)  # (+ an opened think tag, if any)
     local = real.llm.generate(MESSAGES, max_tokens=8, **extra)  # greedy: the server must say the same
@@ -59,7 +59,7 @@ def test_openai_round_trip_on_a_real_model(real):
     assert plan["thinking_budget"] == 0 and plan["reasons"]["thinking_budget"].startswith("requested by the caller")
     assert "3 tokens cannot hold the 4-token close" in plan["reasons"]["thinking_budget"]
 
-    stream = c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, extra_body=extra,
+    stream = c.chat.completions.create(model=real.llm.model_name, messages=MESSAGES, max_tokens=8, extra_body=extra,
                                        stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -95,7 +95,7 @@ def test_load_32_concurrent_streams(real):
 
     async def one(c: openai.AsyncOpenAI, i: int) -> tuple[str, int]:
         stream = await c.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=8, stream=True,
+            model=real.llm.model_name, messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=8, stream=True,
             stream_options={"include_usage": True})
         finish, tokens = None, 0
         async for ch in stream:
@@ -174,3 +174,20 @@ def test_serve_command_across_processes(tiny_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_misuse_on_a_real_engine_is_a_400_not_a_500(real):
+    """Found by probing the server on a real model: each of these was a 500 or silently ignored."""
+    url = real.url + "/v1/chat/completions"
+    truncated = [{"role": "user", "content": "weather?"},
+                 {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+                     "name": "get_weather", "arguments": '{"city": "Par'}}]},
+                 {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    r = httpx.post(url, json={"messages": truncated, "tools": [tool], "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200, r.text
+    r = httpx.post(url, json={"messages": MESSAGES, "policy_tier": "fast", "max_tokens": 2}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "policy_tier"  # no policy file: no tiers
+    r = httpx.post(url, json={"messages": MESSAGES, "seed": 2**64, "temperature": 0.7, "max_tokens": 2}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "seed"
+    assert httpx.post(url, json={"messages": MESSAGES, "max_tokens": 2}, timeout=60).status_code == 200

@@ -100,13 +100,18 @@ def test_api_key(keyed_server):
         RemoteLLM(keyed_server.url).model_name  # noqa: B018
 
 
-def test_connection_errors_retry_then_fail_clearly():
+def test_connection_errors_retry_then_fail_clearly(monkeypatch):
+    """Three attempts with exponential backoff between them (counted, not timed)."""
+    import budgetllm.server.client_http as client_http
+
+    waits: list[float] = []
+    monkeypatch.setattr(client_http.time, "sleep", waits.append)
     port = free_port()  # nothing listens here
     remote = RemoteLLM(f"http://127.0.0.1:{port}", max_retries=2, backoff=0.01, connect_timeout=1)
-    t0 = time.monotonic()
     with pytest.raises(ServerUnavailableError, match="after 3 attempts"):
         remote.generate("hi")
-    assert time.monotonic() - t0 < 5
+    assert len(waits) == 2  # a wait before each retry, none after the last attempt
+    assert 0.005 <= waits[0] <= 0.01 and 0.01 <= waits[1] <= 0.02  # backoff * 2**n, with jitter in [0.5, 1)
 
 
 def test_retry_reaches_a_server_that_starts_late():

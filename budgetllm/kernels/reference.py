@@ -202,3 +202,21 @@ def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pos
         decisions = base if lg is None else torch.where(uses_thr.reshape(N, 1), lg > thr[:, None], base)
         decisions = decisions.to(torch.int8)
     return qk[:, :Hq].contiguous(), qk[:, Hq:].contiguous(), logits, decisions
+
+
+# -- skinny GEMM of the decode step (kernels/gemv.py) --------------------------------------------
+# The torch ops the fused GEMM replaces, in the model dtype (same roundings between ops); only the
+# order of the K sum differs from the kernel's.
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, *, bias=None, residual=None, norm=None, glu: bool = False,
+         out_f32: bool = False, ws=None, plan=None, pdl: bool = False) -> torch.Tensor:
+    h = x if norm is None else _hf_rms_norm(x.to(w.dtype), norm[0], norm[1])
+    if glu:
+        gate, up = w.chunk(2, dim=0)
+        y = torch.nn.functional.silu(torch.nn.functional.linear(h, gate)) * torch.nn.functional.linear(h, up)
+    else:
+        y = torch.nn.functional.linear(h, w, bias)
+    if residual is not None:
+        y = y + residual
+    return y.float() if out_f32 else y

@@ -163,8 +163,9 @@ class GemvWorkspace:
 def gemv_plan(N: int, K: int, device: torch.device) -> tuple[int, int, int, int, int]:
     """``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)`` from shapes only (graph friendly): about
     two programs per SM, splitting K when the output has too few column blocks."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    target = 2 * sms
+    if device.type != "cuda":  # the interpreter: few large (numpy) programs; split K to exercise it
+        return max(16, min(512, triton.next_power_of_2(triton.cdiv(N, 4)))), 64, 2 if K >= 128 else 1, 4, 1
+    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     bn = 64 if triton.cdiv(N, 64) >= target else 32 if triton.cdiv(N, 32) >= target else 16
     bk = 256 if K >= 256 else max(16, triton.next_power_of_2(K))
     nb = triton.cdiv(N, bn)

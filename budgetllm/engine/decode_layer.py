@@ -1,0 +1,66 @@
+"""The decode step for small batches (at most 16 rows): few kernels per layer, weights streamed once.
+
+At batch 1 a decode step used to cost ~2 ms whatever the model: 13 kernels per layer (cuBLAS GEMV
+shapes with split-K reduces, norms, silu, ...), each paying a launch and a tail. Here a layer is
+
+1. ``gemv`` (residual stream x -> RMSNorm -> QKV GEMM + bias),
+2. ``qkv_rope`` (q/k norm, DMS logits and decisions, RoPE),
+3. ``store_decode_kv`` (store-and-evict), 4. ``paged_decode_attention`` (+ its split-K reduce),
+5. ``gemv`` (o-proj + bias + residual add: the new x),
+6. ``gemv`` (x -> RMSNorm -> gate/up GEMM -> silu * up),
+7. ``gemv`` (down-proj + residual add: the next layer's x),
+
+and the step ends with ``gemv`` (final RMSNorm -> LM head, float32 logits). The RMSNorms moved into
+the GEMMs' prologues, so no separate norm kernels remain; each GEMM streams its weight matrix at
+once with split-K inside one launch when the output is narrow (kernels/gemv.py).
+
+The maths and roundings are those of ``FusedModel``'s pieces; only the order of each GEMM's K sum
+differs from cuBLAS. The runner chooses this path per batch-size bucket at graph capture time
+(``DecodeLayers.takes``); larger batches keep cuBLAS, which wins once a GEMM has enough rows.
+
+``pdl``: the GEMMs and the small kernels between them are launched with programmatic dependent
+launch (Hopper): each kernel launches while the previous one still runs and waits for it inside.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from budgetllm.kernels import paged_decode_attention, store_decode_kv
+from budgetllm.kernels.gemv import HAS_PDL, MAX_ROWS, GemvWorkspace, gemv
+from budgetllm.models.modules import FusedModel
+
+
+class DecodeLayers:
+    """Runs one decode step of ``model`` over the paged cache with the fused skinny-GEMM kernels."""
+
+    def __init__(self, model: FusedModel, device: torch.device, pdl: bool = False):
+        self.m = model
+        self.ws = GemvWorkspace(device)
+        self.pdl = bool(pdl and HAS_PDL and device.type == "cuda")
+
+    @staticmethod
+    def supports(model: FusedModel) -> bool:
+        """silu MLPs only (the fused gate/up epilogue is silu * up); other activations keep the old path."""
+        return model.silu
+
+    @staticmethod
+    def takes(bs: int) -> bool:
+        return 0 < bs <= MAX_ROWS
+
+    def step(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, base: torch.Tensor,
+             decide: tuple, kv, num_splits: int) -> torch.Tensor:
+        """ids/slots [bs] int32, pos [bs] int64, ``base``/``decide`` from ``rules.step_decisions`` ->
+        float32 logits [bs, V]. Stores the step's K/V (``kv.seq_pos`` is advanced by the caller)."""
+        m, ws, pdl = self.m, self.ws, self.pdl
+        x = F.embedding(ids, m.embed_w)
+        for li, L in enumerate(m.layers):
+            qkv = gemv(x, L.qkv_w, bias=L.qkv_b, norm=(L.in_norm, m.eps), ws=ws, pdl=pdl)
+            q, k, v, dec = m.rope_decide(li, qkv, x, pos, decide)
+            store_decode_kv(kv, k, v, base if dec is None else dec, li, slots)
+            o = paged_decode_attention(q, kv, li, slots, m.scale, num_splits=num_splits)
+            x = gemv(o.reshape(o.shape[0], -1), L.o_w, bias=L.o_b, residual=x, ws=ws, pdl=pdl)
+            act = gemv(x, L.gate_up_w, norm=(L.post_norm, m.eps), glu=True, ws=ws, pdl=pdl)
+            x = gemv(act, L.down_w, residual=x, ws=ws, pdl=pdl)
+        return gemv(x, m.lm_head_w, norm=(m.norm_w, m.eps), out_f32=True, ws=ws, pdl=pdl)

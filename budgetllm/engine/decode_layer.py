@@ -5,7 +5,8 @@ shapes with split-K reduces, norms, silu, ...), each paying a launch and a tail.
 
 1. ``gemv`` (residual stream x -> RMSNorm -> QKV GEMM + bias),
 2. ``qkv_rope`` (q/k norm, DMS logits and decisions, RoPE),
-3. ``store_decode_kv`` (store-and-evict), 4. ``paged_decode_attention`` (+ its split-K reduce),
+3. ``store_decode_kv`` (store-and-evict), 4. ``paged_decode_attention`` (+ its split-K reduce;
+   the splits are shared out over the KV heads by row length: uneven DMS rows),
 5. ``gemv`` (o-proj + bias + residual add: the new x),
 6. ``gemv`` (x -> RMSNorm -> gate/up GEMM -> silu * up),
 7. ``gemv`` (down-proj + residual add: the next layer's x),
@@ -19,7 +20,8 @@ differs from cuBLAS. The runner chooses this path per batch-size bucket at graph
 (``DecodeLayers.takes``); larger batches keep cuBLAS, which wins once a GEMM has enough rows.
 
 ``pdl``: the GEMMs and the small kernels between them are launched with programmatic dependent
-launch (Hopper): each kernel launches while the previous one still runs and waits for it inside.
+launch (Hopper, ``kernels/pdl.py``): each kernel launches while the previous one still runs and
+waits for it inside (the embedding and the adapter's torch ops are plain launches).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from budgetllm.models.modules import FusedModel
 class DecodeLayers:
     """Runs one decode step of ``model`` over the paged cache with the fused skinny-GEMM kernels."""
 
-    def __init__(self, model: FusedModel, device: torch.device, pdl: bool = False):
+    def __init__(self, model: FusedModel, device: torch.device, pdl: bool = False, balanced: bool = True):
         self.m = model
         self.ws = GemvWorkspace(device)
         self.pdl = bool(pdl and HAS_PDL and device.type == "cuda")
+        self.balanced = balanced  # attention splits shared out over heads by row length
 
     @staticmethod
     def supports(model: FusedModel) -> bool:
@@ -57,9 +60,10 @@ class DecodeLayers:
         x = F.embedding(ids, m.embed_w)
         for li, L in enumerate(m.layers):
             qkv = gemv(x, L.qkv_w, bias=L.qkv_b, norm=(L.in_norm, m.eps), ws=ws, pdl=pdl)
-            q, k, v, dec = m.rope_decide(li, qkv, x, pos, decide)
-            store_decode_kv(kv, k, v, base if dec is None else dec, li, slots)
-            o = paged_decode_attention(q, kv, li, slots, m.scale, num_splits=num_splits)
+            q, k, v, dec = m.rope_decide(li, qkv, x, pos, decide, pdl=pdl)
+            store_decode_kv(kv, k, v, base if dec is None else dec, li, slots, pdl=pdl)
+            o = paged_decode_attention(q, kv, li, slots, m.scale, num_splits=num_splits, balanced=self.balanced,
+                                       pdl=pdl)
             x = gemv(o.reshape(o.shape[0], -1), L.o_w, bias=L.o_b, residual=x, ws=ws, pdl=pdl)
             act = gemv(x, L.gate_up_w, norm=(L.post_norm, m.eps), glu=True, ws=ws, pdl=pdl)
             x = gemv(act, L.down_w, residual=x, ws=ws, pdl=pdl)

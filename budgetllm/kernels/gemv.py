@@ -28,23 +28,12 @@ import torch
 import triton
 import triton.language as tl
 
+from triton.language.extra import libdevice
+
 from budgetllm.kernels.fused_decoder import _accurate_exp
+from budgetllm.kernels.pdl import HAS_PDL, gdc_launch_dependents, gdc_wait, pdl_args
 
-try:  # triton >= 3.4 on NVIDIA
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-    HAS_PDL = True
-except ImportError:  # pragma: no cover - older triton
-    HAS_PDL = False
-
-    @triton.jit
-    def gdc_wait():
-        pass
-
-    @triton.jit
-    def gdc_launch_dependents():
-        pass
-
-from triton.language.extra import libdevice  # noqa: E402
+__all__ = ["HAS_PDL", "MAX_ROWS", "GemvWorkspace", "gemv", "gemv_plan"]
 
 MAX_ROWS = 16  # one 16-row tl.dot tile; larger batches stay on cuBLAS
 
@@ -224,7 +213,6 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
         M_PAD=MAX_ROWS, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, NORM=norm is not None, HAS_BIAS=bias is not None,
         HAS_RES=residual is not None, GLU=glu, OUT_F32=out_f32, IEEE=w.dtype == torch.float32,
-        ACCURATE_EXP=_accurate_exp(), PDL=bool(pdl and HAS_PDL), num_warps=warps, num_stages=stages,
-        enable_fp_fusion=False, **({"launch_pdl": True} if pdl and HAS_PDL else {}),
+        ACCURATE_EXP=_accurate_exp(), num_warps=warps, num_stages=stages, enable_fp_fusion=False, **pdl_args(pdl),
     )
     return y

@@ -27,7 +27,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from triton.language.extra import libdevice
 
 from budgetllm.kernels.fused_decoder import _accurate_exp

@@ -1,0 +1,214 @@
+"""The decode step against its bandwidth floor (issue: few kernels per layer, no bubbles, uneven heads).
+
+One script for one GPU call, time-boxed (``--budget`` seconds; each part checks the clock):
+
+1. ``ceiling``: device-to-device copy bandwidth (bytes read + written), the 1.0 of every fraction;
+2. ``kernels``: each GEMM of a layer at batch 1 and 16, cuBLAS (``F.linear`` alone) vs the fused
+   ``gemv`` (with its norm / residual / silu epilogue), CUDA-graph replays over weight copies that
+   exceed the L2 three times, so every call streams its weights from HBM;
+3. ``steps``: the graph-replayed decode step and the engine step (replay + the one readback) of
+   random-weight models (SmolLM2-135M and Qwen2.5-1.5B shapes, bf16) with the cuBLAS path, the
+   small-batch path, and the small-batch path with programmatic dependent launch; logits of one
+   step from the same state compared between the paths; kernels per step (eager, profiler);
+4. ``attention``: the 28 decode-attention launches of a Qwen2.5-1.5B step at 32K, CR 8, uniform
+   rows vs the uneven per-head pattern of SmolLM2's trained adapter on real text (scaled to the
+   shape: bench/results/smollm2_head_kept.json), plain vs balanced splits.
+
+    python bench/decode_floor.py --out bench/results/decode_floor-h200.json --budget 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.decode_floor_attention import T0, attention_part, graph_us, left  # noqa: E402
+from bench.profile_decode import fill, kernel_table  # noqa: E402
+from budgetllm.engine.cuda_graphs import DecodeGraphs  # noqa: E402
+from budgetllm.engine.decode_layer import DecodeLayers  # noqa: E402
+from budgetllm.engine.model_runner import ModelRunner, RunnerConfig  # noqa: E402
+from budgetllm.engine.rules import DENSE, FORCED, RowRule  # noqa: E402
+from budgetllm.kernels.gemv import HAS_PDL, GemvWorkspace, gemv  # noqa: E402
+from budgetllm.models.testing import REAL_SHAPES, random_model  # noqa: E402
+
+REAL_SHAPES.setdefault("smollm2-135m", dict(
+    arch="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+    num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
+    tie_word_embeddings=True))
+
+
+def ceiling() -> float:
+    a = torch.randn(1 << 28, device="cuda", dtype=torch.bfloat16)  # 512 MiB
+    b = torch.empty_like(a)
+    us = graph_us([lambda: b.copy_(a)], reps=10)
+    return 2 * (1 << 28) * 2 / (us * 1e-6)
+
+
+LAYER_MATS = {  # name -> (N, K, glu)
+    "qwen2.5-1.5b": {"qkv": (2048, 1536, False), "o": (1536, 1536, False), "gate_up": (8960, 1536, True),
+                     "down": (1536, 8960, False), "lm_head": (151936, 1536, False)},
+    "smollm2-135m": {"qkv": (960, 576, False), "o": (576, 576, False), "gate_up": (1536, 576, True),
+                     "down": (576, 1536, False), "lm_head": (49152, 576, False)},
+}
+
+
+def kernels_part(bw: float, budget: float, out: list) -> None:
+    ws = GemvWorkspace("cuda")
+    for shape, mats in LAYER_MATS.items():
+        for name, (N, K, glu) in mats.items():
+            rows_w = 2 * N if glu else N
+            nbytes = rows_w * K * 2
+            copies = max(1, math.ceil(3 * 60e6 / nbytes))  # 3x the L2
+            ws_ = [torch.randn(rows_w, K, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+            for M in (1, 16):
+                if left(budget) < 0:
+                    return
+                x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+                res = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
+                nw = torch.rand(K, device="cuda", dtype=torch.bfloat16) + 0.5
+                kw = {"norm": (nw, 1e-6), "glu": True} if glu else \
+                    {"norm": (nw, 1e-6), "out_f32": True} if name == "lm_head" else \
+                    {"norm": (nw, 1e-6)} if name == "qkv" else {"residual": res}
+                variants = {"cublas_linear": lambda w, x=x: F.linear(x, w),
+                            "gemv_fused": lambda w, x=x, kw=kw: gemv(x, w, ws=ws, **kw),
+                            "gemv_fused_pdl": lambda w, x=x, kw=kw: gemv(x, w, ws=ws, pdl=True, **kw)}
+                for vname, fn in variants.items():
+                    us = graph_us([lambda w=w, fn=fn: fn(w) for w in ws_])
+                    out.append({"shape": shape, "mat": name, "M": M, "variant": vname, "us": round(us, 2),
+                                "bytes": nbytes, "bw_fraction": round(nbytes / (us * 1e-6) / bw, 3)})
+                    print(json.dumps(out[-1]), flush=True)
+            del ws_
+    torch.cuda.empty_cache()
+
+
+def set_variant(runner: ModelRunner, variant: str) -> None:
+    runner.fast = None if variant == "cublas" else DecodeLayers(runner.model, runner.device, pdl=variant == "gemv_pdl")
+    runner.graphs = None
+    gc.collect()
+    runner.graphs = DecodeGraphs(runner, runner.buckets)
+    runner.graphs.capture()
+
+
+def timed_steps(runner: ModelRunner, rows, steps: int = 40, readback: bool = False) -> float:
+    from budgetllm.engine.gpu_sampler import make_sampling_batch
+    from budgetllm.types import SamplingParams
+
+    greedy = make_sampling_batch([SamplingParams()] * len(rows), [None] * len(rows), runner.device)
+    for _ in range(3):
+        runner.decode(rows)
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t = time.perf_counter()
+    s.record()
+    for _ in range(steps):
+        logits = runner.decode(rows)
+        if readback:
+            runner.sample_and_read(logits, greedy, decoded=True)
+    e.record()
+    torch.cuda.synchronize()
+    return s.elapsed_time(e) / steps if not readback else 1000 * (time.perf_counter() - t) / steps
+
+
+def one_step_logits(runner: ModelRunner, bs: int) -> torch.Tensor:
+    """Logits of one eager step from the current state, the state restored afterwards."""
+    kv = runner.kv
+    snap = {k: v.clone() for k, v in vars(kv).items() if isinstance(v, torch.Tensor)}
+    runner.decode_body(bs, runner.num_splits(bs))
+    out = runner.logits_buf[:bs].clone()
+    for k, v in snap.items():
+        getattr(kv, k).copy_(v)
+    return out
+
+
+def steps_part(bw: float, budget: float, out: list) -> None:
+    plan = (("smollm2-135m", [(1, 1024, 1), (16, 1024, 1)]),
+            ("qwen2.5-1.5b", [(1, 1024, 1), (1, 32768, 1), (1, 32768, 8), (16, 1024, 1), (16, 8192, 8)]))
+    for shape, points in plan:
+        loaded = random_model(shape)
+        wbytes = sum(p.numel() * p.element_size() for p in loaded.hf_model.parameters())
+        for batch, ctx, cr in points:
+            if left(budget) < 20:
+                return
+            rule = RowRule(DENSE) if cr == 1 else RowRule(FORCED, period=cr)
+            L = loaded.hf_model.config.num_hidden_layers
+            H = loaded.hf_model.config.num_key_value_heads
+            pages = batch * L * H * (math.ceil((ctx + 1024) / 16) + 2) + 4096
+            runner = ModelRunner(loaded, RunnerConfig(max_seqs=batch, max_context=ctx + 1024, num_pages=pages,
+                                                      window=256, small_batch_gemv=False))
+            fill(runner, batch, ctx, rule)
+            rows = [(s, 1000 + s, rule) for s in range(batch)]
+            runner.fill_decode(rows, batch)
+            m = runner.model
+            kv_bytes = int(runner.kv.row_lens[:, :batch].sum()) * m.D * 2 * 2
+            point = {"shape": shape, "batch": batch, "context": ctx, "compression": cr, "weight_bytes": wbytes,
+                     "kv_bytes": kv_bytes, "floor_ms": round((wbytes + kv_bytes) / bw * 1e3, 4)}
+            logits = {}
+            for variant in ("cublas", "gemv", "gemv_pdl"):
+                if variant == "gemv_pdl" and not HAS_PDL:
+                    continue
+                set_variant(runner, variant)
+                runner.fill_decode(rows, batch)
+                logits[variant] = one_step_logits(runner, batch)
+                if batch == 1 and ctx == 1024:
+                    n, fams = kernel_table(runner, batch, steps=2)
+                    point[f"{variant}_kernels_per_step"] = n
+                    point[f"{variant}_top_kernels_us"] = {k: round(1000 * v, 1) for k, v in list(fams.items())[:12]}
+                replay = [timed_steps(runner, rows) for _ in range(2)]
+                engine = [timed_steps(runner, rows, readback=True) for _ in range(2)]
+                point[variant] = {"replay_ms_runs": [round(x, 4) for x in replay],
+                                  "engine_step_ms_runs": [round(x, 4) for x in engine],
+                                  "replay_bw_fraction": round(point["floor_ms"] / statistics.median(replay), 3),
+                                  "engine_tok_s": round(batch * 1000 / statistics.median(engine), 1)}
+            ref = logits["cublas"].double()
+            point["logits_rel_err_vs_cublas"] = {v: float((lg.double() - ref).norm() / ref.norm())
+                                                 for v, lg in logits.items() if v != "cublas"}
+            if "gemv_pdl" in logits:
+                point["pdl_bit_identical"] = bool(torch.equal(logits["gemv_pdl"], logits["gemv"]))
+            print(json.dumps(point), flush=True)
+            out.append(point)
+            runner.graphs = None
+            del runner
+            gc.collect()
+            torch.cuda.empty_cache()
+        del loaded
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/results/decode_floor.json")
+    ap.add_argument("--budget", type=float, default=200)
+    ap.add_argument("--parts", default="kernels,steps,attention")
+    a = ap.parse_args()
+    import triton
+
+    res = {"card": torch.cuda.get_device_name(0), "triton": triton.__version__, "torch": torch.__version__,
+           "has_pdl": HAS_PDL, "kernels": [], "steps": [], "attention": []}
+    res["copy_bw_bytes_s"] = bw = ceiling()
+    print("copy bandwidth", round(bw / 1e12, 3), "TB/s", flush=True)
+    parts = a.parts.split(",")
+    for name, fn in (("steps", steps_part), ("kernels", kernels_part), ("attention", attention_part)):
+        if name in parts:
+            try:
+                fn(bw, a.budget, res[name])
+            except Exception as e:  # noqa: BLE001 - keep what the other parts measured
+                import traceback
+
+                traceback.print_exc()
+                res.setdefault("errors", []).append(f"{name}: {e!r}")
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(res, indent=1))
+    res["seconds"] = round(time.perf_counter() - T0, 1)
+    Path(a.out).write_text(json.dumps(res, indent=1))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -63,7 +64,18 @@ LAYER_MATS = {  # name -> (N, K, glu)
 }
 
 
-def kernels_part(bw: float, budget: float, out: list) -> None:
+FMA_CANDIDATES = [(16, 512, 8, 2), (8, 1024, 8, 1), (32, 256, 8, 2), (16, 512, 4, 3), (16, 256, 4, 2)]
+DOT_CANDIDATES = [(16, 128, 4, 2), (32, 128, 4, 3), (64, 128, 8, 2)]
+
+
+def _split(N: int, K: int, bn: int) -> int:
+    target = 2 * torch.cuda.get_device_properties(0).multi_processor_count
+    return max(1, min(triton.cdiv(target, triton.cdiv(N, bn)), K // 1024))
+
+
+def kernels_part(bw: float, budget: float, out: list, best: dict) -> None:
+    """Per GEMM: cuBLAS, the default plan and candidate plans (M = 1: FMA path, M = 16: tl.dot path);
+    ``best[(N, K, glu, M_PAD)]`` = the fastest plan (used by the step part)."""
     ws = GemvWorkspace("cuda")
     for shape, mats in LAYER_MATS.items():
         for name, (N, K, glu) in mats.items():
@@ -80,20 +92,39 @@ def kernels_part(bw: float, budget: float, out: list) -> None:
                 kw = {"norm": (nw, 1e-6), "glu": True} if glu else \
                     {"norm": (nw, 1e-6), "out_f32": True} if name == "lm_head" else \
                     {"norm": (nw, 1e-6)} if name == "qkv" else {"residual": res}
+                cands = FMA_CANDIDATES if M <= 4 else DOT_CANDIDATES
                 variants = {"cublas_linear": lambda w, x=x: F.linear(x, w),
-                            "gemv_fused": lambda w, x=x, kw=kw: gemv(x, w, ws=ws, **kw),
-                            "gemv_fused_pdl": lambda w, x=x, kw=kw: gemv(x, w, ws=ws, pdl=True, **kw)}
+                            "gemv_default": lambda w, x=x, kw=kw: gemv(x, w, ws=ws, **kw)}
+                for bn, bk, warps, stages in cands:
+                    plan = (bn, bk, _split(N, K, bn), warps, stages)
+                    variants[f"gemv_{plan}"] = lambda w, x=x, kw=kw, plan=plan: gemv(x, w, ws=ws, plan=plan, **kw)
+                times = {}
                 for vname, fn in variants.items():
-                    us = graph_us([lambda w=w, fn=fn: fn(w) for w in ws_])
+                    try:
+                        times[vname] = graph_us([lambda w=w, fn=fn: fn(w) for w in ws_])
+                    except Exception as e:  # noqa: BLE001 - e.g. out of resources for one plan
+                        print(vname, repr(e)[:200], flush=True)
+                gem = {k: v for k, v in times.items() if k.startswith("gemv_(")}
+                bname = min(gem, key=gem.get)
+                plan = tuple(int(t) for t in bname[6:-1].split(","))
+                best[(N, K, glu, 1 if M == 1 else 16)] = plan
+                times["gemv_best_pdl"] = graph_us([lambda w=w, x=x, kw=kw, plan=plan: gemv(x, w, ws=ws, plan=plan, pdl=True,
+                                                                                    **kw) for w in ws_])
+                for vname, us in times.items():
                     out.append({"shape": shape, "mat": name, "M": M, "variant": vname, "us": round(us, 2),
                                 "bytes": nbytes, "bw_fraction": round(nbytes / (us * 1e-6) / bw, 3)})
-                    print(json.dumps(out[-1]), flush=True)
+                print(json.dumps({"shape": shape, "mat": name, "M": M, "best": bname,
+                                  **{k: round(v, 2) for k, v in times.items() if not k.startswith("gemv_(")},
+                                  "best_us": round(gem[bname], 2)}), flush=True)
             del ws_
     torch.cuda.empty_cache()
 
 
-def set_variant(runner: ModelRunner, variant: str) -> None:
-    runner.fast = None if variant == "cublas" else DecodeLayers(runner.model, runner.device, pdl=variant == "gemv_pdl")
+def set_variant(runner: ModelRunner, variant: str, best: dict, capture: bool = True) -> None:
+    runner.fast = None if variant == "cublas" else DecodeLayers(
+        runner.model, runner.device, pdl=variant.endswith("_pdl"), plans=best, max_rows=16 if "16" in variant else 4)
+    if not capture:
+        return
     runner.graphs = None
     gc.collect()
     runner.graphs = DecodeGraphs(runner, runner.buckets)
@@ -120,6 +151,7 @@ def timed_steps(runner: ModelRunner, rows, steps: int = 40, readback: bool = Fal
     return s.elapsed_time(e) / steps if not readback else 1000 * (time.perf_counter() - t) / steps
 
 
+@torch.inference_mode()
 def one_step_logits(runner: ModelRunner, bs: int) -> torch.Tensor:
     """Logits of one eager step from the current state, the state restored afterwards."""
     kv = runner.kv
@@ -131,9 +163,9 @@ def one_step_logits(runner: ModelRunner, bs: int) -> torch.Tensor:
     return out
 
 
-def steps_part(bw: float, budget: float, out: list) -> None:
+def steps_part(bw: float, budget: float, out: list, best: dict) -> None:
     plan = (("smollm2-135m", [(1, 1024, 1), (16, 1024, 1)]),
-            ("qwen2.5-1.5b", [(1, 1024, 1), (1, 32768, 1), (1, 32768, 8), (16, 1024, 1), (16, 8192, 8)]))
+            ("qwen2.5-1.5b", [(1, 1024, 1), (1, 32768, 1), (1, 32768, 8), (16, 8192, 8)]))
     for shape, points in plan:
         loaded = random_model(shape)
         wbytes = sum(p.numel() * p.element_size() for p in loaded.hf_model.parameters())
@@ -153,13 +185,15 @@ def steps_part(bw: float, budget: float, out: list) -> None:
             kv_bytes = int(runner.kv.row_lens[:, :batch].sum()) * m.D * 2 * 2
             point = {"shape": shape, "batch": batch, "context": ctx, "compression": cr, "weight_bytes": wbytes,
                      "kv_bytes": kv_bytes, "floor_ms": round((wbytes + kv_bytes) / bw * 1e3, 4)}
+            variants = ["cublas", "gemv", "gemv_pdl"] + (["gemv16"] if batch > 4 else [])
             logits = {}
-            for variant in ("cublas", "gemv", "gemv_pdl"):
-                if variant == "gemv_pdl" and not HAS_PDL:
-                    continue
-                set_variant(runner, variant)
+            for variant in variants:  # every path from the same state, before any timing
+                set_variant(runner, variant, best, capture=False)
                 runner.fill_decode(rows, batch)
                 logits[variant] = one_step_logits(runner, batch)
+            for variant in variants:
+                set_variant(runner, variant, best)
+                runner.fill_decode(rows, batch)
                 if batch == 1 and ctx == 1024:
                     n, fams = kernel_table(runner, batch, steps=2)
                     point[f"{variant}_kernels_per_step"] = n
@@ -192,17 +226,19 @@ if __name__ == "__main__":
     ap.add_argument("--budget", type=float, default=200)
     ap.add_argument("--parts", default="kernels,steps,attention")
     a = ap.parse_args()
-    import triton
-
     res = {"card": torch.cuda.get_device_name(0), "triton": triton.__version__, "torch": torch.__version__,
            "has_pdl": HAS_PDL, "kernels": [], "steps": [], "attention": []}
-    res["copy_bw_bytes_s"] = bw = ceiling()
-    print("copy bandwidth", round(bw / 1e12, 3), "TB/s", flush=True)
+    from budgetllm.benchmarks.baselines import measured_bandwidth
+
+    res["copy_graph_bytes_s"] = ceiling()
+    res["bandwidth_bytes_s"] = bw = measured_bandwidth()  # the matrix's ceiling (eager 2 GiB copy)
+    print("bandwidth", round(bw / 1e12, 3), "TB/s; graphed copy", round(res["copy_graph_bytes_s"] / 1e12, 3), flush=True)
     parts = a.parts.split(",")
-    for name, fn in (("steps", steps_part), ("kernels", kernels_part), ("attention", attention_part)):
+    best: dict = {}
+    for name, fn in (("kernels", kernels_part), ("steps", steps_part), ("attention", attention_part)):
         if name in parts:
             try:
-                fn(bw, a.budget, res[name])
+                fn(bw, a.budget, res[name], *([best] if name != "attention" else []))
             except Exception as e:  # noqa: BLE001 - keep what the other parts measured
                 import traceback
 
@@ -210,5 +246,6 @@ if __name__ == "__main__":
                 res.setdefault("errors", []).append(f"{name}: {e!r}")
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             Path(a.out).write_text(json.dumps(res, indent=1))
+    res["best_plans"] = {str(k): v for k, v in best.items()}
     res["seconds"] = round(time.perf_counter() - T0, 1)
     Path(a.out).write_text(json.dumps(res, indent=1))

@@ -17,7 +17,8 @@ once with split-K inside one launch when the output is narrow (kernels/gemv.py).
 
 The maths and roundings are those of ``FusedModel``'s pieces; only the order of each GEMM's K sum
 differs from cuBLAS. The runner chooses this path per batch-size bucket at graph capture time
-(``DecodeLayers.takes``); larger batches keep cuBLAS, which wins once a GEMM has enough rows.
+(``DecodeLayers.takes``: buckets of at most ``max_rows`` rows, 4 by default: the FMA kernel);
+larger batches keep cuBLAS, which was faster than the 16-row tl.dot kernel on the H200.
 
 ``pdl``: the GEMMs and the small kernels between them are launched with programmatic dependent
 launch (Hopper, ``kernels/pdl.py``): each kernel launches while the previous one still runs and
@@ -30,41 +31,48 @@ import torch
 import torch.nn.functional as F
 
 from budgetllm.kernels import paged_decode_attention, store_decode_kv
-from budgetllm.kernels.gemv import HAS_PDL, MAX_ROWS, GemvWorkspace, gemv
+from budgetllm.kernels.gemv import FMA_ROWS, HAS_PDL, MAX_ROWS, GemvWorkspace, gemv, m_pad
 from budgetllm.models.modules import FusedModel
 
 
 class DecodeLayers:
     """Runs one decode step of ``model`` over the paged cache with the fused skinny-GEMM kernels."""
 
-    def __init__(self, model: FusedModel, device: torch.device, pdl: bool = False, balanced: bool = True):
+    def __init__(self, model: FusedModel, device: torch.device, pdl: bool = False, balanced: bool = True,
+                 max_rows: int = FMA_ROWS, plans: dict | None = None):
         self.m = model
         self.ws = GemvWorkspace(device)
         self.pdl = bool(pdl and HAS_PDL and device.type == "cuda")
         self.balanced = balanced  # attention splits shared out over heads by row length
+        self.max_rows = min(max_rows, MAX_ROWS)  # larger buckets keep cuBLAS
+        self.plans = plans or {}  # (N, K, glu, M_PAD) -> gemv plan (tuning); else gemv_plan's
+
+    def _gemv(self, x: torch.Tensor, w: torch.Tensor, glu: bool = False, **kw) -> torch.Tensor:
+        N = w.shape[0] // 2 if glu else w.shape[0]
+        plan = self.plans.get((N, w.shape[1], glu, m_pad(x.shape[0])))
+        return gemv(x, w, glu=glu, ws=self.ws, pdl=self.pdl, plan=plan, **kw)
 
     @staticmethod
     def supports(model: FusedModel) -> bool:
         """silu MLPs only (the fused gate/up epilogue is silu * up); other activations keep the old path."""
         return model.silu
 
-    @staticmethod
-    def takes(bs: int) -> bool:
-        return 0 < bs <= MAX_ROWS
+    def takes(self, bs: int) -> bool:
+        return 0 < bs <= self.max_rows
 
     def step(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, base: torch.Tensor,
              decide: tuple, kv, num_splits: int) -> torch.Tensor:
         """ids/slots [bs] int32, pos [bs] int64, ``base``/``decide`` from ``rules.step_decisions`` ->
         float32 logits [bs, V]. Stores the step's K/V (``kv.seq_pos`` is advanced by the caller)."""
-        m, ws, pdl = self.m, self.ws, self.pdl
+        m, pdl, gemv_ = self.m, self.pdl, self._gemv
         x = F.embedding(ids, m.embed_w)
         for li, L in enumerate(m.layers):
-            qkv = gemv(x, L.qkv_w, bias=L.qkv_b, norm=(L.in_norm, m.eps), ws=ws, pdl=pdl)
+            qkv = gemv_(x, L.qkv_w, bias=L.qkv_b, norm=(L.in_norm, m.eps))
             q, k, v, dec = m.rope_decide(li, qkv, x, pos, decide, pdl=pdl)
             store_decode_kv(kv, k, v, base if dec is None else dec, li, slots, pdl=pdl)
             o = paged_decode_attention(q, kv, li, slots, m.scale, num_splits=num_splits, balanced=self.balanced,
                                        pdl=pdl)
-            x = gemv(o.reshape(o.shape[0], -1), L.o_w, bias=L.o_b, residual=x, ws=ws, pdl=pdl)
-            act = gemv(x, L.gate_up_w, norm=(L.post_norm, m.eps), glu=True, ws=ws, pdl=pdl)
-            x = gemv(act, L.down_w, residual=x, ws=ws, pdl=pdl)
-        return gemv(x, m.lm_head_w, norm=(m.norm_w, m.eps), out_f32=True, ws=ws, pdl=pdl)
+            x = gemv_(o.reshape(o.shape[0], -1), L.o_w, bias=L.o_b, residual=x)
+            act = gemv_(x, L.gate_up_w, norm=(L.post_norm, m.eps), glu=True)
+            x = gemv_(act, L.down_w, residual=x)
+        return gemv_(x, m.lm_head_w, norm=(m.norm_w, m.eps), out_f32=True)

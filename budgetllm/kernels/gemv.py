@@ -14,7 +14,9 @@ streams ``W [N, K]`` (nn.Linear layout) once, in ``[BLOCK_N, BLOCK_K]`` tiles ac
   (an acq_rel counter) sums the partials in a fixed order (deterministic), runs the epilogue and
   resets the counter for the next call (CUDA-graph replays).
 
-Products use ``tl.dot`` on a 16-row tile (the rows past M are masked), IEEE fp32 for fp32 inputs.
+Up to 4 rows the products are fp32 FMAs into a ``[rows, BLOCK_N, BLOCK_K]`` accumulator reduced once
+at the end (no tensor cores, no shared memory: many loads in flight per thread); 5 to 16 rows use
+``tl.dot`` on a 16-row tile (rows past M masked), IEEE fp32 for fp32 inputs.
 Results equal the torch ops up to the order of the K sum (``kernels.reference.gemv`` is the twin).
 
 With ``pdl=True`` (Hopper, CUDA) the kernel is launched with programmatic dependent launch: it lets
@@ -32,7 +34,7 @@ from triton.language.extra import libdevice
 from budgetllm.kernels.fused_decoder import _accurate_exp
 from budgetllm.kernels.pdl import HAS_PDL, gdc_launch_dependents, gdc_wait, pdl_args
 
-__all__ = ["HAS_PDL", "MAX_ROWS", "GemvWorkspace", "gemv", "gemv_plan"]
+__all__ = ["FMA_ROWS", "HAS_PDL", "MAX_ROWS", "GemvWorkspace", "gemv", "gemv_plan", "m_pad"]
 
 MAX_ROWS = 16  # one 16-row tl.dot tile; larger batches stay on cuBLAS
 
@@ -63,10 +65,36 @@ def _epilogue(acc, acc2, bias, res, y, o_m, o_n, m_m, m_n, s_rm, s_ym, N,
 
 
 @triton.jit
+def _x_tile(x, nw, rstd, o_m, m_m, o_k, m_k, s_xm, NORM: tl.constexpr, dt: tl.constexpr):
+    """x[:, o_k] as the GEMM operand: HF RMSNorm's two roundings when NORM ((x * rstd) to the dtype,
+    then * weight in the dtype), else x cast to the dtype."""
+    b_x = tl.load(x + o_m[:, None] * s_xm + o_k[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
+    if NORM:
+        b_nw = tl.load(nw + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_x = ((b_x.to(tl.float32) * rstd[:, None]).to(dt).to(tl.float32) * b_nw[None, :]).to(dt)
+    return b_x.to(dt)
+
+
+@triton.jit
+def _mac(acc, b_x, b_w, DOT: tl.constexpr, IEEE: tl.constexpr):
+    """acc += b_x @ b_w.T: a 16-row tl.dot, or (few rows) fp32 FMAs into a [M_PAD, BLOCK_N, BLOCK_K]
+    accumulator reduced over K once, after the loop."""
+    if DOT:
+        if IEEE:
+            acc += tl.dot(b_x, tl.trans(b_w), input_precision="ieee")
+        else:
+            acc += tl.dot(b_x, tl.trans(b_w))
+    else:
+        acc += b_x.to(tl.float32)[:, None, :] * b_w.to(tl.float32)[None, :, :]
+    return acc
+
+
+@triton.jit
 def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, s_rm, s_ym,
                 M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                 NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GLU: tl.constexpr,
-                OUT_F32: tl.constexpr, IEEE: tl.constexpr, ACCURATE_EXP: tl.constexpr, PDL: tl.constexpr):
+                OUT_F32: tl.constexpr, IEEE: tl.constexpr, ACCURATE_EXP: tl.constexpr, DOT: tl.constexpr,
+                PDL: tl.constexpr):
     i_n, i_k = tl.program_id(0), tl.program_id(1)
     if PDL:
         gdc_launch_dependents()
@@ -76,40 +104,48 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     p_w = w + o_n.to(tl.int64)[:, None] * K
+    k_lo = i_k * K_SPLIT
+    k_hi = tl.minimum(k_lo + K_SPLIT, K)
+    # the first weight tile does not depend on the previous kernel: load it before waiting for it
+    o_k = k_lo + tl.arange(0, BLOCK_K)
+    m_k = o_k < k_hi
+    m_w = m_n[:, None] & m_k[None, :]
+    b_w = tl.load(p_w + o_k[None, :], mask=m_w, other=0.0)
+    b_w2 = b_w
+    if GLU:  # the up rows sit N rows below the gate rows
+        b_w2 = tl.load(p_w + N * K + o_k[None, :], mask=m_w, other=0.0)
     if PDL:
         gdc_wait()  # everything below may read what the previous kernel wrote
+    rstd = tl.zeros([M_PAD], tl.float32)
     if NORM:  # rstd of each row of x over all K (as _rstd: IEEE mean, then rsqrt)
         ss = tl.zeros([M_PAD], tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            o_k = k0 + tl.arange(0, BLOCK_K)
-            b_x = tl.load(x + o_m[:, None] * s_xm + o_k[None, :], mask=m_m[:, None] & (o_k < K)[None, :],
+            o_k2 = k0 + tl.arange(0, BLOCK_K)
+            b_x = tl.load(x + o_m[:, None] * s_xm + o_k2[None, :], mask=m_m[:, None] & (o_k2 < K)[None, :],
                           other=0.0).to(tl.float32)
             ss += tl.sum(b_x * b_x, 1)
         rstd = tl.math.rsqrt(tl.math.div_rn(ss, K * 1.0) + eps)
-    acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
-    acc2 = tl.zeros([M_PAD, BLOCK_N], tl.float32)
-    k_lo = i_k * K_SPLIT
-    k_hi = tl.minimum(k_lo + K_SPLIT, K)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
+    if DOT:
+        acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
+        acc2 = tl.zeros([M_PAD, BLOCK_N], tl.float32)
+    else:
+        acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], tl.float32)
+        acc2 = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], tl.float32)
+    b_x = _x_tile(x, nw, rstd, o_m, m_m, o_k, m_k, s_xm, NORM, dt)
+    acc = _mac(acc, b_x, b_w, DOT, IEEE)
+    if GLU:
+        acc2 = _mac(acc2, b_x, b_w2, DOT, IEEE)
+    for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
         o_k = k0 + tl.arange(0, BLOCK_K)
         m_k = o_k < k_hi
-        b_x = tl.load(x + o_m[:, None] * s_xm + o_k[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
-        if NORM:  # HF RMSNorm's two roundings: (x * rstd) to the dtype, then * weight in the dtype
-            b_nw = tl.load(nw + o_k, mask=m_k, other=0.0).to(tl.float32)
-            b_x = ((b_x.to(tl.float32) * rstd[:, None]).to(dt).to(tl.float32) * b_nw[None, :]).to(dt)
-        b_x = b_x.to(dt)
         m_w = m_n[:, None] & m_k[None, :]
-        b_w = tl.load(p_w + o_k[None, :], mask=m_w, other=0.0)
-        if IEEE:
-            acc += tl.dot(b_x, tl.trans(b_w), input_precision="ieee")
-        else:
-            acc += tl.dot(b_x, tl.trans(b_w))
-        if GLU:  # the up rows sit N rows below the gate rows
-            b_w2 = tl.load(p_w + N * K + o_k[None, :], mask=m_w, other=0.0)
-            if IEEE:
-                acc2 += tl.dot(b_x, tl.trans(b_w2), input_precision="ieee")
-            else:
-                acc2 += tl.dot(b_x, tl.trans(b_w2))
+        b_x = _x_tile(x, nw, rstd, o_m, m_m, o_k, m_k, s_xm, NORM, dt)
+        acc = _mac(acc, b_x, tl.load(p_w + o_k[None, :], mask=m_w, other=0.0), DOT, IEEE)
+        if GLU:
+            acc2 = _mac(acc2, b_x, tl.load(p_w + N * K + o_k[None, :], mask=m_w, other=0.0), DOT, IEEE)
+    if not DOT:
+        acc = tl.sum(acc, 2)
+        acc2 = tl.sum(acc2, 2)
     if SPLIT_K == 1:
         _epilogue(acc, acc2, bias, res, y, o_m, o_n, m_m, m_n, s_rm, s_ym, N,
                   HAS_BIAS, HAS_RES, GLU, OUT_F32, ACCURATE_EXP, dt)
@@ -148,17 +184,29 @@ class GemvWorkspace:
         self.cnt = torch.zeros(counters, dtype=torch.int32, device=device)
 
 
-def gemv_plan(N: int, K: int, device: torch.device) -> tuple[int, int, int, int, int]:
+FMA_ROWS = 4  # up to this many rows: fp32 FMAs (no tensor cores, no shared memory); above: tl.dot
+
+
+def m_pad(M: int) -> int:
+    """Rows of the kernel's tile: 1, 2 or 4 (FMA path), else 16 (one tl.dot tile)."""
+    return triton.next_power_of_2(max(M, 1)) if M <= FMA_ROWS else MAX_ROWS
+
+
+def gemv_plan(N: int, K: int, device: torch.device, M: int = 1, itemsize: int = 2) -> tuple[int, int, int, int, int]:
     """``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)`` from shapes only (graph friendly): about
     two programs per SM, splitting K when the output has too few column blocks."""
     if device.type != "cuda":  # the interpreter: few large (numpy) programs; split K to exercise it
         return max(16, min(512, triton.next_power_of_2(triton.cdiv(N, 4)))), 64, 2 if K >= 128 else 1, 4, 1
     target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    bn = 64 if triton.cdiv(N, 64) >= target else 32 if triton.cdiv(N, 32) >= target else 16
-    bk = 256 if K >= 256 else max(16, triton.next_power_of_2(K))
+    if M <= FMA_ROWS:  # registers: M_PAD * BLOCK_N * BLOCK_K fp32 over 256 threads
+        bn, bk, warps, stages = 16 // m_pad(M), 1024 // itemsize, 8, 2
+    else:
+        bn = 64 if triton.cdiv(N, 64) >= target else 32 if triton.cdiv(N, 32) >= target else 16
+        bk, warps, stages = 256 // itemsize, 4, 2
+    bk = min(bk, max(16, triton.next_power_of_2(K)))
     nb = triton.cdiv(N, bn)
     split = max(1, min(triton.cdiv(target, nb), K // 1024))
-    return bn, bk, split, 4, 4
+    return bn, bk, split, warps, stages
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
@@ -197,7 +245,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
     y = torch.empty(M, N, dtype=torch.float32 if out_f32 else w.dtype, device=x.device)
     if M == 0:
         return y
-    bn, bk, split, warps, stages = plan or gemv_plan(N, K, x.device)
+    bn, bk, split, warps, stages = plan or gemv_plan(N, K, x.device, M, w.element_size())
+    mp = m_pad(M)
     k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
     split = triton.cdiv(K, k_split)  # no empty splits
     nb = triton.cdiv(N, bn)
@@ -210,8 +259,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         x, w, bias if bias is not None else w, residual if residual is not None else y,
         norm[0] if norm is not None else w, y, part, cnt, M, N, K, k_split, float(norm[1]) if norm else 0.0,
         x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
-        M_PAD=MAX_ROWS, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, NORM=norm is not None, HAS_BIAS=bias is not None,
+        M_PAD=mp, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, NORM=norm is not None, HAS_BIAS=bias is not None,
         HAS_RES=residual is not None, GLU=glu, OUT_F32=out_f32, IEEE=w.dtype == torch.float32,
-        ACCURATE_EXP=_accurate_exp(), num_warps=warps, num_stages=stages, enable_fp_fusion=False, **pdl_args(pdl),
+        ACCURATE_EXP=_accurate_exp(), DOT=mp > FMA_ROWS, num_warps=warps, num_stages=stages, enable_fp_fusion=False, **pdl_args(pdl),
     )
     return y

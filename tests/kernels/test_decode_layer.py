@@ -48,8 +48,7 @@ def test_small_batch_path_equals_the_cublas_path(tiny_llm, arch, dms):
 
 
 def test_graph_buckets_choose_the_path_by_batch_size(tiny_llm):
-    """With graph buckets above 16 the runner keeps the cuBLAS path there (``DecodeLayers.takes``)."""
-    from budgetllm.engine.decode_layer import DecodeLayers
-
-    assert DecodeLayers.takes(1) and DecodeLayers.takes(16)
-    assert not DecodeLayers.takes(17) and not DecodeLayers.takes(0)
+    """Buckets above ``max_rows`` (4) keep the cuBLAS path (``DecodeLayers.takes``)."""
+    r = _runner(tiny_llm("llama").loaded, True)
+    assert r.fast.takes(1) and r.fast.takes(4)
+    assert not r.fast.takes(5) and not r.fast.takes(0)

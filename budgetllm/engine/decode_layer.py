@@ -1,4 +1,4 @@
-"""The decode step for small batches (at most 16 rows): few kernels per layer, weights streamed once.
+"""The decode step for small batches (at most 4 rows by default): few kernels per layer, weights streamed once.
 
 At batch 1 a decode step used to cost ~2 ms whatever the model: 13 kernels per layer (cuBLAS GEMV
 shapes with split-K reduces, norms, silu, ...), each paying a launch and a tail. Here a layer is
@@ -6,7 +6,7 @@ shapes with split-K reduces, norms, silu, ...), each paying a launch and a tail.
 1. ``gemv`` (residual stream x -> RMSNorm -> QKV GEMM + bias),
 2. ``qkv_rope`` (q/k norm, DMS logits and decisions, RoPE),
 3. ``store_decode_kv`` (store-and-evict), 4. ``paged_decode_attention`` (+ its split-K reduce;
-   the splits are shared out over the KV heads by row length: uneven DMS rows),
+   ``balanced=True`` shares the splits out over the KV heads by row length),
 5. ``gemv`` (o-proj + bias + residual add: the new x),
 6. ``gemv`` (x -> RMSNorm -> gate/up GEMM -> silu * up),
 7. ``gemv`` (down-proj + residual add: the next layer's x),
@@ -38,12 +38,14 @@ from budgetllm.models.modules import FusedModel
 class DecodeLayers:
     """Runs one decode step of ``model`` over the paged cache with the fused skinny-GEMM kernels."""
 
-    def __init__(self, model: FusedModel, device: torch.device, pdl: bool = False, balanced: bool = True,
+    def __init__(self, model: FusedModel, device: torch.device, pdl: bool = False, balanced: bool = False,
                  max_rows: int = FMA_ROWS, plans: dict | None = None):
         self.m = model
         self.ws = GemvWorkspace(device)
         self.pdl = bool(pdl and HAS_PDL and device.type == "cuda")
-        self.balanced = balanced  # attention splits shared out over heads by row length
+        # attention splits shared out over heads by row length: measured slower at batch 1 (where
+        # the attention is latency-bound), so off by default (bench/NOTES.md)
+        self.balanced = balanced
         self.max_rows = min(max_rows, MAX_ROWS)  # larger buckets keep cuBLAS
         self.plans = plans or {}  # (N, K, glu, M_PAD) -> gemv plan (tuning); else gemv_plan's
 

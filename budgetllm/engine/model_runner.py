@@ -45,8 +45,8 @@ class RunnerConfig:
     max_graph_batch: int | None = None  # default: max_seqs
     seed: int | None = None
     emulate_graphs: bool = False  # tests: pad batches to buckets like CUDA graphs, but run eagerly
-    small_batch_gemv: bool | None = None  # batches <= 16: engine/decode_layer.py (None: on CUDA)
-    decode_pdl: bool = False  # its kernels with programmatic dependent launch (Hopper)
+    small_batch_gemv: bool | None = None  # buckets of <= 4 rows: engine/decode_layer.py (None: on CUDA)
+    decode_pdl: bool = True  # its kernels with programmatic dependent launch (Hopper; bench/NOTES.md)
 
 
 @dataclass

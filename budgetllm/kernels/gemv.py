@@ -34,7 +34,7 @@ from triton.language.extra import libdevice
 from budgetllm.kernels.fused_decoder import _accurate_exp
 from budgetllm.kernels.pdl import HAS_PDL, gdc_launch_dependents, gdc_wait, pdl_args
 
-__all__ = ["FMA_ROWS", "HAS_PDL", "MAX_ROWS", "GemvWorkspace", "gemv", "gemv_plan", "m_pad"]
+__all__ = ["FMA_ROWS", "HAS_PDL", "MAX_ROWS", "GemvWorkspace", "gemv", "gemv_plan", "m_pad", "plan_for"]
 
 MAX_ROWS = 16  # one 16-row tl.dot tile; larger batches stay on cuBLAS
 
@@ -192,21 +192,31 @@ def m_pad(M: int) -> int:
     return triton.next_power_of_2(max(M, 1)) if M <= FMA_ROWS else MAX_ROWS
 
 
+def plan_for(N: int, K: int, M: int, itemsize: int, sms: int) -> tuple[int, int, int, int, int]:
+    """The CUDA plan ``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)``, from the plan sweep of
+    bench/decode_floor.py on an H200 (bench/results/decode_floor-h200.json, "best_plans"): at one row
+    narrow outputs (QKV, o, down, SmolLM2's MLP) ran fastest with 8 rows x 1024 bf16 per tile, 8 warps,
+    no pipelining; wide ones (the 1.5B gate/up, LM heads) with 16 x 512, 4 warps, 3 stages. K is
+    split until there are about two programs per SM (at most one split per 1024 of K). Tiles shrink
+    with the row count (accumulator registers) and with wider dtypes (the same bytes per tile)."""
+    target = 2 * sms
+    if M <= FMA_ROWS:
+        wide = triton.cdiv(N, 8) >= 4 * sms
+        bn, bk, warps, stages = (16, 512, 4, 3) if wide else (8, 1024, 8, 1)
+        bk = bk * 2 // itemsize // m_pad(M)
+    else:  # the 16-row tl.dot tile (not used by the engine by default: cuBLAS was faster there)
+        bn, bk, warps, stages = (64, 128, 8, 2) if triton.cdiv(N, 32) >= 8 * sms else (32, 128, 4, 3)
+        bk = bk * 2 // itemsize
+    bk = min(bk, max(16, triton.next_power_of_2(K)))
+    split = max(1, min(triton.cdiv(target, triton.cdiv(N, bn)), K // 1024))
+    return bn, bk, split, warps, stages
+
+
 def gemv_plan(N: int, K: int, device: torch.device, M: int = 1, itemsize: int = 2) -> tuple[int, int, int, int, int]:
-    """``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)`` from shapes only (graph friendly): about
-    two programs per SM, splitting K when the output has too few column blocks."""
+    """``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)`` from shapes only (graph friendly)."""
     if device.type != "cuda":  # the interpreter: few large (numpy) programs; split K to exercise it
         return max(16, min(512, triton.next_power_of_2(triton.cdiv(N, 4)))), 64, 2 if K >= 128 else 1, 4, 1
-    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    if M <= FMA_ROWS:  # registers: M_PAD * BLOCK_N * BLOCK_K fp32 over 256 threads
-        bn, bk, warps, stages = 16 // m_pad(M), 1024 // itemsize, 8, 2
-    else:
-        bn = 64 if triton.cdiv(N, 64) >= target else 32 if triton.cdiv(N, 32) >= target else 16
-        bk, warps, stages = 256 // itemsize, 4, 2
-    bk = min(bk, max(16, triton.next_power_of_2(K)))
-    nb = triton.cdiv(N, bn)
-    split = max(1, min(triton.cdiv(target, nb), K // 1024))
-    return bn, bk, split, warps, stages
+    return plan_for(N, K, M, itemsize, torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,

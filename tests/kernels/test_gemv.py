@@ -16,7 +16,7 @@ import torch
 from kvtestlib import DEVICE
 
 from budgetllm.kernels import reference as ref
-from budgetllm.kernels.gemv import GemvWorkspace, gemv
+from budgetllm.kernels.gemv import GemvWorkspace, gemv, plan_for
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -70,6 +70,22 @@ def test_gemv_default_plan_and_split_k_are_deterministic():
     assert torch.equal(b, bb)
     assert _rel(a, ref.gemv(c["x"], c["w"], residual=c["res"])) < 1e-5
     assert _rel(b, a) < 1e-5
+
+
+# the fastest plans of the H200 sweep at one row (bench/results/decode_floor-h200.json, "best_plans";
+# the LM heads' best was (16, 256, 1, 4, 2) at 129.4 us, the rule's (16, 512, 1, 4, 3) ran 130.8 us)
+SWEPT_BEST = {(2048, 1536, False): (8, 1024, 1, 8, 1), (1536, 1536, False): (8, 1024, 1, 8, 1),
+              (8960, 1536, True): (16, 512, 1, 4, 3), (1536, 8960, False): (8, 1024, 2, 8, 1),
+              (960, 576, False): (8, 1024, 1, 8, 1), (1536, 576, True): (8, 1024, 1, 8, 1),
+              (576, 1536, False): (8, 1024, 1, 8, 1), (151936, 1536, False): (16, 512, 1, 4, 3)}
+
+
+def test_plan_rule_reproduces_the_swept_best_plans():
+    for (N, K, glu), want in SWEPT_BEST.items():
+        assert plan_for(N, K, 1, 2, 132) == want, (N, K, glu)
+    bn, bk, _, _, _ = plan_for(2048, 1536, 4, 2, 132)  # 4 rows: a quarter of the K tile (registers)
+    assert (bn, bk) == (8, 256)
+    assert plan_for(2048, 1536, 1, 4, 132)[1] == 512  # fp32: same bytes per tile
 
 
 def test_gemv_rejects_more_than_16_rows():

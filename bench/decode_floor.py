@@ -73,17 +73,19 @@ def _split(N: int, K: int, bn: int) -> int:
     return max(1, min(triton.cdiv(target, triton.cdiv(N, bn)), K // 1024))
 
 
-def kernels_part(bw: float, budget: float, out: list, best: dict) -> None:
+def kernels_part(bw: float, budget: float, out: list, best: dict, mats: str | None = None, rows=(1, 16)) -> None:
     """Per GEMM: cuBLAS, the default plan and candidate plans (M = 1: FMA path, M = 16: tl.dot path);
     ``best[(N, K, glu, M_PAD)]`` = the fastest plan (used by the step part)."""
     ws = GemvWorkspace("cuda")
-    for shape, mats in LAYER_MATS.items():
-        for name, (N, K, glu) in mats.items():
+    for shape, shape_mats in LAYER_MATS.items():
+        for name, (N, K, glu) in shape_mats.items():
+            if mats and name not in mats.split(","):
+                continue
             rows_w = 2 * N if glu else N
             nbytes = rows_w * K * 2
             copies = max(1, math.ceil(3 * 60e6 / nbytes))  # 3x the L2
             ws_ = [torch.randn(rows_w, K, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
-            for M in (1, 16):
+            for M in rows:
                 if left(budget) < 0:
                     return
                 x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -98,6 +100,9 @@ def kernels_part(bw: float, budget: float, out: list, best: dict) -> None:
                 for bn, bk, warps, stages in cands:
                     plan = (bn, bk, _split(N, K, bn), warps, stages)
                     variants[f"gemv_{plan}"] = lambda w, x=x, kw=kw, plan=plan: gemv(x, w, ws=ws, plan=plan, **kw)
+                    if glu:  # gate and up rows in separate programs
+                        variants[f"pairs_{plan}"] = lambda w, x=x, kw=kw, plan=plan: gemv(
+                            x, w, ws=ws, plan=plan, glu_pairs=True, **kw)
                 times = {}
                 for vname, fn in variants.items():
                     try:
@@ -110,19 +115,31 @@ def kernels_part(bw: float, budget: float, out: list, best: dict) -> None:
                 best[(N, K, glu, 1 if M == 1 else 16)] = plan
                 times["gemv_best_pdl"] = graph_us([lambda w=w, x=x, kw=kw, plan=plan: gemv(x, w, ws=ws, plan=plan, pdl=True,
                                                                                     **kw) for w in ws_])
+                pairs = {k: v for k, v in times.items() if k.startswith("pairs_(")}
+                if pairs:
+                    pname = min(pairs, key=pairs.get)
+                    pplan = tuple(int(t) for t in pname[7:-1].split(","))
+                    best[("pairs", N, K, 1 if M == 1 else 16)] = pplan
+                    times["pairs_best_pdl"] = graph_us([lambda w=w, x=x, kw=kw, pplan=pplan: gemv(
+                        x, w, ws=ws, plan=pplan, pdl=True, glu_pairs=True, **kw) for w in ws_])
                 for vname, us in times.items():
                     out.append({"shape": shape, "mat": name, "M": M, "variant": vname, "us": round(us, 2),
                                 "bytes": nbytes, "bw_fraction": round(nbytes / (us * 1e-6) / bw, 3)})
-                print(json.dumps({"shape": shape, "mat": name, "M": M, "best": bname,
-                                  **{k: round(v, 2) for k, v in times.items() if not k.startswith("gemv_(")},
-                                  "best_us": round(gem[bname], 2)}), flush=True)
+                print(json.dumps({"shape": shape, "mat": name, "M": M, "best": bname, "best_us": round(gem[bname], 2),
+                                  **{k: round(v, 2) for k, v in times.items()}}), flush=True)
             del ws_
     torch.cuda.empty_cache()
 
 
 def set_variant(runner: ModelRunner, variant: str, best: dict, capture: bool = True) -> None:
+    pairs = "pairs" in variant
+    plans = dict(best)
+    if pairs:  # the gate/up plans swept with separate gate and up programs
+        plans.update({(N, K, True, m): p for (tag, N, K, m), p in
+                      ((k, v) for k, v in best.items() if k[0] == "pairs")})
     runner.fast = None if variant == "cublas" else DecodeLayers(
-        runner.model, runner.device, pdl=variant.endswith("_pdl"), plans=best, max_rows=16 if "16" in variant else 4)
+        runner.model, runner.device, pdl="pdl" in variant, plans=plans, max_rows=16 if "16" in variant else 4,
+        glu_pairs=pairs)
     if not capture:
         return
     runner.graphs = None
@@ -163,9 +180,21 @@ def one_step_logits(runner: ModelRunner, bs: int) -> torch.Tensor:
     return out
 
 
-def steps_part(bw: float, budget: float, out: list, best: dict) -> None:
-    plan = (("smollm2-135m", [(1, 1024, 1), (16, 1024, 1)]),
-            ("qwen2.5-1.5b", [(1, 1024, 1), (1, 32768, 1), (1, 32768, 8), (16, 8192, 8)]))
+STEP_POINTS = (("smollm2-135m", [(1, 1024, 1), (16, 1024, 1)]),
+               ("qwen2.5-1.5b", [(1, 1024, 1), (1, 32768, 1), (1, 32768, 8), (16, 8192, 8)]))
+
+
+def parse_points(spec: str):
+    """'shape:BxCTXxCR,...' -> STEP_POINTS' form."""
+    by_shape: dict = {}
+    for item in spec.split(","):
+        shape, p = item.split(":")
+        by_shape.setdefault(shape, []).append(tuple(int(v) for v in p.split("x")))
+    return tuple(by_shape.items())
+
+
+def steps_part(bw: float, budget: float, out: list, best: dict, plan=STEP_POINTS) -> None:
+    """Without ``best`` (no kernel sweep in this run) the small-batch path uses ``gemv_plan``'s plans."""
     for shape, points in plan:
         loaded = random_model(shape)
         wbytes = sum(p.numel() * p.element_size() for p in loaded.hf_model.parameters())
@@ -185,7 +214,7 @@ def steps_part(bw: float, budget: float, out: list, best: dict) -> None:
             kv_bytes = int(runner.kv.row_lens[:, :batch].sum()) * m.D * 2 * 2
             point = {"shape": shape, "batch": batch, "context": ctx, "compression": cr, "weight_bytes": wbytes,
                      "kv_bytes": kv_bytes, "floor_ms": round((wbytes + kv_bytes) / bw * 1e3, 4)}
-            variants = ["cublas", "gemv", "gemv_pdl"] + (["gemv16"] if batch > 4 else [])
+            variants = ["cublas", "gemv", "gemv_pdl", "gemv_pdl_pairs"] + (["gemv16"] if batch > 4 else [])
             logits = {}
             for variant in variants:  # every path from the same state, before any timing
                 set_variant(runner, variant, best, capture=False)
@@ -225,6 +254,9 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="bench/results/decode_floor.json")
     ap.add_argument("--budget", type=float, default=200)
     ap.add_argument("--parts", default="kernels,steps,attention")
+    ap.add_argument("--points", default=None, help="step points, e.g. qwen2.5-1.5b:1x1024x1,smollm2-135m:1x1024x1")
+    ap.add_argument("--mats", default=None, help="kernel part: only these GEMMs, e.g. gate_up,lm_head")
+    ap.add_argument("--rows", default="1,16", help="kernel part: row counts")
     a = ap.parse_args()
     res = {"card": torch.cuda.get_device_name(0), "triton": triton.__version__, "torch": torch.__version__,
            "has_pdl": HAS_PDL, "kernels": [], "steps": [], "attention": []}
@@ -238,7 +270,12 @@ if __name__ == "__main__":
     for name, fn in (("kernels", kernels_part), ("steps", steps_part), ("attention", attention_part)):
         if name in parts:
             try:
-                fn(bw, a.budget, res[name], *([best] if name != "attention" else []))
+                extra = [best] if name != "attention" else []
+                if name == "steps" and a.points:
+                    extra.append(parse_points(a.points))
+                if name == "kernels":
+                    extra += [a.mats, tuple(int(r) for r in a.rows.split(","))]
+                fn(bw, a.budget, res[name], *extra)
             except Exception as e:  # noqa: BLE001 - keep what the other parts measured
                 import traceback
 

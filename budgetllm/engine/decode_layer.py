@@ -39,7 +39,7 @@ class DecodeLayers:
     """Runs one decode step of ``model`` over the paged cache with the fused skinny-GEMM kernels."""
 
     def __init__(self, model: FusedModel, device: torch.device, pdl: bool = False, balanced: bool = False,
-                 max_rows: int = FMA_ROWS, plans: dict | None = None):
+                 max_rows: int = FMA_ROWS, plans: dict | None = None, glu_pairs: bool | None = None):
         self.m = model
         self.ws = GemvWorkspace(device)
         self.pdl = bool(pdl and HAS_PDL and device.type == "cuda")
@@ -48,11 +48,12 @@ class DecodeLayers:
         self.balanced = balanced
         self.max_rows = min(max_rows, MAX_ROWS)  # larger buckets keep cuBLAS
         self.plans = plans or {}  # (N, K, glu, M_PAD) -> gemv plan (tuning); else gemv_plan's
+        self.glu_pairs = glu_pairs  # gemv's glu_pairs (None: its default)
 
     def _gemv(self, x: torch.Tensor, w: torch.Tensor, glu: bool = False, **kw) -> torch.Tensor:
         N = w.shape[0] // 2 if glu else w.shape[0]
         plan = self.plans.get((N, w.shape[1], glu, m_pad(x.shape[0])))
-        return gemv(x, w, glu=glu, ws=self.ws, pdl=self.pdl, plan=plan, **kw)
+        return gemv(x, w, glu=glu, ws=self.ws, pdl=self.pdl, plan=plan, glu_pairs=self.glu_pairs, **kw)
 
     @staticmethod
     def supports(model: FusedModel) -> bool:

@@ -34,9 +34,10 @@ from triton.language.extra import libdevice
 from budgetllm.kernels.fused_decoder import _accurate_exp
 from budgetllm.kernels.pdl import HAS_PDL, gdc_launch_dependents, gdc_wait, pdl_args
 
-__all__ = ["FMA_ROWS", "HAS_PDL", "MAX_ROWS", "GemvWorkspace", "gemv", "gemv_plan", "m_pad", "plan_for"]
+__all__ = ["FMA_ROWS", "GLU_PAIRS", "HAS_PDL", "MAX_ROWS", "GemvWorkspace", "gemv", "gemv_plan", "m_pad", "plan_for"]
 
 MAX_ROWS = 16  # one 16-row tl.dot tile; larger batches stay on cuBLAS
+GLU_PAIRS = False  # gate and up rows in separate programs (see gemv's glu_pairs)
 
 
 @triton.jit
@@ -94,16 +95,21 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
                 M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                 NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GLU: tl.constexpr,
                 OUT_F32: tl.constexpr, IEEE: tl.constexpr, ACCURATE_EXP: tl.constexpr, DOT: tl.constexpr,
-                PDL: tl.constexpr):
+                PAIR: tl.constexpr, PDL: tl.constexpr):
     i_n, i_k = tl.program_id(0), tl.program_id(1)
     if PDL:
         gdc_launch_dependents()
     dt = w.dtype.element_ty
+    NB = tl.cdiv(N, BLOCK_N)  # output column blocks
+    half = 0  # PAIR (GLU): programs NB.. stream the up rows; both halves meet in the partials
+    if PAIR:
+        half = i_n // NB
+        i_n = i_n % NB
     o_m = tl.arange(0, M_PAD)
     m_m = o_m < M
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
-    p_w = w + o_n.to(tl.int64)[:, None] * K
+    p_w = w + (o_n + half * N).to(tl.int64)[:, None] * K
     k_lo = i_k * K_SPLIT
     k_hi = tl.minimum(k_lo + K_SPLIT, K)
     # the first weight tile does not depend on the previous kernel: load it before waiting for it
@@ -112,7 +118,7 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
     m_w = m_n[:, None] & m_k[None, :]
     b_w = tl.load(p_w + o_k[None, :], mask=m_w, other=0.0)
     b_w2 = b_w
-    if GLU:  # the up rows sit N rows below the gate rows
+    if GLU and not PAIR:  # the up rows sit N rows below the gate rows
         b_w2 = tl.load(p_w + N * K + o_k[None, :], mask=m_w, other=0.0)
     if PDL:
         gdc_wait()  # everything below may read what the previous kernel wrote
@@ -133,7 +139,7 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
         acc2 = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], tl.float32)
     b_x = _x_tile(x, nw, rstd, o_m, m_m, o_k, m_k, s_xm, NORM, dt)
     acc = _mac(acc, b_x, b_w, DOT, IEEE)
-    if GLU:
+    if GLU and not PAIR:
         acc2 = _mac(acc2, b_x, b_w2, DOT, IEEE)
     for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
         o_k = k0 + tl.arange(0, BLOCK_K)
@@ -141,26 +147,28 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
         m_w = m_n[:, None] & m_k[None, :]
         b_x = _x_tile(x, nw, rstd, o_m, m_m, o_k, m_k, s_xm, NORM, dt)
         acc = _mac(acc, b_x, tl.load(p_w + o_k[None, :], mask=m_w, other=0.0), DOT, IEEE)
-        if GLU:
+        if GLU and not PAIR:
             acc2 = _mac(acc2, b_x, tl.load(p_w + N * K + o_k[None, :], mask=m_w, other=0.0), DOT, IEEE)
     if not DOT:
         acc = tl.sum(acc, 2)
         acc2 = tl.sum(acc2, 2)
-    if SPLIT_K == 1:
+    if SPLIT_K == 1 and not PAIR:
         _epilogue(acc, acc2, bias, res, y, o_m, o_n, m_m, m_n, s_rm, s_ym, N,
                   HAS_BIAS, HAS_RES, GLU, OUT_F32, ACCURATE_EXP, dt)
     else:
         # partials [SPLIT_K, NB, 2 (gate, up), M_PAD, BLOCK_N] fp32
-        NB = tl.num_programs(0)
         o_t = tl.arange(0, BLOCK_N)
         tile = o_m[:, None] * BLOCK_N + o_t[None, :]
         base = (i_k * NB + i_n) * 2 * M_PAD * BLOCK_N
-        tl.store(part + base + tile, acc)
-        if GLU:
-            tl.store(part + base + M_PAD * BLOCK_N + tile, acc2)
+        if PAIR:
+            tl.store(part + base + half * M_PAD * BLOCK_N + tile, acc)
+        else:
+            tl.store(part + base + tile, acc)
+            if GLU:
+                tl.store(part + base + M_PAD * BLOCK_N + tile, acc2)
         tl.debug_barrier()  # every thread's partial is written before the counter moves
         arrived = tl.atomic_add(cnt + i_n, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K - 1:  # the last program of this column block reduces, in a fixed order
+        if arrived == SPLIT_K * (1 + PAIR) - 1:  # the last program of this column block reduces, in a fixed order
             tl.debug_barrier()
             acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
             acc2 = tl.zeros([M_PAD, BLOCK_N], tl.float32)
@@ -222,7 +230,7 @@ def gemv_plan(N: int, K: int, device: torch.device, M: int = 1, itemsize: int = 
 def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
          norm: tuple[torch.Tensor, float] | None = None, glu: bool = False, out_f32: bool = False,
          ws: GemvWorkspace | None = None, plan: tuple[int, int, int, int, int] | None = None,
-         pdl: bool = False) -> torch.Tensor:
+         pdl: bool = False, glu_pairs: bool | None = None) -> torch.Tensor:
     """``y = epilogue(prologue(x) @ w.T)`` for at most 16 rows, in one launch.
 
     Args:
@@ -235,6 +243,9 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         ws: split-K scratch (needed when the plan splits K; made on the fly otherwise).
         plan: ``gemv_plan``'s tuple, to override it (tests, tuning).
         pdl: launch with programmatic dependent launch (CUDA, Hopper).
+        glu_pairs: with ``glu``, stream the gate and the up rows in separate programs (one weight
+            stream each, as a plain GEMM of 2N rows) that meet through the split-K partials; the
+            second to arrive applies silu * up. None: ``GLU_PAIRS``.
 
     Returns:
         ``[M, N]`` contiguous.
@@ -260,17 +271,18 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
     k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
     split = triton.cdiv(K, k_split)  # no empty splits
     nb = triton.cdiv(N, bn)
-    if split > 1:
+    pair = bool(glu and (GLU_PAIRS if glu_pairs is None else glu_pairs))
+    if split > 1 or pair:
         ws = ws or GemvWorkspace(x.device, split * nb * 2 * MAX_ROWS * bn, nb)
         if ws.part.numel() < split * nb * 2 * MAX_ROWS * bn or ws.cnt.numel() < nb:
             raise ValueError("gemv workspace too small for this shape")
-    part, cnt = (ws.part, ws.cnt) if split > 1 else (y, y)
-    gemv_kernel[(nb, split)](
+    part, cnt = (ws.part, ws.cnt) if split > 1 or pair else (y, y)
+    gemv_kernel[(nb * (2 if pair else 1), split)](
         x, w, bias if bias is not None else w, residual if residual is not None else y,
         norm[0] if norm is not None else w, y, part, cnt, M, N, K, k_split, float(norm[1]) if norm else 0.0,
         x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
         M_PAD=mp, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, NORM=norm is not None, HAS_BIAS=bias is not None,
-        HAS_RES=residual is not None, GLU=glu, OUT_F32=out_f32, IEEE=w.dtype == torch.float32,
+        HAS_RES=residual is not None, GLU=glu, OUT_F32=out_f32, IEEE=w.dtype == torch.float32, PAIR=pair,
         ACCURATE_EXP=_accurate_exp(), DOT=mp > FMA_ROWS, num_warps=warps, num_stages=stages, enable_fp_fusion=False, **pdl_args(pdl),
     )
     return y

@@ -54,9 +54,13 @@ def test_gemv_norm_prologue_and_glu(plan, M, N, K):
     """RMSNorm prologue (rstd over all of K, also when K is split), then silu(gate) * up."""
     c = _case(M + N + K, M, N, K, glu=True)
     norm = (c["nw"], 1e-6)
-    y = gemv(c["x"], c["w"], norm=norm, glu=True, plan=plan)
-    assert y.shape == (M, N)
-    assert _rel(y, ref.gemv(c["x"], c["w"], norm=norm, glu=True)) < 1e-5
+    ws = GemvWorkspace(DEVICE, 1 << 14, 64)
+    want = ref.gemv(c["x"], c["w"], norm=norm, glu=True)
+    for pairs in (False, True):  # gate and up in one program, or in two that meet in the partials
+        y = gemv(c["x"], c["w"], norm=norm, glu=True, plan=plan, ws=ws, glu_pairs=pairs)
+        assert y.shape == (M, N)
+        assert _rel(y, want) < 1e-5
+    assert int(ws.cnt.abs().sum()) == 0
     plain = c["w"][:N].contiguous()
     y2 = gemv(c["x"], plain, norm=norm, out_f32=True, plan=plan)
     assert y2.dtype == torch.float32 and _rel(y2, ref.gemv(c["x"], plain, norm=norm)) < 1e-5
@@ -111,6 +115,8 @@ def test_gemv_bf16_real_sizes(name, M):
     y = gemv(c["x"], c["w"], **kw)
     want = ref.gemv(c["x"], c["w"], **kw)
     assert _rel(y, want) < 1e-2
+    if glu:
+        assert _rel(gemv(c["x"], c["w"], glu_pairs=True, norm=kw["norm"]), want) < 1e-2
     # the float32 twin of the same case: sum order only
     c32 = {k: v.float() for k, v in c.items()}
     kw32 = {"norm": (c32["nw"], 1e-6), "glu": True} if glu else {"residual": c32["res"], "bias": c32["bias"]}

@@ -8,7 +8,9 @@ streams ``W [N, K]`` (nn.Linear layout) once, in ``[BLOCK_N, BLOCK_K]`` tiles ac
 * prologue ``norm``: HF RMSNorm of the raw residual stream ``x`` (each program computes the row's
   rstd itself: ``x`` is a few KB), so ``residual add -> RMSNorm -> GEMM`` needs no norm kernel;
 * epilogue ``bias``, ``residual`` (``y = round(round(x @ W.T + b) + residual)``, torch's roundings of
-  ``F.linear`` then ``+``), ``glu`` (``W = [gate; up]``: ``silu(gate) * up`` as ``silu_mul`` rounds it)
+  ``F.linear`` then ``+``), ``glu`` (``W = [gate; up]``: ``silu(gate) * up`` as ``silu_mul`` rounds it;
+  by default the gate rows and the up rows are streamed by separate programs that meet in the
+  split-K partials, ``GLU_PAIRS``)
   and ``out_f32`` (the LM head's float32 logits of the dtype-rounded product);
 * split-K in ONE launch: each program writes an fp32 partial; the last program of a column block
   (an acq_rel counter) sums the partials in a fixed order (deterministic), runs the epilogue and

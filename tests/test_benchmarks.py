@@ -84,3 +84,23 @@ def test_decode_rate_counts_only_consecutive_full_batch_steps():
            (4, 4.25, 0, 0, 0, 7), (3, 4.5, 0, 0, 0, 8), (4, 5.0, 0, 0, 0, 9)]  # batch 3: not full
     assert _full_batch_intervals(log, 4, since=0.0) == [0.5, 0.25]
     assert _full_batch_intervals(log, 4, since=1.5) == [0.25]  # steps 3, 4 are now the warm-ups
+
+
+def test_long_generation_pair_evicts_during_decode(tiny_dir):
+    """A short prompt and a long generation: the cache is compressed by tokens generated in the timed
+    decode itself, and the pair's arithmetic (speed-up over the ratio the bytes allow) follows."""
+    from dataclasses import asdict
+
+    from budgetllm.benchmarks.baselines import weight_bytes
+    from budgetllm.benchmarks.long_generation import long_pair
+
+    loaded = load_model(str(tiny_dir("llama")), device="cpu", progress=False)
+    backend = ReferenceBackend(loaded)
+    rows = {cr: asdict(run_batch(backend, loaded, batch=2, context=8, new_tokens=60, compression=cr, window=8))
+            for cr in (1, 4)}
+    assert rows[4]["achieved_compression"] > 1.5 and rows[1]["achieved_compression"] == 1.0
+    w = weight_bytes(loaded.hf_model)
+    pair = long_pair(rows[1], rows[4], w)
+    assert pair["bytes_ratio"] == (w + rows[1]["kv_read_per_step"]) / (w + rows[4]["kv_read_per_step"]) > 1.0
+    assert pair["speedup"] == rows[4]["decode_tok_s"] / rows[1]["decode_tok_s"]
+    assert pair["fraction_of_bytes_ratio"] == pair["speedup"] / pair["bytes_ratio"]

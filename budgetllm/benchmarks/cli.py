@@ -34,7 +34,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench/results")
     p.add_argument("--budget-s", type=float, default=480, help="wall-time budget; later points are skipped")
     p.add_argument("--quick", action="store_true", help="contexts 1K, 8K and 32K, batch 1 and 16 only")
-    p.add_argument("--only", choices=["grid", "rest", "equal"],
+    p.add_argument("--only", choices=["grid", "rest", "equal", "long"],
                    help="one part of the matrix (a whole matrix outlasts a 10-minute GPU lease)")
     p.add_argument("--merge", nargs="+", metavar="PART_JSON", help="merge parts into bench.json and report")
 

@@ -226,6 +226,10 @@ def main(out_dir: str, budget_s: float = 480, quick: bool = False, only: str | N
         _collect()
     if only == "equal":
         bench_equal_memory("qwen2.5-1.5b", 8192, 8, clock, results)
+    if only == "long":  # short prompt, thousands of generated tokens (eviction during decode)
+        from budgetllm.benchmarks.long_generation import bench_long_generation
+
+        bench_long_generation(clock, results)
     if only in (None, "rest"):  # HF's compiled static cache, equal memory, other shapes, real weights
         from budgetllm.models.testing import random_model
 

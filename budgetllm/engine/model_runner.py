@@ -16,6 +16,7 @@ import torch
 
 from budgetllm.cache import PageLayout, PoolConfig, build_pool
 from budgetllm.engine.cuda_graphs import DecodeGraphs, bucket_sizes
+from budgetllm.engine.decode_layer import DecodeLayers
 from budgetllm.engine.gpu_sampler import GPUSampler, SamplingBatch
 from budgetllm.engine.rules import ALWAYS, RowRule, step_decisions
 from budgetllm.engine.scheduler import SlotStats
@@ -44,6 +45,8 @@ class RunnerConfig:
     max_graph_batch: int | None = None  # default: max_seqs
     seed: int | None = None
     emulate_graphs: bool = False  # tests: pad batches to buckets like CUDA graphs, but run eagerly
+    small_batch_gemv: bool | None = None  # buckets of <= 4 rows: engine/decode_layer.py (None: on CUDA)
+    decode_pdl: bool = True  # its kernels with programmatic dependent launch (Hopper; bench/NOTES.md)
 
 
 @dataclass
@@ -102,6 +105,8 @@ class ModelRunner:
         self.thr_host = torch.zeros(maxbs, dtype=torch.float64, pin_memory=pin)
         self.ibuf_np, self.thr_np = self.ibuf_host.numpy(), self.thr_host.numpy()
         self.sampler = GPUSampler(self.device, cfg.seed)
+        use_fast = cfg.small_batch_gemv if cfg.small_batch_gemv is not None else self.device.type == "cuda"
+        self.fast = DecodeLayers(m, self.device, cfg.decode_pdl) if use_fast and DecodeLayers.supports(m) else None
         self.graphs = DecodeGraphs(self, self.buckets, emulate=cfg.emulate_graphs) if self.use_graphs else None
         if self.graphs is not None:
             self.graphs.capture()
@@ -124,15 +129,18 @@ class ModelRunner:
         pos = kv.seq_pos[slots_l].long()
         base, uses_thr = step_decisions(pos, ib[3], ib[4], ib[5], m.H)
         decide = (self.thr[:bs], base, uses_thr)
-        x, h = m.embed_norm(ids)
-        for li in range(m.num_layers):
-            q, k, v, dec = m.attention_inputs(li, x, h, pos, decide)
-            store_decode_kv(kv, k, v, base if dec is None else dec, li, slots)
-            o = paged_decode_attention(q, kv, li, slots, m.scale, num_splits=num_splits)
-            x, h = m.attention_out(li, x, o)
-            x, h = m.mlp(li, x, h)
+        if self.fast is not None and self.fast.takes(bs):  # chosen per bucket, at capture time
+            self.logits_buf[:bs] = self.fast.step(ids, pos, slots, base, decide, kv, num_splits)
+        else:
+            x, h = m.embed_norm(ids)
+            for li in range(m.num_layers):
+                q, k, v, dec = m.attention_inputs(li, x, h, pos, decide)
+                store_decode_kv(kv, k, v, base if dec is None else dec, li, slots)
+                o = paged_decode_attention(q, kv, li, slots, m.scale, num_splits=num_splits)
+                x, h = m.attention_out(li, x, o)
+                x, h = m.mlp(li, x, h)
+            self.logits_buf[:bs] = m.logits(h)
         kv.seq_pos[slots_l] = kv.seq_pos[slots_l] + inc
-        self.logits_buf[:bs] = m.logits(h)
         self.read_buf[:bs] = self.logits_buf[:bs].argmax(-1)
         self.compute_stats()
 

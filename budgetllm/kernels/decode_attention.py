@@ -14,20 +14,35 @@ import triton.language as tl
 
 from budgetllm.kernels.online_softmax import online_softmax_step
 from budgetllm.kernels.paged_kv import PagedKV
+from budgetllm.kernels.pdl import pdl_args, pdl_enter
 
 _LOG2E = 1.4426950408889634
 
 
 @triton.jit
 def decode_attention_kernel(q, k_pool, v_pool, block_tables, row_lens, slot_ids, out, part_o, part_ml,
-                            sm_scale, H, G, D, MAXP, NS, s_qb, s_qh, s_ob, s_oh,
+                            sm_scale, H, G, D, MAXP, NS, NSP, s_qb, s_qh, s_ob, s_oh,
                             PAGE: tl.constexpr, G_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                            SPLIT: tl.constexpr, IEEE: tl.constexpr):
+                            SPLIT: tl.constexpr, IEEE: tl.constexpr, BALANCE: tl.constexpr, H_PAD: tl.constexpr,
+                            PDL: tl.constexpr):
+    pdl_enter(PDL)
     i_b, i_h, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     s = tl.load(slot_ids + i_b)
+    if BALANCE:  # the sequence's H * NS programs are shared out over its heads by row length
+        p = i_h * NS + i_s
+        o_h = tl.arange(0, H_PAD)
+        b_n, b_sp = _split_plan(row_lens, s, H, NS, o_h, H_PAD, BLOCK_N)
+        incl = tl.cumsum(b_sp, 0)
+        i_h = tl.sum((incl <= p).to(tl.int32), 0)
+        if i_h >= H:
+            return  # a spare program: the plan uses fewer than H * NS
+        i_s = p - tl.sum(tl.where(o_h == i_h, incl - b_sp, 0), 0)
+        ns_h = tl.sum(tl.where(o_h == i_h, b_sp, 0), 0)
+    else:
+        ns_h = NS
     row = s * H + i_h
     n = tl.load(row_lens + row)
-    chunk = tl.cdiv(tl.cdiv(n, NS), BLOCK_N) * BLOCK_N
+    chunk = tl.cdiv(tl.cdiv(n, ns_h), BLOCK_N) * BLOCK_N
     lo = i_s * chunk
     hi = tl.minimum(lo + chunk, n)
     o_g = tl.arange(0, G_PAD)
@@ -53,9 +68,9 @@ def decode_attention_kernel(q, k_pool, v_pool, block_tables, row_lens, slot_ids,
         b_m, b_l, b_acc = online_softmax_step(b_q, b_k, b_v, m_n[None, :], b_m, b_l, b_acc, sm_scale, IEEE)
     m_out = m_g[:, None] & m_d[None, :]
     if SPLIT:
-        # partials: o [B, Hq, NS, D] (unnormalised), ml [B, Hq, NS, 2] (max in log2 units, sum)
+        # partials: o [B, Hq, NSP, D] (unnormalised), ml [B, Hq, NSP, 2] (max in log2 units, sum)
         hq = i_h * G + o_g
-        base = (i_b * H * G + hq) * NS + i_s
+        base = (i_b * H * G + hq) * NSP + i_s
         tl.store(part_o + base[:, None] * D + o_d[None, :], b_acc, mask=m_out)
         tl.store(part_ml + base * 2, b_m, mask=m_g)
         tl.store(part_ml + base * 2 + 1, b_l, mask=m_g)
@@ -66,13 +81,31 @@ def decode_attention_kernel(q, k_pool, v_pool, block_tables, row_lens, slot_ids,
 
 
 @triton.jit
-def decode_reduce_kernel(part_o, part_ml, out, Hq, D, NS, s_ob, s_oh,
-                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+def _split_plan(row_lens, s, H, NS, o_h, H_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Splits per head of sequence slot s when its H * NS programs are shared by row length:
+    1 + (NS - 1) * H * n_h // sum(n) (sums to at most H * NS), at most one per BLOCK_N entries."""
+    b_n = tl.load(row_lens + s * H + o_h, mask=o_h < H, other=0)
+    tot = tl.maximum(tl.sum(b_n, 0), 1)
+    b_sp = 1 + ((NS - 1) * H * b_n.to(tl.int64) // tot).to(tl.int32)
+    b_sp = tl.minimum(b_sp, tl.maximum(tl.cdiv(b_n, BLOCK_N), 1))
+    return b_n, tl.where(o_h < H, b_sp, 0)
+
+
+@triton.jit
+def decode_reduce_kernel(part_o, part_ml, out, slot_ids, row_lens, Hq, H, G, D, NS, NSP, s_ob, s_oh,
+                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BALANCE: tl.constexpr,
+                         H_PAD: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+    pdl_enter(PDL)
     i_b, i_hq = tl.program_id(0), tl.program_id(1)
     o_s = tl.arange(0, BLOCK_S)
     o_d = tl.arange(0, BLOCK_D)
-    m_s = o_s < NS
-    base = (i_b * Hq + i_hq) * NS + o_s
+    if BALANCE:
+        o_h = tl.arange(0, H_PAD)
+        b_n, b_sp = _split_plan(row_lens, tl.load(slot_ids + i_b), H, NS, o_h, H_PAD, BLOCK_N)
+        m_s = o_s < tl.sum(tl.where(o_h == i_hq // G, b_sp, 0), 0)
+    else:
+        m_s = o_s < NS
+    base = (i_b * Hq + i_hq) * NSP + o_s
     b_m = tl.load(part_ml + base * 2, mask=m_s, other=-1e30)
     b_l = tl.load(part_ml + base * 2 + 1, mask=m_s, other=0.0)
     # [BLOCK_S, BLOCK_D]
@@ -92,7 +125,8 @@ def default_num_splits(batch: int, num_kv_heads: int, max_row_len: int, device: 
 
 
 def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: torch.Tensor, scale: float,
-                           num_splits: int | None = None, block_n: int | None = None) -> torch.Tensor:
+                           num_splits: int | None = None, block_n: int | None = None, balanced: bool = False,
+                           pdl: bool = False) -> torch.Tensor:
     """Decode attention of one query token per sequence over its paged rows.
 
     Args:
@@ -103,6 +137,10 @@ def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: t
         scale: softmax scale (usually D ** -0.5).
         num_splits: split-K factor (fixed per call, graph friendly); None picks one from shapes only.
         block_n: entries per tile (a multiple of PAGE or a divisor of it); default 64.
+        balanced: share a sequence's ``H * num_splits`` programs out over its KV heads in proportion
+            to their row lengths (uneven DMS rows: the longest head no longer sets the time), read on
+            the device; otherwise every head gets ``num_splits`` programs.
+        pdl: launch with programmatic dependent launch (``kernels/pdl.py``).
 
     Returns:
         ``[B, Hq, D]`` in q's dtype; rows of length 0 give zeros. Accumulation in fp32; fp32 inputs
@@ -122,18 +160,23 @@ def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: t
     if B == 0:
         return out
     split = num_splits > 1
-    part_o = torch.empty(B, Hq, num_splits, D, dtype=torch.float32, device=q.device) if split else out
-    part_ml = torch.empty(B, Hq, num_splits, 2, dtype=torch.float32, device=q.device) if split else out
-    BLOCK_D = triton.next_power_of_2(D)
+    balanced = balanced and split and H > 1
+    nsp = H * num_splits if balanced else num_splits  # partial slots per query head
+    part_o = torch.empty(B, Hq, nsp, D, dtype=torch.float32, device=q.device) if split else out
+    part_ml = torch.empty(B, Hq, nsp, 2, dtype=torch.float32, device=q.device) if split else out
+    BLOCK_D, H_PAD = triton.next_power_of_2(D), triton.next_power_of_2(H)
+    slot_ids, row_lens = slot_ids.contiguous(), kv.row_lens[layer]
     decode_attention_kernel[(B, H, num_splits)](
-        q, kv.k_pool, kv.v_pool, kv.block_tables[layer], kv.row_lens[layer], slot_ids.contiguous(), out, part_o,
-        part_ml, scale * _LOG2E, H, G, D, MAXP, num_splits, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        PAGE=kv.page_size, G_PAD=max(16, triton.next_power_of_2(G)), BLOCK_N=block_n, BLOCK_D=BLOCK_D,
-        SPLIT=split, IEEE=q.dtype == torch.float32, num_warps=4,
+        q, kv.k_pool, kv.v_pool, kv.block_tables[layer], row_lens, slot_ids, out, part_o,
+        part_ml, scale * _LOG2E, H, G, D, MAXP, num_splits, nsp, q.stride(0), q.stride(1), out.stride(0),
+        out.stride(1), PAGE=kv.page_size, G_PAD=max(16, triton.next_power_of_2(G)), BLOCK_N=block_n,
+        BLOCK_D=BLOCK_D, SPLIT=split, IEEE=q.dtype == torch.float32, BALANCE=balanced, H_PAD=H_PAD, num_warps=4,
+        **pdl_args(pdl),
     )
     if split:
         decode_reduce_kernel[(B, Hq)](
-            part_o, part_ml, out, Hq, D, num_splits, out.stride(0), out.stride(1),
-            BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=BLOCK_D,
+            part_o, part_ml, out, slot_ids, row_lens, Hq, H, G, D, num_splits, nsp, out.stride(0), out.stride(1),
+            BLOCK_S=triton.next_power_of_2(nsp), BLOCK_D=BLOCK_D, BALANCE=balanced, H_PAD=H_PAD, BLOCK_N=block_n,
+            **pdl_args(pdl),
         )
     return out

@@ -25,6 +25,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from budgetllm.kernels.paged_kv import as_int8_flags
+from budgetllm.kernels.pdl import pdl_args, pdl_enter
 
 
 def _accurate_exp() -> bool:
@@ -141,8 +142,9 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 def qkv_rope_kernel(qkv, cos, sin, pos, qk_w, q_out, k_out, logits, thr, base, uses_thr, logits_in, dec,
                     s_row, Hq, H, G, eps, scale, offset,
                     D: tl.constexpr, BLOCK_D: tl.constexpr, QK_NORM: tl.constexpr, BORROWED: tl.constexpr,
-                    DECIDE: tl.constexpr, LOGITS_IN: tl.constexpr):
+                    DECIDE: tl.constexpr, LOGITS_IN: tl.constexpr, PDL: tl.constexpr):
     # one program per (token, q-or-k head j); j < Hq are q heads, the rest k heads
+    pdl_enter(PDL)
     i_n, j = tl.program_id(0), tl.program_id(1)
     dt = qkv.dtype.element_ty
     o_d = tl.arange(0, BLOCK_D)
@@ -192,7 +194,7 @@ def qkv_rope_kernel(qkv, cos, sin, pos, qk_w, q_out, k_out, logits, thr, base, u
 def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pos: torch.Tensor,
              num_q_heads: int, num_kv_heads: int, head_dim: int, qk_norm: torch.Tensor | None = None,
              eps: float = 1e-6, borrowed: tuple[int, float, float] | None = None,
-             decide: tuple | None = None):
+             decide: tuple | None = None, pdl: bool = False):
     """q/k norm, DMS borrowed-channel logits, RoPE and the layer's decisions in one kernel.
 
     Reproduces the eager torch ops (q/k norm, borrowed channel, RoPE) after the QKV GEMM, plus ``rules.layer_decisions``.
@@ -212,6 +214,7 @@ def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pos
         decide: None or ``(thr [N] float64, base [N, H] bool, uses_thr [N, 1] or [N] bool,
             logits_in [N, H] float32 or None)``; logits_in (adapter variant) is used when borrowed
             is None. decisions = where(uses_thr, logit > thr, base), or base without any logit.
+        pdl: launch with programmatic dependent launch (``kernels/pdl.py``).
 
     Returns:
         ``(q [N, Hq, D], k [N, H, D], logits [N, H] float32 or None (None unless borrowed),
@@ -254,6 +257,6 @@ def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pos
         _or(dec), qkv.stride(0), Hq, H, G, float(eps), float(scale), float(offset),
         D=D, BLOCK_D=BLOCK_D, QK_NORM=qk_norm is not None, BORROWED=borrowed is not None,
         DECIDE=decide is not None, LOGITS_IN=lg_in is not None,
-        num_warps=1 if BLOCK_D <= 128 else 2, enable_fp_fusion=False,
+        num_warps=1 if BLOCK_D <= 128 else 2, enable_fp_fusion=False, **pdl_args(pdl),
     )
     return q, k, logits, dec

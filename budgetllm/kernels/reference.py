@@ -73,7 +73,7 @@ def _append(kv: PagedKV, layer: int, s: int, h: int, p: int, k: torch.Tensor, v:
     ring[p % W1] = idx
 
 
-def store_decode_kv(kv: PagedKV, k_new, v_new, evict_prev, layer: int, slot_ids) -> None:
+def store_decode_kv(kv: PagedKV, k_new, v_new, evict_prev, layer: int, slot_ids, pdl: bool = False) -> None:
     for b, s in enumerate(slot_ids.tolist()):
         for h in range(k_new.shape[1]):
             _append(kv, layer, s, h, int(kv.seq_pos[s]), k_new[b, h], v_new[b, h], int(evict_prev[b, h]))
@@ -113,7 +113,8 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tenso
 
 
 def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: torch.Tensor, scale: float,
-                           num_splits: int | None = None, block_n: int | None = None) -> torch.Tensor:
+                           num_splits: int | None = None, block_n: int | None = None, balanced: bool = False,
+                           pdl: bool = False) -> torch.Tensor:
     B, Hq, D = q.shape
     H = kv.block_tables.shape[2]
     G = Hq // H
@@ -181,7 +182,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pos: torch.Tensor,
              num_q_heads: int, num_kv_heads: int, head_dim: int, qk_norm: torch.Tensor | None = None,
-             eps: float = 1e-6, borrowed=None, decide=None):
+             eps: float = 1e-6, borrowed=None, decide=None, pdl: bool = False):
     N, Hq, H, D = qkv.shape[0], num_q_heads, num_kv_heads, head_dim
     qk = qkv[:, : (Hq + H) * D].reshape(N, Hq + H, D).clone()  # the engine zeroes its own buffer; not the caller's
     if qk_norm is not None:
@@ -202,3 +203,21 @@ def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pos
         decisions = base if lg is None else torch.where(uses_thr.reshape(N, 1), lg > thr[:, None], base)
         decisions = decisions.to(torch.int8)
     return qk[:, :Hq].contiguous(), qk[:, Hq:].contiguous(), logits, decisions
+
+
+# -- skinny GEMM of the decode step (kernels/gemv.py) --------------------------------------------
+# The torch ops the fused GEMM replaces, in the model dtype (same roundings between ops); only the
+# order of the K sum differs from the kernel's.
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, *, bias=None, residual=None, norm=None, glu: bool = False,
+         out_f32: bool = False, ws=None, plan=None, pdl: bool = False) -> torch.Tensor:
+    h = x if norm is None else _hf_rms_norm(x.to(w.dtype), norm[0], norm[1])
+    if glu:
+        gate, up = w.chunk(2, dim=0)
+        y = torch.nn.functional.silu(torch.nn.functional.linear(h, gate)) * torch.nn.functional.linear(h, up)
+    else:
+        y = torch.nn.functional.linear(h, w, bias)
+    if residual is not None:
+        y = y + residual
+    return y.float() if out_f32 else y

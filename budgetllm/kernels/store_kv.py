@@ -14,13 +14,15 @@ import triton
 import triton.language as tl
 
 from budgetllm.kernels.paged_kv import PagedKV, as_int8_flags
+from budgetllm.kernels.pdl import pdl_args, pdl_enter
 
 
 @triton.jit
 def store_decode_kv_kernel(k_new, v_new, evict_prev, slot_ids, seq_pos, k_pool, v_pool, slot_pos, slot_flag,
                            block_tables, row_lens, ring, free_stack, alloc_state, slot_oom,
                            H, P, MAXP, W1, D, s_kb, s_kh, s_vb, s_vh, s_eb,
-                           PAGE: tl.constexpr, BLOCK_D: tl.constexpr):
+                           PAGE: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+    pdl_enter(PDL)
     i_b, i_h = tl.program_id(0), tl.program_id(1)
     s = tl.load(slot_ids + i_b)
     p = tl.load(seq_pos + s)
@@ -71,7 +73,7 @@ def store_decode_kv_kernel(k_new, v_new, evict_prev, slot_ids, seq_pos, k_pool, 
 
 
 def store_decode_kv(kv: PagedKV, k_new: torch.Tensor, v_new: torch.Tensor, evict_prev: torch.Tensor,
-                    layer: int, slot_ids: torch.Tensor) -> None:
+                    layer: int, slot_ids: torch.Tensor, pdl: bool = False) -> None:
     """Append one token per sequence to its H rows of ``layer`` (decode step).
 
     Args:
@@ -80,6 +82,7 @@ def store_decode_kv(kv: PagedKV, k_new: torch.Tensor, v_new: torch.Tensor, evict
         evict_prev: ``[B, H]`` bool/int8, the decision of the new token = evict flag of the previous one.
         layer: layer index.
         slot_ids: ``[B] int32`` distinct sequence slots; the new token's position is ``kv.seq_pos[slot]``.
+        pdl: launch with programmatic dependent launch (``kernels/pdl.py``).
     """
     kv.check()
     B, H, D = k_new.shape
@@ -95,7 +98,7 @@ def store_decode_kv(kv: PagedKV, k_new: torch.Tensor, v_new: torch.Tensor, evict
         k_new, v_new, ev, slot_ids.contiguous(), kv.seq_pos, kv.k_pool, kv.v_pool, kv.slot_pos, kv.slot_flag,
         kv.block_tables[layer], kv.row_lens[layer], kv.ring[layer], kv.free_stack, kv.alloc_state, kv.slot_oom,
         H, kv.num_pages, MAXP, kv.window + 1, D, k_new.stride(0), k_new.stride(1), v_new.stride(0),
-        v_new.stride(1), ev.stride(0), PAGE=kv.page_size, BLOCK_D=triton.next_power_of_2(D),
+        v_new.stride(1), ev.stride(0), PAGE=kv.page_size, BLOCK_D=triton.next_power_of_2(D), **pdl_args(pdl),
     )
 
 

@@ -109,8 +109,15 @@ class FusedModel:
         :func:`budgetllm.engine.rules.step_decisions`; None -> no decisions (the caller uses ``base``
         when the model has no decision logits)."""
         L = self.layers[li]
+        return self.rope_decide(li, F.linear(h, L.qkv_w, L.qkv_b), x, pos, decide)
+
+    def rope_decide(self, li: int, qkv: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, decide: tuple | None,
+                    pdl: bool = False):
+        """The part of :meth:`attention_inputs` after the QKV GEMM (``qkv`` [N, (Hq+2H)*D]); the
+        decode path of ``budgetllm.engine.decode_layer`` makes ``qkv`` with its own GEMM (``pdl``:
+        launch the fused kernel with programmatic dependent launch)."""
+        L = self.layers[li]
         Hq, H, D = self.Hq, self.H, self.D
-        qkv = F.linear(h, L.qkv_w, L.qkv_b)
         v = qkv[:, (Hq + H) * D:].view(-1, H, D)
         s = self.dms
         # the adapter reads the residual stream (its own norm, float32)
@@ -119,7 +126,7 @@ class FusedModel:
         has_logits = self.borrowed or self.adapter
         q, k, _, dec = qkv_rope(qkv, self.cos, self.sin_signed, pos, Hq, H, D, qk_norm=L.qk_norm, eps=self.eps,
                                 borrowed=borrowed,
-                                decide=(*decide, logits_in) if decide is not None and has_logits else None)
+                                decide=(*decide, logits_in) if decide is not None and has_logits else None, pdl=pdl)
         return q, k, v, dec
 
     def attention_out(self, li: int, x: torch.Tensor, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,6 +44,30 @@ def test_decode_attention_matches_reference(D, G, num_splits, dtype, block_n, se
     assert relerr(out, exp) < TOL[dtype]
 
 
+@pytest.mark.parametrize(("num_splits", "block_n", "dtype", "seed"), [
+    (2, 16, torch.float32, 1), (5, 16, torch.float32, 2), (3, 32, torch.float16, 3), (8, 16, torch.float32, 4),
+])
+def test_balanced_decode_attention_on_uneven_heads(num_splits, block_n, dtype, seed):
+    """Row lengths that differ a lot between the KV heads of a sequence (as real DMS decisions give):
+    the balanced split (programs shared out by row length) matches the reference and the plain split.
+    One sequence has an empty head, one has all heads empty."""
+    H, G, D = 4, 2, 16
+    kv = make_kv(D=D, H=H, S=6, L=1, dtype=dtype, window=5, seed=seed, MAXP=40)
+    slots, lens = [1, 4, 2], [150, 60, 0]
+    _fill(kv, slots, lens, seed * 10, dtype, p_evict=0.2)
+    cut = torch.tensor([[1.0, 0.02, 0.0, 0.3], [0.1, 1.0, 0.5, 0.05]])
+    for s, c in zip(slots[:2], cut, strict=True):  # shorter rows are prefixes of valid rows
+        kv.row_lens[0, s] = (kv.row_lens[0, s].cpu() * c).to(torch.int32).to(DEVICE)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(3, H * G, D, generator=g).to(dtype).to(DEVICE)
+    sl = torch.tensor(slots, dtype=torch.int32, device=DEVICE)
+    out = paged_decode_attention(q, kv, 0, sl, D**-0.5, num_splits=num_splits, block_n=block_n, balanced=True)
+    plain = paged_decode_attention(q, kv, 0, sl, D**-0.5, num_splits=num_splits, block_n=block_n)
+    exp = ref.paged_decode_attention(q, kv, 0, sl, D**-0.5)
+    assert torch.equal(out[2], torch.zeros_like(out[2])) and torch.equal(out[0, 2 * G:3 * G], torch.zeros_like(out[0, :G]))
+    assert relerr(out, exp) < TOL[dtype] and relerr(out, plain) < TOL[dtype]
+
+
 @pytest.mark.parametrize(("window", "lens", "chunk", "dtype", "seed"), [
     (5, [0, 0, 0], [29, 1, 17], torch.float32, 1),          # first prefill, empty rows
     (7, [12, 3, 0], [20, 9, 6], torch.float32, 2),          # chunked prefill on top of old rows

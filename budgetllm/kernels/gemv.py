@@ -1,0 +1,292 @@
+"""Skinny GEMM (M <= 16 rows) of the decode step, with the neighbouring work of a decoder layer fused in.
+
+At small batch a decode step reads every weight once and does almost no arithmetic per byte, so a
+layer's time is its weight bytes over bandwidth plus one launch and one tail per kernel. ``gemv``
+streams ``W [N, K]`` (nn.Linear layout) once, in ``[BLOCK_N, BLOCK_K]`` tiles across a grid of
+``(N / BLOCK_N, SPLIT_K)`` programs, and fuses:
+
+* prologue ``norm``: HF RMSNorm of the raw residual stream ``x`` (each program computes the row's
+  rstd itself: ``x`` is a few KB), so ``residual add -> RMSNorm -> GEMM`` needs no norm kernel;
+* epilogue ``bias``, ``residual`` (``y = round(round(x @ W.T + b) + residual)``, torch's roundings of
+  ``F.linear`` then ``+``), ``glu`` (``W = [gate; up]``: ``silu(gate) * up`` as ``silu_mul`` rounds it;
+  by default the gate rows and the up rows are streamed by separate programs that meet in the
+  split-K partials, ``GLU_PAIRS``)
+  and ``out_f32`` (the LM head's float32 logits of the dtype-rounded product);
+* split-K in ONE launch: each program writes an fp32 partial; the last program of a column block
+  (an acq_rel counter) sums the partials in a fixed order (deterministic), runs the epilogue and
+  resets the counter for the next call (CUDA-graph replays).
+
+Up to 4 rows the products are fp32 FMAs into a ``[rows, BLOCK_N, BLOCK_K]`` accumulator reduced once
+at the end (no tensor cores, no shared memory: many loads in flight per thread); 5 to 16 rows use
+``tl.dot`` on a 16-row tile (rows past M masked), IEEE fp32 for fp32 inputs.
+Results equal the torch ops up to the order of the K sum (``kernels.reference.gemv`` is the twin).
+
+With ``pdl=True`` (Hopper, CUDA) the kernel is launched with programmatic dependent launch: it lets
+the next kernel launch at once and waits (``griddepcontrol.wait``) for the previous one before it
+reads anything that kernel wrote, so launch latency and the previous kernel's tail overlap.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from budgetllm.kernels.fused_decoder import _accurate_exp
+from budgetllm.kernels.pdl import HAS_PDL, gdc_launch_dependents, gdc_wait, pdl_args
+
+__all__ = ["FMA_ROWS", "GLU_PAIRS", "HAS_PDL", "MAX_ROWS", "GemvWorkspace", "gemv", "gemv_plan", "m_pad", "plan_for"]
+
+MAX_ROWS = 16  # one 16-row tl.dot tile; larger batches stay on cuBLAS
+# gate and up rows in separate programs (see gemv's glu_pairs): on the H200, 1.5B gate/up at one row
+# 23.2 vs 25.1 us with PDL, SmolLM2's equal (bench/results/decode_floor-run3-h200.json)
+GLU_PAIRS = True
+
+
+@triton.jit
+def _epilogue(acc, acc2, bias, res, y, o_m, o_n, m_m, m_n, s_rm, s_ym, N,
+              HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GLU: tl.constexpr, OUT_F32: tl.constexpr,
+              ACCURATE_EXP: tl.constexpr, dt: tl.constexpr):
+    """acc [M_PAD, BLOCK_N] fp32 -> y, with torch's roundings to the dtype between ops."""
+    m_y = m_m[:, None] & m_n[None, :]
+    if HAS_BIAS:
+        acc = acc + tl.load(bias + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    out = acc.to(dt).to(tl.float32)
+    if GLU:
+        if ACCURATE_EXP:
+            e = libdevice.exp(-out)
+        else:
+            e = tl.exp(-out)
+        up = acc2.to(dt).to(tl.float32)
+        out = (tl.math.div_rn(out, 1.0 + e).to(dt).to(tl.float32) * up).to(dt).to(tl.float32)
+    if HAS_RES:
+        r = tl.load(res + o_m[:, None] * s_rm + o_n[None, :], mask=m_y, other=0.0).to(tl.float32)
+        out = (out + r).to(dt).to(tl.float32)
+    if OUT_F32:
+        tl.store(y + o_m[:, None] * s_ym + o_n[None, :], out, mask=m_y)
+    else:
+        tl.store(y + o_m[:, None] * s_ym + o_n[None, :], out.to(dt), mask=m_y)
+
+
+@triton.jit
+def _x_tile(x, nw, rstd, o_m, m_m, o_k, m_k, s_xm, NORM: tl.constexpr, dt: tl.constexpr):
+    """x[:, o_k] as the GEMM operand: HF RMSNorm's two roundings when NORM ((x * rstd) to the dtype,
+    then * weight in the dtype), else x cast to the dtype."""
+    b_x = tl.load(x + o_m[:, None] * s_xm + o_k[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
+    if NORM:
+        b_nw = tl.load(nw + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_x = ((b_x.to(tl.float32) * rstd[:, None]).to(dt).to(tl.float32) * b_nw[None, :]).to(dt)
+    return b_x.to(dt)
+
+
+@triton.jit
+def _mac(acc, b_x, b_w, DOT: tl.constexpr, IEEE: tl.constexpr):
+    """acc += b_x @ b_w.T: a 16-row tl.dot, or (few rows) fp32 FMAs into a [M_PAD, BLOCK_N, BLOCK_K]
+    accumulator reduced over K once, after the loop."""
+    if DOT:
+        if IEEE:
+            acc += tl.dot(b_x, tl.trans(b_w), input_precision="ieee")
+        else:
+            acc += tl.dot(b_x, tl.trans(b_w))
+    else:
+        acc += b_x.to(tl.float32)[:, None, :] * b_w.to(tl.float32)[None, :, :]
+    return acc
+
+
+@triton.jit
+def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, s_rm, s_ym,
+                M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GLU: tl.constexpr,
+                OUT_F32: tl.constexpr, IEEE: tl.constexpr, ACCURATE_EXP: tl.constexpr, DOT: tl.constexpr,
+                PAIR: tl.constexpr, PDL: tl.constexpr):
+    i_n, i_k = tl.program_id(0), tl.program_id(1)
+    if PDL:
+        gdc_launch_dependents()
+    dt = w.dtype.element_ty
+    NB = tl.cdiv(N, BLOCK_N)  # output column blocks
+    half = 0  # PAIR (GLU): programs NB.. stream the up rows; both halves meet in the partials
+    if PAIR:
+        half = i_n // NB
+        i_n = i_n % NB
+    o_m = tl.arange(0, M_PAD)
+    m_m = o_m < M
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    p_w = w + (o_n + half * N).to(tl.int64)[:, None] * K
+    k_lo = i_k * K_SPLIT
+    k_hi = tl.minimum(k_lo + K_SPLIT, K)
+    # the first weight tile does not depend on the previous kernel: load it before waiting for it
+    o_k = k_lo + tl.arange(0, BLOCK_K)
+    m_k = o_k < k_hi
+    m_w = m_n[:, None] & m_k[None, :]
+    b_w = tl.load(p_w + o_k[None, :], mask=m_w, other=0.0)
+    b_w2 = b_w
+    if GLU and not PAIR:  # the up rows sit N rows below the gate rows
+        b_w2 = tl.load(p_w + N * K + o_k[None, :], mask=m_w, other=0.0)
+    if PDL:
+        gdc_wait()  # everything below may read what the previous kernel wrote
+    rstd = tl.zeros([M_PAD], tl.float32)
+    if NORM:  # rstd of each row of x over all K (as _rstd: IEEE mean, then rsqrt)
+        ss = tl.zeros([M_PAD], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            o_k2 = k0 + tl.arange(0, BLOCK_K)
+            b_x = tl.load(x + o_m[:, None] * s_xm + o_k2[None, :], mask=m_m[:, None] & (o_k2 < K)[None, :],
+                          other=0.0).to(tl.float32)
+            ss += tl.sum(b_x * b_x, 1)
+        rstd = tl.math.rsqrt(tl.math.div_rn(ss, K * 1.0) + eps)
+    if DOT:
+        acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
+        acc2 = tl.zeros([M_PAD, BLOCK_N], tl.float32)
+    else:
+        acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], tl.float32)
+        acc2 = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], tl.float32)
+    b_x = _x_tile(x, nw, rstd, o_m, m_m, o_k, m_k, s_xm, NORM, dt)
+    acc = _mac(acc, b_x, b_w, DOT, IEEE)
+    if GLU and not PAIR:
+        acc2 = _mac(acc2, b_x, b_w2, DOT, IEEE)
+    for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < k_hi
+        m_w = m_n[:, None] & m_k[None, :]
+        b_x = _x_tile(x, nw, rstd, o_m, m_m, o_k, m_k, s_xm, NORM, dt)
+        acc = _mac(acc, b_x, tl.load(p_w + o_k[None, :], mask=m_w, other=0.0), DOT, IEEE)
+        if GLU and not PAIR:
+            acc2 = _mac(acc2, b_x, tl.load(p_w + N * K + o_k[None, :], mask=m_w, other=0.0), DOT, IEEE)
+    if not DOT:
+        acc = tl.sum(acc, 2)
+        acc2 = tl.sum(acc2, 2)
+    if SPLIT_K == 1 and not PAIR:
+        _epilogue(acc, acc2, bias, res, y, o_m, o_n, m_m, m_n, s_rm, s_ym, N,
+                  HAS_BIAS, HAS_RES, GLU, OUT_F32, ACCURATE_EXP, dt)
+    else:
+        # partials [SPLIT_K, NB, 2 (gate, up), M_PAD, BLOCK_N] fp32
+        o_t = tl.arange(0, BLOCK_N)
+        tile = o_m[:, None] * BLOCK_N + o_t[None, :]
+        base = (i_k * NB + i_n) * 2 * M_PAD * BLOCK_N
+        if PAIR:
+            tl.store(part + base + half * M_PAD * BLOCK_N + tile, acc)
+        else:
+            tl.store(part + base + tile, acc)
+            if GLU:
+                tl.store(part + base + M_PAD * BLOCK_N + tile, acc2)
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        arrived = tl.atomic_add(cnt + i_n, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K * (1 + PAIR) - 1:  # the last program of this column block reduces, in a fixed order
+            tl.debug_barrier()
+            acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
+            acc2 = tl.zeros([M_PAD, BLOCK_N], tl.float32)
+            for s in range(SPLIT_K):
+                b = (s * NB + i_n) * 2 * M_PAD * BLOCK_N
+                acc += tl.load(part + b + tile, cache_modifier=".cg")
+                if GLU:
+                    acc2 += tl.load(part + b + M_PAD * BLOCK_N + tile, cache_modifier=".cg")
+            tl.store(cnt + i_n, 0)  # ready for the next call
+            _epilogue(acc, acc2, bias, res, y, o_m, o_n, m_m, m_n, s_rm, s_ym, N,
+                      HAS_BIAS, HAS_RES, GLU, OUT_F32, ACCURATE_EXP, dt)
+
+
+class GemvWorkspace:
+    """Split-K scratch of ``gemv``: fp32 partials and per-column-block arrival counters (zero between
+    calls: the last program of a block resets its counter). Calls on one stream may share one
+    workspace (a kernel finishes before the next reads it, also under PDL: see the module doc)."""
+
+    def __init__(self, device: torch.device | str, partial_floats: int = 1 << 21, counters: int = 1 << 14):
+        self.part = torch.empty(partial_floats, dtype=torch.float32, device=device)
+        self.cnt = torch.zeros(counters, dtype=torch.int32, device=device)
+
+
+FMA_ROWS = 4  # up to this many rows: fp32 FMAs (no tensor cores, no shared memory); above: tl.dot
+
+
+def m_pad(M: int) -> int:
+    """Rows of the kernel's tile: 1, 2 or 4 (FMA path), else 16 (one tl.dot tile)."""
+    return triton.next_power_of_2(max(M, 1)) if M <= FMA_ROWS else MAX_ROWS
+
+
+def plan_for(N: int, K: int, M: int, itemsize: int, sms: int) -> tuple[int, int, int, int, int]:
+    """The CUDA plan ``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)``, from the plan sweep of
+    bench/decode_floor.py on an H200 (bench/results/decode_floor-h200.json, "best_plans"): at one row
+    narrow outputs (QKV, o, down, SmolLM2's MLP) ran fastest with 8 rows x 1024 bf16 per tile, 8 warps,
+    no pipelining; wide ones (the 1.5B gate/up, LM heads) with 16 x 512, 4 warps, 3 stages. K is
+    split until there are about two programs per SM (at most one split per 1024 of K). Tiles shrink
+    with the row count (accumulator registers) and with wider dtypes (the same bytes per tile)."""
+    target = 2 * sms
+    if M <= FMA_ROWS:
+        wide = triton.cdiv(N, 8) >= 4 * sms
+        bn, bk, warps, stages = (16, 512, 4, 3) if wide else (8, 1024, 8, 1)
+        bk = bk * 2 // itemsize // m_pad(M)
+    else:  # the 16-row tl.dot tile (not used by the engine by default: cuBLAS was faster there)
+        bn, bk, warps, stages = (64, 128, 8, 2) if triton.cdiv(N, 32) >= 8 * sms else (32, 128, 4, 3)
+        bk = bk * 2 // itemsize
+    bk = min(bk, max(16, triton.next_power_of_2(K)))
+    split = max(1, min(triton.cdiv(target, triton.cdiv(N, bn)), K // 1024))
+    return bn, bk, split, warps, stages
+
+
+def gemv_plan(N: int, K: int, device: torch.device, M: int = 1, itemsize: int = 2) -> tuple[int, int, int, int, int]:
+    """``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)`` from shapes only (graph friendly)."""
+    if device.type != "cuda":  # the interpreter: few large (numpy) programs; split K to exercise it
+        return max(16, min(512, triton.next_power_of_2(triton.cdiv(N, 4)))), 64, 2 if K >= 128 else 1, 4, 1
+    return plan_for(N, K, M, itemsize, torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+         norm: tuple[torch.Tensor, float] | None = None, glu: bool = False, out_f32: bool = False,
+         ws: GemvWorkspace | None = None, plan: tuple[int, int, int, int, int] | None = None,
+         pdl: bool = False, glu_pairs: bool | None = None) -> torch.Tensor:
+    """``y = epilogue(prologue(x) @ w.T)`` for at most 16 rows, in one launch.
+
+    Args:
+        x: ``[M, K]`` (last dim contiguous), M <= 16; w's dtype unless ``norm`` (then any float dtype).
+        w: ``[N, K]`` contiguous (``[2N, K]`` with ``glu``: gate rows, then up rows).
+        bias: ``[N]`` or None. residual: ``[M, N]`` in w's dtype or None (added after the rounding).
+        norm: ``(weight [K], eps)``: x is first HF-RMSNorm-ed (x * rstd rounded, then * weight rounded).
+        glu: return ``silu(x @ gate.T) * (x @ up.T)`` (each product rounded to the dtype first).
+        out_f32: float32 output (of the product rounded to w's dtype), else w's dtype.
+        ws: split-K scratch (needed when the plan splits K; made on the fly otherwise).
+        plan: ``gemv_plan``'s tuple, to override it (tests, tuning).
+        pdl: launch with programmatic dependent launch (CUDA, Hopper).
+        glu_pairs: with ``glu``, stream the gate and the up rows in separate programs (one weight
+            stream each, as a plain GEMM of 2N rows) that meet through the split-K partials; the
+            second to arrive applies silu * up. None: ``GLU_PAIRS``.
+
+    Returns:
+        ``[M, N]`` contiguous.
+    """
+    M, K = x.shape
+    N = w.shape[0] // 2 if glu else w.shape[0]
+    if M > MAX_ROWS:
+        raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {M}")
+    assert w.dim() == 2 and w.shape[1] == K and w.is_contiguous() and x.stride(1) == 1
+    assert not glu or w.shape[0] == 2 * N
+    assert norm is not None or x.dtype == w.dtype
+    if bias is not None:
+        assert bias.shape == (N,) and bias.is_contiguous()
+    if residual is not None:
+        assert residual.shape == (M, N) and residual.stride(1) == 1 and residual.dtype == w.dtype
+    if norm is not None:
+        assert norm[0].shape == (K,) and norm[0].is_contiguous()
+    y = torch.empty(M, N, dtype=torch.float32 if out_f32 else w.dtype, device=x.device)
+    if M == 0:
+        return y
+    bn, bk, split, warps, stages = plan or gemv_plan(N, K, x.device, M, w.element_size())
+    mp = m_pad(M)
+    k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
+    split = triton.cdiv(K, k_split)  # no empty splits
+    nb = triton.cdiv(N, bn)
+    pair = bool(glu and (GLU_PAIRS if glu_pairs is None else glu_pairs))
+    if split > 1 or pair:
+        ws = ws or GemvWorkspace(x.device, split * nb * 2 * MAX_ROWS * bn, nb)
+        if ws.part.numel() < split * nb * 2 * MAX_ROWS * bn or ws.cnt.numel() < nb:
+            raise ValueError("gemv workspace too small for this shape")
+    part, cnt = (ws.part, ws.cnt) if split > 1 or pair else (y, y)
+    gemv_kernel[(nb * (2 if pair else 1), split)](
+        x, w, bias if bias is not None else w, residual if residual is not None else y,
+        norm[0] if norm is not None else w, y, part, cnt, M, N, K, k_split, float(norm[1]) if norm else 0.0,
+        x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
+        M_PAD=mp, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, NORM=norm is not None, HAS_BIAS=bias is not None,
+        HAS_RES=residual is not None, GLU=glu, OUT_F32=out_f32, IEEE=w.dtype == torch.float32, PAIR=pair,
+        ACCURATE_EXP=_accurate_exp(), DOT=mp > FMA_ROWS, num_warps=warps, num_stages=stages, enable_fp_fusion=False, **pdl_args(pdl),
+    )
+    return y

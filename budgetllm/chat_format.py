@@ -249,6 +249,16 @@ def render_messages(
         return _apply(tokenizer, folded, None, add_generation_prompt)
 
 
+def tool_call_format(tokenizer: Any) -> str:
+    """The tool-call syntax the model writes: "llama3" (bare ``{"name": ..., "parameters": ...}``)
+    when its template renders tools without ``<tool_call>`` and asks for a "parameters" JSON,
+    else "hermes" (``<tool_call>{json}</tool_call>``: Qwen's own, and our fallback prompt's)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or TOOL_CALL_OPEN in template or not template_capabilities(tokenizer)["tools"]:
+        return "hermes"
+    return "llama3" if '"parameters"' in template or PYTHON_TAG in template else "hermes"
+
+
 def tool_call_prefix(tool_choice: Any, tools: list[dict[str, Any]] | None) -> str | None:
     """Answer prefix that forces a tool call for ``tool_choice``, or None when nothing is forced.
 

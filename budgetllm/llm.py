@@ -42,6 +42,7 @@ class LLM:
         self.kv_shape = KVShape(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim,
                                 dtype_bytes=loaded.dtype.itemsize)
         self._sinks: list = []
+        self._grammar = None  # budgetllm.constrain.GrammarCompiler, made on the first constrained call
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -160,8 +161,9 @@ class LLM:
                                   encode=self.prompter.encode_text, config=self.thinking_config)
         if not opened:
             prompt_ids = prompt_ids + self.prompter.encode_text(ctrl.prompt_suffix())
+        constraint = self._constraint(call)
         forced_call = self.prompter.tool_call_prefix(call.tool_choice, call.tools)
-        if forced_call:  # tool_choice "any"/"required"/a name: the answer starts inside a tool call
+        if forced_call and constraint is None:  # tool_choice "any"/"required"/a name: the answer starts inside a tool call
             ctrl.answer_prefix = self.prompter.encode_text(forced_call)
         if len(prompt_ids) + min(plan.max_tokens, plan.answer_reserve) > self.max_context:
             raise PromptTooLongError(len(prompt_ids), self.max_context, plan.answer_reserve)
@@ -174,8 +176,23 @@ class LLM:
         req = GenerationRequest(
             prompt_ids=prompt_ids, rule=rule, sampling=sampling, controller=ctrl,
             meter=KVMeter(self.kv_shape, plan.compression, rule.mode), eos_ids=self.prompter.eos_ids,
-            banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config))
-        yield from self._drive(req, call, plan, ctrl)
+            banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config), constraint=constraint)
+        try:
+            yield from self._drive(req, call, plan, ctrl)
+        finally:
+            if constraint is not None:
+                constraint.close()  # ended, cancelled or failed: the matcher goes
+
+    def _constraint(self, call: CallOptions):
+        """The call's grammar (response_format, its tool calls, or both), or None (budgetllm.constrain)."""
+        from budgetllm.constrain import GrammarCompiler, available, call_spec
+
+        spec = call_spec(call.response_format, call.tools, call.tool_choice, self.prompter.tool_format())
+        if spec is None or (call.response_format is None and not available()):
+            return None  # without xgrammar, tool calls run unconstrained (and are still parsed and checked)
+        if self._grammar is None:
+            self._grammar = GrammarCompiler(self.tokenizer, getattr(self.loaded.config, "vocab_size", None))
+        return self._grammar.constraint(spec, self.prompter.eos_ids)
 
     def _context(self, call: CallOptions, prompt_tokens: int) -> CallContext:
         return CallContext(
@@ -257,7 +274,7 @@ class LLM:
                 events.append(StreamEvent("text", tail))
             answer, calls, invalid = self.prompter.parse_tool_calls(text.answer)
             events += [StreamEvent("tool_call", tool_call=c) for c in [*calls, *invalid]]
-            if calls or invalid:
+            if calls:  # only a valid call is a tool-call finish
                 finish = "tool_calls"
         plan_dict = plan.to_dict()
         plan_dict["forced_close"] = ctrl.forced_close

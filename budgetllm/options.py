@@ -25,6 +25,7 @@ class CallOptions:
     stop: list[str] | None = None
     tools: list[dict] | None = None
     tool_choice: Any = None
+    response_format: dict | None = None  # json_schema / json_object / regex / grammar (budgetllm.constrain)
     policy: Any = None
     policy_tier: str | None = None
     agent_budget: Any = None

@@ -62,6 +62,11 @@ class Prompter:
 
         return tool_call_prefix(tool_choice, tools)
 
+    def tool_format(self) -> str:
+        from budgetllm.chat_format import tool_call_format
+
+        return tool_call_format(self.tokenizer)
+
     def parse_tool_calls(self, text: str):
         from budgetllm.chat_format import parse_tool_calls
 

@@ -51,7 +51,7 @@ _FIELD_OPTIONS = (
     "policy_tier",
 )
 # Per-call only (from bind_tools, middleware, or invoke kwargs).
-_CALL_ONLY_OPTIONS = ("tools", "tool_choice", "agent_budget", "tool_name", "policy")
+_CALL_ONLY_OPTIONS = ("tools", "tool_choice", "agent_budget", "tool_name", "policy", "response_format")
 _EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
@@ -466,7 +466,7 @@ class ChatDMS(BaseChatModel):
     timeout: float | None = None
     max_retries: int | None = 2
 
-    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
 
     _llm: Any = PrivateAttr(default=None)
     _policy_obj: Any = PrivateAttr(default=None)
@@ -560,8 +560,9 @@ class ChatDMS(BaseChatModel):
             "text_outputs": True,
             "reasoning_output": True,
             "tool_calling": True,
-            "tool_choice": True,  # the engine forces the call opening (chat_format.tool_call_prefix)
-            "structured_output": False,
+            "tool_choice": True,  # a grammar forces the call (budgetllm.constrain)
+            "tool_call_streaming": True,
+            "structured_output": True,  # response_format json_schema / json_object, constrained
         }
         if self.max_tokens:
             static["max_output_tokens"] = self.max_tokens
@@ -701,6 +702,17 @@ class ChatDMS(BaseChatModel):
         if tool_choice is not None and tool_choice is not False:
             kwargs["tool_choice"] = tool_choice
         return super().bind(tools=formatted, **kwargs)
+
+    def with_structured_output(self, schema: Any = None, *, include_raw: bool = False,
+                               method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+                               **kwargs: Any) -> Runnable[Any, Any]:
+        """Answers that parse into ``schema`` (pydantic class, TypedDict, JSON schema or tool), kept
+        to it by constrained decoding. ``method``: "json_schema" (default; response_format),
+        "function_calling" (a forced tool call) or "json_mode" (any JSON object). With
+        ``include_raw`` the result is ``{"raw", "parsed", "parsing_error"}``."""
+        from langchain_budgetllm.structured import structured_output
+
+        return structured_output(self, schema, method=method, include_raw=include_raw, **kwargs)
 
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[dict[str, Any] | type | Callable | BaseTool] | None = None

@@ -146,7 +146,10 @@ def test_tool_calls_stream_and_invoke(chat_fake):
 def test_tools_and_tool_choice_reach_the_engine(chat_fake, fake_llm):
     chat_fake().bind_tools([add], tool_choice="any").invoke("3+4?")
     opts = fake_llm.calls[-1][1]
-    assert opts["tools"][0]["function"]["name"] == "add" and opts["tool_choice"] == "any"
+    # LangChain's "any" / a tool name travel in the OpenAI shape both engines (local, HTTP) take
+    assert opts["tools"][0]["function"]["name"] == "add" and opts["tool_choice"] == "required"
+    chat_fake().bind_tools([add], tool_choice="add").invoke("3+4?")
+    assert fake_llm.calls[-1][1]["tool_choice"] == {"type": "function", "function": {"name": "add"}}
     chat_fake().bind_tools([add], tool_choice="none").invoke("3+4?")
     assert "tools" not in fake_llm.calls[-1][1]
 
@@ -264,7 +267,7 @@ def test_base_url_uses_one_shared_remote_client(monkeypatch):
     made = []
 
     class FakeRemote(FakeLLM):
-        def __init__(self, base_url, api_key=None, timeout=None):
+        def __init__(self, base_url, api_key=None, timeout=None, max_retries=None):
             super().__init__(script=[Scripted(output="remote hello")], model_name="remote-model")
             made.append((base_url, api_key, timeout))
 

@@ -427,6 +427,22 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCa
     return text, [], []
 
 
+def parse_with_tokenizer(tokenizer: Any, text: str) -> tuple[str, list[ToolCall], list[InvalidToolCall]] | None:
+    """The model's own parser (transformers >= 5: ``tokenizer.parse_response`` with the tokenizer's
+    ``response_template``), when the tokenizer has one; None otherwise (use ``parse_tool_calls``)."""
+    if getattr(tokenizer, "response_template", None) is None or not hasattr(tokenizer, "parse_response"):
+        return None
+    try:
+        msg = tokenizer.parse_response(text)
+    except Exception:  # a template that does not match this answer: our parser decides
+        return None
+    if not isinstance(msg, dict):
+        return None
+    calls = [_to_call(tc, json.dumps(tc, ensure_ascii=False, default=str)) for tc in msg.get("tool_calls") or []]
+    good, bad = _split(calls)
+    return _text_of(msg.get("content")), good, bad
+
+
 def _split_top_level(text: str, sep: str) -> list[str]:
     """Split on ``sep`` outside JSON strings and brackets."""
     parts, depth, in_str, esc, cur = [], 0, False, False, []

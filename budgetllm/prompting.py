@@ -68,6 +68,6 @@ class Prompter:
         return tool_call_format(self.tokenizer)
 
     def parse_tool_calls(self, text: str):
-        from budgetllm.chat_format import parse_tool_calls
+        from budgetllm.chat_format import parse_tool_calls, parse_with_tokenizer
 
-        return parse_tool_calls(text)
+        return parse_with_tokenizer(self.tokenizer, text) or parse_tool_calls(text)

@@ -25,11 +25,9 @@ import budgetllm
 from langchain_budgetllm.chunks import PROVIDER, ChunkBuilder
 from langchain_budgetllm.engines import LazyProfile, remote_llm
 from langchain_budgetllm.messages import convert_messages
-from langchain_budgetllm.options import CALL_ONLY_OPTIONS, FIELD_OPTIONS, call_options, check_option
+from langchain_budgetllm.options import FIELD_OPTIONS, call_options, check_option
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-# kept importable under their old names
-_FIELD_OPTIONS, _CALL_ONLY_OPTIONS = FIELD_OPTIONS, CALL_ONLY_OPTIONS
 __all__ = ["ChatDMS", "PROVIDER", "convert_messages"]
 
 

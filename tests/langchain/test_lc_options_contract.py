@@ -9,8 +9,10 @@ import pytest
 
 pytest.importorskip("langchain_core")
 
-from langchain_budgetllm import ChatDMS  # noqa: E402
-from langchain_budgetllm import chat_models  # noqa: E402
+from langchain_budgetllm import (
+    ChatDMS,  # noqa: E402
+    options,  # noqa: E402
+)
 
 from budgetllm.options import CallOptions  # noqa: E402
 
@@ -19,10 +21,10 @@ INTERNAL = {"temperature_requested", "top_p_requested"}  # set by CallOptions.pa
 
 def test_chatdms_options_match_calloptions():
     contract = {f.name for f in fields(CallOptions)} - INTERNAL
-    chat = set(chat_models._FIELD_OPTIONS) | set(chat_models._CALL_ONLY_OPTIONS) | {"stop"}
+    chat = set(options.FIELD_OPTIONS) | set(options.CALL_ONLY_OPTIONS) | {"stop"}
     assert chat == contract, (f"ChatDMS forwards options CallOptions lacks: {sorted(chat - contract)}; "
                               f"CallOptions fields ChatDMS cannot pass: {sorted(contract - chat)}")
-    for name in chat_models._FIELD_OPTIONS:  # each instance-level option is a ChatDMS field
+    for name in options.FIELD_OPTIONS:  # each instance-level option is a ChatDMS field
         assert name in ChatDMS.model_fields, name
 
 

@@ -252,6 +252,16 @@ def render_messages(
         return _apply(tokenizer, folded, None, add_generation_prompt)
 
 
+def tool_call_format(tokenizer: Any) -> str:
+    """The tool-call syntax the model writes: "llama3" (bare ``{"name": ..., "parameters": ...}``)
+    when its template renders tools without ``<tool_call>`` and asks for a "parameters" JSON,
+    else "hermes" (``<tool_call>{json}</tool_call>``: Qwen's own, and our fallback prompt's)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or TOOL_CALL_OPEN in template or not template_capabilities(tokenizer)["tools"]:
+        return "hermes"
+    return "llama3" if '"parameters"' in template or PYTHON_TAG in template else "hermes"
+
+
 def tool_call_prefix(tool_choice: Any, tools: list[dict[str, Any]] | None) -> str | None:
     """Answer prefix that forces a tool call for ``tool_choice``, or None when nothing is forced.
 
@@ -418,6 +428,22 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCa
             if isinstance(call, ToolCall):
                 return "", [call], []
     return text, [], []
+
+
+def parse_with_tokenizer(tokenizer: Any, text: str) -> tuple[str, list[ToolCall], list[InvalidToolCall]] | None:
+    """The model's own parser (transformers >= 5: ``tokenizer.parse_response`` with the tokenizer's
+    ``response_template``), when the tokenizer has one; None otherwise (use ``parse_tool_calls``)."""
+    if getattr(tokenizer, "response_template", None) is None or not hasattr(tokenizer, "parse_response"):
+        return None
+    try:
+        msg = tokenizer.parse_response(text)
+    except Exception:  # a template that does not match this answer: our parser decides
+        return None
+    if not isinstance(msg, dict):
+        return None
+    calls = [_to_call(tc, json.dumps(tc, ensure_ascii=False, default=str)) for tc in msg.get("tool_calls") or []]
+    good, bad = _split(calls)
+    return _text_of(msg.get("content")), good, bad
 
 
 def _split_top_level(text: str, sep: str) -> list[str]:

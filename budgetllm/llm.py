@@ -74,6 +74,7 @@ class LLM:
             from budgetllm.errors import BudgetLLMError
 
             raise BudgetLLMError(f"this LLM ({self.model_name}) is closed; load it again to generate")
+        self._grammar = None  # budgetllm.constrain.GrammarCompiler, made on the first constrained call
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -172,8 +173,9 @@ class LLM:
                                   encode=self.prompter.encode_text, config=self.thinking_config)
         if not opened:
             prompt_ids = prompt_ids + self.prompter.encode_text(ctrl.prompt_suffix())
+        constraint = self._constraint(call)
         forced_call = self.prompter.tool_call_prefix(call.tool_choice, call.tools)
-        if forced_call:  # tool_choice "any"/"required"/a name: the answer starts inside a tool call
+        if forced_call and constraint is None:  # tool_choice "any"/"required"/a name: the answer starts inside a tool call
             ctrl.answer_prefix = self.prompter.encode_text(forced_call)
         check_fitted(plan, len(prompt_ids), self.max_context)
         rule = resolve_rule(self.loaded.dms, plan.compression, len(prompt_ids) + plan.max_tokens, self.backend,
@@ -185,8 +187,23 @@ class LLM:
             prompt_ids=prompt_ids, rule=rule, sampling=sampling, controller=ctrl,
             meter=KVMeter(self.kv_shape, plan.compression, rule.mode, window=_tokens_kept_before_eviction(rule)),
             eos_ids=self.prompter.eos_ids,
-            banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config))
-        yield from self._output.events(self.backend, req, plan, stop=call.stop, with_tools=bool(call.tools))
+            banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config), constraint=constraint)
+        try:
+            yield from self._output.events(self.backend, req, plan, stop=call.stop, with_tools=bool(call.tools))
+        finally:
+            if constraint is not None:
+                constraint.close()  # ended, cancelled or failed: the matcher goes
+
+    def _constraint(self, call: CallOptions):
+        """The call's grammar (response_format, its tool calls, or both), or None (budgetllm.constrain)."""
+        from budgetllm.constrain import GrammarCompiler, available, call_spec
+
+        spec = call_spec(call.response_format, call.tools, call.tool_choice, self.prompter.tool_format())
+        if spec is None or (call.response_format is None and not available()):
+            return None  # without xgrammar, tool calls run unconstrained (and are still parsed and checked)
+        if self._grammar is None:
+            self._grammar = GrammarCompiler(self.tokenizer, getattr(self.loaded.config, "vocab_size", None))
+        return self._grammar.constraint(spec, self.prompter.eos_ids)
 
     def _prompt(self, messages, call: CallOptions) -> tuple[list[int], bool]:
         """The prompt's token ids, and whether the template already opens a thinking block

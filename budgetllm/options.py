@@ -56,6 +56,7 @@ class CallOptions:
     stop: list[str] | None = _opt("stop", doc=f"at most {MAX_STOP_STRINGS} strings of 1..{MAX_STOP_CHARS} chars")
     tools: list[dict] | None = _opt("tools", doc="OpenAI-style tool definitions")
     tool_choice: Any = _opt("tool_choice", doc="none, auto, required/any, or a tool's name")
+    response_format: dict | None = _opt("response_format", doc="json_schema / json_object / regex / grammar (budgetllm.constrain)")
     policy: Any = _opt("policy", doc="a BudgetPolicy for this call")
     policy_tier: str | None = _opt("tier", doc="a tier of the (tiered) policy")
     agent_budget: Any = _opt("agent_budget", doc="an AgentBudget (what the agent has left)")
@@ -190,6 +191,10 @@ def _check(name: str, b: Bound, value: Any) -> Any:
         if not isinstance(value, AgentBudget):
             raise InvalidRequestError(name, f"must be a budgetllm.AgentBudget, got {type(value).__name__}")
         return value
+    if b.kind == "response_format":
+        if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+            raise InvalidRequestError(name, "must be a dict with a 'type' (json_schema, json_object, regex or grammar)")
+        return value  # its schema is checked where it compiles (budgetllm.constrain)
     if b.kind in ("tier", "str"):
         if not isinstance(value, str) or not value:
             raise InvalidRequestError(name, f"must be a non-empty string, got {value!r}")

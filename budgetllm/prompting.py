@@ -62,7 +62,12 @@ class Prompter:
 
         return tool_call_prefix(tool_choice, tools)
 
-    def parse_tool_calls(self, text: str):
-        from budgetllm.chat_format import parse_tool_calls
+    def tool_format(self) -> str:
+        from budgetllm.chat_format import tool_call_format
 
-        return parse_tool_calls(text)
+        return tool_call_format(self.tokenizer)
+
+    def parse_tool_calls(self, text: str):
+        from budgetllm.chat_format import parse_tool_calls, parse_with_tokenizer
+
+        return parse_with_tokenizer(self.tokenizer, text) or parse_tool_calls(text)

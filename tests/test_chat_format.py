@@ -305,3 +305,21 @@ def test_splitter_bare_json_held():
 
 def test_splitter_brace_later_in_text_is_text():
     assert _run(["The set ", "{1, 2}"]) == ("The set {1, 2}", "")
+
+
+def test_tokenizer_parse_response_is_used_when_the_tokenizer_has_a_template():
+    from budgetllm.chat_format import parse_with_tokenizer
+
+    class Tok:
+        response_template = {"x": 1}
+
+        def parse_response(self, text):
+            assert text == "RAW"
+            return {"role": "assistant", "content": "hi", "tool_calls": [
+                {"type": "function", "function": {"name": "add", "arguments": {"a": 1}}},
+                {"type": "function", "function": {"name": "bad", "arguments": "{oops"}}]}
+
+    text, good, bad = parse_with_tokenizer(Tok(), "RAW")
+    assert text == "hi" and [(c.name, c.arguments) for c in good] == [("add", {"a": 1})]
+    assert [c.name for c in bad] == ["bad"]
+    assert parse_with_tokenizer(object(), "RAW") is None  # no template: the hand-written parser decides

@@ -32,6 +32,8 @@ class GenerationRequest:
     decode_seconds: float = 0.0
     cached_tokens: int = 0  # prompt tokens whose compressed cache was reused from an earlier call
     cancelled: bool = False
+    # a grammar for the answer (budgetllm.constrain.Constraint): masks sampling, sees every answer token
+    constraint: object = None
     # seconds from the call to: first scheduled, its first forward launched, that forward read back
     # (paged backend; for time-to-first-token breakdowns in benchmarks)
     phases: dict = field(default_factory=dict)
@@ -116,8 +118,11 @@ class ReferenceBackend:
                     tok = forced
                 else:
                     banned = req.banned_after_thinking if not ctrl.thinking and ctrl.budget else None
-                    tok = sampler(logits, banned)
+                    tok = sampler(logits, banned, None if ctrl.thinking else req.constraint)
                 thinking = ctrl.thinking
+                if not thinking and req.constraint is not None and not req.constraint.accept(tok):
+                    yield StepOutput(-1, False, finished="length")  # a dead end of the grammar
+                    return
                 if thinking:
                     if not ctrl.observe(tok, is_eos=forced is None and tok in req.eos_ids):
                         continue  # an EOS inside the block: the controller closes it instead

@@ -5,12 +5,20 @@ argmax. Sampling uses the exponential race (argmax of p / E with E ~ Exp(1)), wh
 ``multinomial`` (and so no sync). Banned tokens (the thinking tags after a closed thinking block)
 are masked with host-built index tensors copied asynchronously.
 
+Grammar-constrained rows (requests with a :class:`budgetllm.constrain.Constraint`, in their answer)
+get a packed token bitmask: the host fills it while the GPU runs the step's forward (the engine
+builds the batch after launching it), copies it asynchronously, and the sampler masks exactly those
+rows (``index_select`` / ``index_copy``: no sync, no data-dependent shapes). A batch without such a
+row builds nothing and launches nothing extra; a row whose grammar allows every token (free text
+before a tool call) is skipped too.
+
 Unlike the reference Sampler (one seeded generator per request), one generator serves the whole
 batch: with ``seed`` set, sampled streams are reproducible for the same batch composition only.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +37,50 @@ class SamplingBatch:
     any_top_k: bool
     banned_rows: torch.Tensor | None = None  # [K] int64
     banned_ids: torch.Tensor | None = None  # [K] int64
+    mask_rows: torch.Tensor | None = None  # [M] int64: the rows with a grammar mask
+    mask_bits: torch.Tensor | None = None  # [M, ceil(V/32)] int32: their packed allowed-token bits
+
+
+class HostMasks:
+    """Fills the bitmasks of the constrained rows into one reused (pinned on CUDA) host buffer.
+
+    Reuse is safe: every engine step ends with a readback that waits for the step's copies."""
+
+    def __init__(self) -> None:
+        self._buf: torch.Tensor | None = None
+
+    def build(self, constraints: list, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        from budgetllm.constrain.mask import allocate_bitmask
+
+        live = [(b, c) for b, c in enumerate(constraints) if c is not None]
+        if not live:
+            return None, None
+        vocab = live[0][1].vocab_size
+        buf = self._buf
+        if buf is None or buf.shape[0] < len(live) or buf.shape[1] * 32 < vocab:
+            buf = self._buf = allocate_bitmask(max(len(live), 8), vocab, pin=device.type == "cuda")
+        rows = []
+        for b, c in live:
+            if c.fill(buf, len(rows)):  # False: every token allowed, nothing to apply
+                rows.append(b)
+        if not rows:
+            return None, None
+        pin = device.type == "cuda"
+        rows_t = torch.tensor(rows, dtype=torch.int64, pin_memory=pin).to(device, non_blocking=True)
+        return rows_t, buf[:len(rows)].to(device, non_blocking=True)
+
+
+_HOST_MASKS = threading.local()  # one buffer per engine thread
 
 
 def make_sampling_batch(params: list[SamplingParams], banned: list[list[int] | None],
-                        device: torch.device) -> SamplingBatch:
+                        device: torch.device, constraints: list | None = None) -> SamplingBatch:
+    """``constraints[b]``: row b's grammar when its next token is an answer token (else None)."""
+    mask_rows = mask_bits = None
+    if constraints and any(c is not None for c in constraints):
+        host = getattr(_HOST_MASKS, "masks", None) or HostMasks()
+        _HOST_MASKS.masks = host
+        mask_rows, mask_bits = host.build(constraints, device)
     greedy = [p.greedy for p in params]
     temps = [max(p.temperature, 1e-5) for p in params]
     top_p = [float(p.top_p) for p in params]
@@ -51,13 +99,15 @@ def make_sampling_batch(params: list[SamplingParams], banned: list[list[int] | N
         return SamplingBatch(greedy=None, temperature=None, top_p=None, top_k=None, all_greedy=True,
                              any_top_p=False, any_top_k=False,
                              banned_rows=t(rows, torch.int64) if rows else None,
-                             banned_ids=t(ids, torch.int64) if rows else None)
+                             banned_ids=t(ids, torch.int64) if rows else None,
+                             mask_rows=mask_rows, mask_bits=mask_bits)
 
     return SamplingBatch(
         greedy=t(greedy, torch.bool), temperature=t(temps, torch.float32), top_p=t(top_p, torch.float32),
         top_k=t(top_k, torch.int64), all_greedy=all(greedy), any_top_p=any(p < 1.0 for p in top_p),
         any_top_k=any(k > 0 for k in top_k),
         banned_rows=t(rows, torch.int64) if rows else None, banned_ids=t(ids, torch.int64) if rows else None,
+        mask_rows=mask_rows, mask_bits=mask_bits,
     )
 
 
@@ -71,6 +121,10 @@ class GPUSampler:
         """logits [B, V] float32 (modified in place when tokens are banned) -> tokens [B] int64."""
         if sb.banned_rows is not None:
             logits[sb.banned_rows, sb.banned_ids] = float("-inf")
+        if sb.mask_rows is not None:
+            from budgetllm.constrain.mask import apply_bitmask
+
+            apply_bitmask(logits, sb.mask_bits, sb.mask_rows)
         greedy_tok = torch.argmax(logits, dim=-1)
         if sb.all_greedy:
             return greedy_tok

@@ -95,11 +95,12 @@ def row_rule_for(h: Handle, has_logits: bool, pool_window: int) -> RowRule:
 
 
 def sampling_for(handles: list[Handle], device: torch.device) -> SamplingBatch:
-    banned = []
+    banned, constraints = [], []
     for h in handles:
         ctrl = h.req.controller
         banned.append(h.req.banned_after_thinking if not ctrl.thinking and ctrl.budget else None)
-    return make_sampling_batch([h.req.sampling for h in handles], banned, device)
+        constraints.append(None if ctrl.thinking else h.req.constraint)  # grammars start with the answer
+    return make_sampling_batch([h.req.sampling for h in handles], banned, device, constraints)
 
 
 def advance(h: Handle, seq: Sequence, sampled: int) -> str | None:
@@ -122,6 +123,9 @@ def advance(h: Handle, seq: Sequence, sampled: int) -> str | None:
         return "stop"
     else:
         ctrl.observe(tok)
+    if not thinking and req.constraint is not None and not req.constraint.accept(tok):
+        h.emit(StepOutput(-1, False, finished="length"))  # a dead end of the grammar
+        return "length"
     seq.append_token(tok)
     if not ctrl.thinking and ctrl.answer_budget_left() <= 0:
         h.emit(StepOutput(tok, thinking))

@@ -224,7 +224,8 @@ class ModelRunner:
         ``decoded``: ``logits`` came from :meth:`decode`, whose step already took the argmax; an
         all-greedy batch without banned tokens then needs no kernel here, only the copy."""
         S = self.pool.num_slots
-        if decoded and logits is not None and sb is not None and sb.all_greedy and sb.banned_rows is None:
+        if decoded and logits is not None and sb is not None and sb.all_greedy and sb.banned_rows is None \
+                and sb.mask_rows is None:
             B, maxbs = logits.shape[0], self.cfg.max_seqs
             host = self.read_buf.cpu().tolist()
             return Readback(host[:B], _SlotView(host[maxbs:maxbs + 3 * S], S), host[-1])

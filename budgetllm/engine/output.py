@@ -82,7 +82,7 @@ class CallOutput:
                 events.append(StreamEvent("text", tail))
             answer, calls, invalid = self.prompter.parse_tool_calls(text.answer)
             events += [StreamEvent("tool_call", tool_call=c) for c in [*calls, *invalid]]
-            if calls or invalid:
+            if calls:  # only a valid call is a tool-call finish
                 finish = "tool_calls"
         usage = Usage(
             input_tokens=len(req.prompt_ids),

@@ -1,4 +1,9 @@
-"""Next-token sampling: greedy, temperature, top-k, top-p, with a per-request seeded generator."""
+"""Next-token sampling: greedy, temperature, top-k, top-p, with a per-request seeded generator.
+
+A request with a grammar (:class:`budgetllm.constrain.Constraint`) passes it for answer tokens:
+the tokens it does not allow are masked before sampling. When it allows nothing (a dead end),
+the sampler returns -1 and the loop ends the request.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +20,22 @@ class Sampler:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(params.seed if params.seed is not None else torch.seed() % (2**63))
 
-    def __call__(self, logits: torch.Tensor, banned: list[int] | None = None) -> int:
-        """logits: [vocab] float32 -> token id."""
+        self._bitmask: torch.Tensor | None = None
+
+    def __call__(self, logits: torch.Tensor, banned: list[int] | None = None, constraint=None) -> int:
+        """logits: [vocab] float32 -> token id (-1: the constraint allows no token)."""
         logits = logits.float().clone()
         if banned:
             logits[banned] = float("-inf")
+        if constraint is not None:
+            from budgetllm.constrain.mask import allocate_bitmask, apply_bitmask
+
+            if self._bitmask is None:
+                self._bitmask = allocate_bitmask(1, constraint.vocab_size)
+            if constraint.fill(self._bitmask, 0):
+                apply_bitmask(logits[None], self._bitmask.to(logits.device))
+                if not bool(torch.isfinite(logits).any()):
+                    return -1
         p = self.params
         if p.greedy:
             return int(torch.argmax(logits))

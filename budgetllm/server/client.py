@@ -41,6 +41,7 @@ __all__ = ["RemoteLLM", "RemoteError", "AuthenticationError", "ServerUnavailable
 WIRE_OPTIONS = frozenset({
     "max_tokens", "thinking_budget", "answer_reserve", "compression", "reasoning_effort", "temperature",
     "top_p", "top_k", "seed", "stop", "tools", "tool_choice", "policy_tier", "agent_budget", "tool_name",
+    "response_format",
 })
 
 

@@ -126,9 +126,10 @@ class ChatCompletionRequest(_Edge):
 
     @field_validator("response_format")
     @classmethod
-    def _text_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None and v.get("type", "text") != "text":
-            raise ValueError(f"response_format type {v.get('type')!r} is not supported; only 'text'")
+    def _known_format(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        from budgetllm.constrain import parse_response_format
+
+        parse_response_format(v)  # text, json_schema, json_object (+ regex, grammar); schema errors name their path
         return v
 
     @field_validator("stop")
@@ -163,6 +164,7 @@ class ChatCompletionRequest(_Edge):
             ("policy_tier", self.policy_tier),
             ("tool_name", self.tool_name),
             ("tool_choice", self.tool_choice),
+            ("response_format", self.response_format),
         ):
             if value is not None:
                 opts[key] = value

@@ -39,9 +39,11 @@ def test_invalid_per_call_settings_name_the_field(chat_fake, field, value):
         chat.invoke("hi", **{field: value})
 
 
-def test_extra_standard_params_are_accepted():
-    chat = ChatDMS(timeout=60, max_retries=2, api_key="test", stop=[], unknown_param=1)
+def test_standard_params_are_accepted_and_unknown_ones_raise():
+    chat = ChatDMS(timeout=60, max_retries=2, api_key="test", stop=[])
     assert chat.api_key.get_secret_value() == "test"
+    with pytest.raises(ValueError, match="unknown_param"):  # never silently dropped
+        ChatDMS(unknown_param=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +146,10 @@ def test_tool_calls_stream_and_invoke(chat_fake):
 def test_tools_and_tool_choice_reach_the_engine(chat_fake, fake_llm):
     chat_fake().bind_tools([add], tool_choice="any").invoke("3+4?")
     opts = fake_llm.calls[-1][1]
-    assert opts["tools"][0]["function"]["name"] == "add" and opts["tool_choice"] == "any"
+    # LangChain's "any" / a tool name travel in the OpenAI shape both engines (local, HTTP) take
+    assert opts["tools"][0]["function"]["name"] == "add" and opts["tool_choice"] == "required"
+    chat_fake().bind_tools([add], tool_choice="add").invoke("3+4?")
+    assert fake_llm.calls[-1][1]["tool_choice"] == {"type": "function", "function": {"name": "add"}}
     chat_fake().bind_tools([add], tool_choice="none").invoke("3+4?")
     assert "tools" not in fake_llm.calls[-1][1]
 
@@ -233,7 +238,25 @@ def test_with_structured_output_binds_tool_and_parses(chat_fake):
 
     out = '<tool_call>\n{"name": "Sum", "arguments": {"total": 7}}\n</tool_call>'
     chat = chat_fake([Scripted(output=out)])
+    assert chat.with_structured_output(Sum, method="function_calling").invoke("3+4?") == Sum(total=7)
+
+
+def test_with_structured_output_json_schema_sends_the_schema(chat_fake, fake_llm):
+    from pydantic import BaseModel
+
+    class Sum(BaseModel):
+        """The sum."""
+
+        total: int
+
+    chat = chat_fake([Scripted(output='{"total": 7}'), Scripted(output="not json")])
     assert chat.with_structured_output(Sum).invoke("3+4?") == Sum(total=7)
+    rf = fake_llm.calls[-1][1]["response_format"]
+    assert rf["type"] == "json_schema" and rf["json_schema"]["schema"]["properties"]["total"]["type"] == "integer"
+    raw = chat.with_structured_output(Sum, include_raw=True).invoke("3+4?")
+    assert raw["parsed"] is None and raw["parsing_error"] is not None and raw["raw"].content == "not json"
+    with pytest.raises(ValueError, match="method"):
+        chat.with_structured_output(Sum, method="xml")
 
 
 def test_base_url_uses_one_shared_remote_client(monkeypatch):
@@ -244,7 +267,7 @@ def test_base_url_uses_one_shared_remote_client(monkeypatch):
     made = []
 
     class FakeRemote(FakeLLM):
-        def __init__(self, base_url, api_key=None, timeout=None):
+        def __init__(self, base_url, api_key=None, timeout=None, max_retries=None):
             super().__init__(script=[Scripted(output="remote hello")], model_name="remote-model")
             made.append((base_url, api_key, timeout))
 

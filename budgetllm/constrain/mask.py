@@ -1,0 +1,54 @@
+"""Packed token bitmasks on torch tensors: allocate on the host, apply to logits on any device.
+
+``apply_bitmask(logits, bitmask, rows)`` sets the logits of disallowed tokens to -inf for the
+listed rows only (the batched GPU sampler passes exactly the constrained rows). Pure tensor ops, no
+host sync, no data-dependent shapes: it runs inside a CUDA graph and on the CPU alike. The naive
+twin ``apply_bitmask_reference`` loops over tokens and is the test oracle.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from budgetllm.constrain.matcher import bitmask_width
+
+_SHIFTS: dict[torch.device, torch.Tensor] = {}
+
+
+def allocate_bitmask(batch: int, vocab_size: int, pin: bool = False) -> torch.Tensor:
+    """[batch, ceil(vocab/32)] int32, every token allowed (-1 = all 32 bits set)."""
+    return torch.full((batch, bitmask_width(vocab_size)), -1, dtype=torch.int32, pin_memory=pin)
+
+
+def allowed_tokens(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[B, W] int32 -> [B, vocab] bool."""
+    shifts = _SHIFTS.get(bitmask.device)
+    if shifts is None:
+        shifts = _SHIFTS[bitmask.device] = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    bits = (bitmask[:, :, None] >> shifts) & 1
+    return bits.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+    """In place: logits [B, V] (rows given: bitmask [K, W] for logits[rows]; else bitmask [B, W])."""
+    vocab = logits.shape[-1]
+    allowed = allowed_tokens(bitmask, min(vocab, bitmask.shape[-1] * 32))
+    if allowed.shape[-1] < vocab:  # logits wider than the grammar's vocabulary: the rest is never allowed
+        pad = torch.zeros(allowed.shape[0], vocab - allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+        allowed = torch.cat([allowed, pad], dim=1)
+    if rows is None:
+        logits.masked_fill_(~allowed, float("-inf"))
+    else:
+        sub = logits.index_select(0, rows).masked_fill_(~allowed, float("-inf"))
+        logits.index_copy_(0, rows, sub)
+
+
+def apply_bitmask_reference(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int] | None = None) -> None:
+    """The naive twin: one token at a time."""
+    rows = list(range(logits.shape[0])) if rows is None else rows
+    for k, b in enumerate(rows):
+        for t in range(logits.shape[1]):
+            word = t // 32
+            ok = word < bitmask.shape[1] and (int(bitmask[k, word]) >> (t % 32)) & 1
+            if not ok:
+                logits[b, t] = float("-inf")

@@ -1,4 +1,5 @@
-"""Per-call options: validation with messages that name the field, and the call's eviction rule."""
+"""Per-call options: validation with messages that name the field (the call's eviction rule is built
+once, by ``budgetllm.engine.eviction.EvictionRule.for_call``)."""
 
 from __future__ import annotations
 
@@ -64,33 +65,3 @@ class CallOptions:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
 
-
-def resolve_rule(dms, compression: float, total_tokens: int, backend, prompt_ids: list[int]):
-    """The eviction rule for one call.
-
-    * compression 1: dense (nothing is evicted; exactly the base model).
-    * a model with learned decisions: the threshold from :meth:`DMSSpec.threshold_for` (native ratio:
-      logit > 0; other ratios: the adapter's threshold table). Without a table, the fallback
-      calibrates on the prompt itself: one dense pass collects every layer's decision logits and
-      the threshold is their 1/ratio quantile (so 1 - 1/ratio of them evict) (prompts under 16 tokens use the native rule).
-    * a model without decisions: the training-free sliding window (StreamingLLM: 4 sink tokens
-      and the last W tokens) with W chosen so that the whole call lands near the ratio (W >= 64:
-      shorter windows wreck quality, so short calls compress less, and the measured ratio says so).
-    """
-    from budgetllm.engine.eviction import EvictionRule
-
-    if compression <= 1.0:
-        return EvictionRule("dense", window=dms.window)
-    if not dms.has_decisions:
-        sinks = 4
-        window = max(64, math.ceil(total_tokens / compression) - sinks)
-        return EvictionRule("window", window=window, sinks=sinks)
-    threshold = dms.threshold_for(compression)
-    if threshold is None:
-        threshold = 0.0
-        if len(prompt_ids) >= 16:
-            import torch
-
-            logits = torch.cat([x.flatten() for x in backend.prompt_logits(prompt_ids)]).float()
-            threshold = float(torch.quantile(logits, 1.0 / compression))  # keep 1/ratio of the decisions
-    return EvictionRule("dms", window=dms.window, threshold=threshold)

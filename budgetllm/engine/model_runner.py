@@ -2,7 +2,8 @@
 steps, CUDA graphs, sampling and the one readback per step.
 
 Decode inputs live in static device buffers (``ibuf`` int32 [6, maxbs]: token ids, slots, seq_pos
-increment, rule code, sinks, period; ``thr`` float64 [maxbs]) filled by one async copy from pinned
+increment, rule code, sinks, period; ``thr`` float64 [layers, maxbs, KV heads]: each row's threshold
+per (layer, KV head)) filled by one async copy from pinned
 host memory, so a step is: copy in -> graph replay (or eager) -> sample on GPU -> one readback of
 (sampled tokens, pages and live entries per slot, overflow flags, free pages). Positions are read
 from ``kv.seq_pos`` on the GPU; row lengths and block tables never leave the GPU.
@@ -10,6 +11,7 @@ from ``kv.seq_pos`` on the GPU; row lengths and block tables never leave the GPU
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +93,7 @@ class ModelRunner:
         self.pad_slots = list(range(self.pool.padding_slot0, self.pool.padding_slot0 + pad))
         maxbs = cfg.max_seqs
         self.ibuf = torch.zeros(6, maxbs, dtype=torch.int32, device=self.device)
-        self.thr = torch.zeros(maxbs, dtype=torch.float64, device=self.device)
+        self.thr = torch.zeros(c.num_hidden_layers, maxbs, m.H, dtype=torch.float64, device=self.device)
         self.logits_buf = torch.zeros(maxbs, m.vocab, dtype=torch.float32, device=self.device)
         # one readback buffer: greedy tokens of the decode step [maxbs] (argmax inside the graph),
         # then per-slot pages / live entries / overflow flags and the free-page count
@@ -99,7 +101,7 @@ class ModelRunner:
         self.stats_buf = self.read_buf[maxbs:]
         pin = self.device.type == "cuda"
         self.ibuf_host = torch.zeros(6, maxbs, dtype=torch.int32, pin_memory=pin)
-        self.thr_host = torch.zeros(maxbs, dtype=torch.float64, pin_memory=pin)
+        self.thr_host = torch.zeros(c.num_hidden_layers, maxbs, m.H, dtype=torch.float64, pin_memory=pin)
         self.ibuf_np, self.thr_np = self.ibuf_host.numpy(), self.thr_host.numpy()
         self.sampler = GPUSampler(self.device, cfg.seed)
         self.graphs = DecodeGraphs(self, self.buckets, emulate=cfg.emulate_graphs) if self.use_graphs else None
@@ -123,7 +125,7 @@ class ModelRunner:
         slots_l = slots.long()
         pos = kv.seq_pos[slots_l].long()
         base, uses_thr = step_decisions(pos, ib[3], ib[4], ib[5], m.H)
-        decide = (self.thr[:bs], base, uses_thr)
+        decide = (self.thr[:, :bs], base, uses_thr)
         x, h = m.embed_norm(ids)
         for li in range(m.num_layers):
             q, k, v, dec = m.attention_inputs(li, x, h, pos, decide)
@@ -152,10 +154,10 @@ class ModelRunner:
         h, t = self.ibuf_np, self.thr_np
         for i, (slot, tok, r) in enumerate(rows):
             h[:, i] = (tok, slot, 1, r.code, r.sinks, r.period)
-            t[i] = r.thr
+            t[:, i] = _grid(r, t.shape[0], t.shape[2])
         for j, i in enumerate(range(len(rows), bs)):
             h[:, i] = (0, self.pad_slots[j], 0, ALWAYS, 0, 1)
-            t[i] = 0.0
+            t[:, i] = 0.0
         # whole buffers: contiguous pinned -> device copies stay asynchronous (a few hundred bytes)
         self.ibuf.copy_(self.ibuf_host, non_blocking=True)
         self.thr.copy_(self.thr_host, non_blocking=True)
@@ -190,7 +192,8 @@ class ModelRunner:
         code = torch.tensor(per_tok(lambda r: r.code), dtype=torch.int32)
         sinks = torch.tensor(per_tok(lambda r: r.sinks), dtype=torch.int32)
         period = torch.tensor(per_tok(lambda r: r.period), dtype=torch.int32)
-        thr = torch.tensor(per_tok(lambda r: r.thr), dtype=torch.float64)
+        thr = torch.cat([r.thr_grid(m.num_layers, m.H)[:, None].expand(-1, n, -1)
+                         for (_, _, _, r), n in zip(items, lens, strict=True)], dim=1)  # [L, tokens, H]
         ids, pos, code, sinks, period, thr = (t.to(dev, non_blocking=True) for t in (ids, pos, code, sinks, period, thr))
         slots = torch.tensor([s for s, _, _, _ in items], dtype=torch.int32, device=dev)
         cu = torch.tensor(cu_host, dtype=torch.int32, device=dev)
@@ -226,3 +229,11 @@ class ModelRunner:
         host = torch.cat(parts).cpu().tolist()
         B = len(host) - 3 * S - 1
         return Readback(host[:B], _SlotView(host[B:], S), host[-1])
+
+
+@functools.lru_cache(maxsize=256)
+def _grid(rule: RowRule, num_layers: int, num_kv_heads: int):
+    """A row's thresholds as a read-only float64 [L, H] array (cached: a decode step stages one per row)."""
+    arr = rule.thr_grid(num_layers, num_kv_heads).numpy()
+    arr.flags.writeable = False
+    return arr

@@ -58,8 +58,8 @@ def test_per_head_thresholds_equal_reference(pair):
     ref, paged = pair
     dms = ref.loaded.dms  # shared by both backends
     L, H = ref.loaded.config.num_hidden_layers, ref.loaded.config.num_key_value_heads
-    dms.set_table({2.0: [[50.0 * (h - l) for h in range(H)] for l in range(L)],
-                   4.0: [[-60.0 + 40.0 * h * l for h in range(H)] for l in range(L)]}, L, H)
+    dms.set_table({2.0: [[50.0 * (h - li) for h in range(H)] for li in range(L)],
+                   4.0: [[-60.0 + 40.0 * h * li for h in range(H)] for li in range(L)]}, L, H)
     try:
         a = ref.generate("Tell me about the sea and the ships.", compression=3, max_tokens=12)
         b = paged.generate("Tell me about the sea and the ships.", compression=3, max_tokens=12)

@@ -115,8 +115,8 @@ def _first_divergence(a: list[int], b: list[int]) -> int | None:
 
 def test_smollm2_bf16_equals_reference_up_to_near_ties():
     from budgetllm import LLM
-    from budgetllm.engine.reference import ReferenceSequence
     from budgetllm.engine.eviction import EvictionRule
+    from budgetllm.engine.reference import ReferenceSequence
 
     ref = LLM.from_pretrained(None, backend="reference", device="cuda", progress=False)
     # Without a DMS adapter, CR 8 is StreamingLLM with the window EvictionRule.for_call picks: 64 for calls under

@@ -159,7 +159,8 @@ def self_distill(hf_model, tokenizer, tasks: list[Task], *, max_new_tokens: int 
 
 
 def load_text_files(paths, tokenizer) -> list[list[int]]:
-    """.txt/.md files (whole file) and .jsonl files (fields "text", "prompt"+"completion" or "messages")."""
+    """.txt/.md files (whole file) and .jsonl files (fields "ids" (token ids, e.g. ``budgetllm make-traces``),
+    "text", "prompt"+"completion" or "messages")."""
     seqs = []
     for path in paths:
         path = Path(path)
@@ -173,6 +174,9 @@ def load_text_files(paths, tokenizer) -> list[list[int]]:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}, line {n}: not JSON ({e.msg})") from None
+                if "ids" in rec:
+                    seqs.append([int(t) for t in rec["ids"]])
+                    continue
                 if "messages" in rec:
                     text = tokenizer.apply_chat_template(rec["messages"], tokenize=False)
                 elif "text" in rec:
@@ -180,7 +184,7 @@ def load_text_files(paths, tokenizer) -> list[list[int]]:
                 elif "prompt" in rec:
                     text = rec["prompt"] + rec.get("completion", "")
                 else:
-                    raise ValueError(f"{path}, line {n}: needs a 'text', 'prompt' or 'messages' field")
+                    raise ValueError(f"{path}, line {n}: needs an 'ids', 'text', 'prompt' or 'messages' field")
                 seqs.append(tokenizer.encode(text, add_special_tokens=False))
         else:
             seqs.append(tokenizer.encode(path.read_text(), add_special_tokens=False))

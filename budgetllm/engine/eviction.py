@@ -32,10 +32,16 @@ class RowRule:
     period: int = 1
 
     def thr_grid(self, num_layers: int, num_kv_heads: int) -> torch.Tensor:
-        """The threshold as a float64 [L, H] tensor (a number is broadcast)."""
-        if isinstance(self.thr, tuple):
-            return torch.tensor(self.thr, dtype=torch.float64)
-        return torch.full((num_layers, num_kv_heads), float(self.thr), dtype=torch.float64)
+        """The threshold as a float64 [L, H] CPU tensor (a number is broadcast); built once per rule
+        (the engine stages it every decode step), so treat it as read-only."""
+        cached = self.__dict__.get("_grid")
+        if cached is None or cached.shape != (num_layers, num_kv_heads):
+            if isinstance(self.thr, tuple):
+                cached = torch.tensor(self.thr, dtype=torch.float64)
+            else:
+                cached = torch.full((num_layers, num_kv_heads), float(self.thr), dtype=torch.float64)
+            object.__setattr__(self, "_grid", cached)  # a cache, not a field: eq and hash ignore it
+        return cached
 
 
 def _finite(threshold: Threshold) -> bool:

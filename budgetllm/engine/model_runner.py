@@ -11,7 +11,6 @@ from ``kv.seq_pos`` on the GPU; row lengths and block tables never leave the GPU
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -154,7 +153,7 @@ class ModelRunner:
         h, t = self.ibuf_np, self.thr_np
         for i, (slot, tok, r) in enumerate(rows):
             h[:, i] = (tok, slot, 1, r.code, r.sinks, r.period)
-            t[:, i] = _grid(r, t.shape[0], t.shape[2])
+            t[:, i] = r.thr_grid(t.shape[0], t.shape[2]).numpy()
         for j, i in enumerate(range(len(rows), bs)):
             h[:, i] = (0, self.pad_slots[j], 0, ALWAYS, 0, 1)
             t[:, i] = 0.0
@@ -229,11 +228,3 @@ class ModelRunner:
         host = torch.cat(parts).cpu().tolist()
         B = len(host) - 3 * S - 1
         return Readback(host[:B], _SlotView(host[B:], S), host[-1])
-
-
-@functools.lru_cache(maxsize=256)
-def _grid(rule: RowRule, num_layers: int, num_kv_heads: int):
-    """A row's thresholds as a read-only float64 [L, H] array (cached: a decode step stages one per row)."""
-    arr = rule.thr_grid(num_layers, num_kv_heads).numpy()
-    arr.flags.writeable = False
-    return arr

@@ -177,7 +177,7 @@ def main() -> None:
 
     # -- threshold table + measured compression -------------------------------------------------
     loaded.dms = tr.trained_spec()
-    table, records = fit_threshold_table(loaded, held_rows, iters=10 if dev == "cuda" else 4)
+    table, records = fit_threshold_table(loaded, held_rows)
     log(f"threshold table {table}")
     loaded.dms.threshold_table = table
     comp = compression_at_lengths(loaded, held_stream, (1024, 4096, 8192) if not a.quick else (300, 600))

@@ -89,6 +89,8 @@ _PLUGINS = [
     ("budgetllm.calibrate", "add_calibrate_subcommand"),
     ("budgetllm.dms.cli", "add_retrofit_subcommand"),
     ("budgetllm.dms.cli", "add_eval_subcommand"),
+    ("budgetllm.dms.cli", "add_calibrate_thresholds_subcommand"),
+    ("budgetllm.dms.traces", "add_traces_subcommand"),
     ("budgetllm.server", "add_serve_subcommand"),
     ("budgetllm.benchmarks.cli", "add_bench_subcommand"),
 ]

@@ -14,7 +14,7 @@ from budgetllm.engine.generation import GenerationRequest
 from budgetllm.engine.output import CallOutput
 from budgetllm.engine.thinking import ThinkingController
 from budgetllm.errors import InvalidRequestError
-from budgetllm.options import CallOptions, check_option, check_policy_tier, resolve_rule, validate_messages
+from budgetllm.options import CallOptions, check_option, check_policy_tier, validate_messages
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, ModelProfile, RequestedLimits
 from budgetllm.policy.fit import PlannedPolicy, check_fitted, escalate_call, plan_call
 from budgetllm.prompting import Prompter
@@ -80,16 +80,19 @@ class LLM:
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, compression: float = 8.0, device: str | None = None,
                         backend: str | None = None, dtype: Any = None, policy: BudgetPolicy | None = None,
-                        adapter: str | None = None, progress: bool = True, **backend_options: Any) -> LLM:
+                        adapter: str | None = None, progress: bool = True, tokenizer: str | None = None,
+                        thresholds: str | None = None, **backend_options: Any) -> LLM:
         """Load ``model`` (None: the embedded default) and pick a backend.
 
         backend: "reference" (PyTorch, any device) or "paged" (the fast GPU engine); default
-        "paged" on CUDA, else "reference".
+        "paged" on CUDA, else "reference". tokenizer: another tokenizer (HF id or directory);
+        thresholds: a threshold-table file (see ``budgetllm calibrate-thresholds``).
         """
         from budgetllm.models.loading import load_model
 
         _check_compression(compression)
-        loaded = load_model(model, device=device, dtype=dtype, adapter=adapter, progress=progress)
+        loaded = load_model(model, device=device, dtype=dtype, adapter=adapter, progress=progress,
+                            tokenizer=tokenizer, thresholds=thresholds)
         backend = backend or ("paged" if loaded.device.type == "cuda" else "reference")
         if backend == "reference":
             from budgetllm.engine.generation import ReferenceBackend
@@ -178,14 +181,14 @@ class LLM:
         if forced_call and constraint is None:  # tool_choice "any"/"required"/a name: the answer starts inside a tool call
             ctrl.answer_prefix = self.prompter.encode_text(forced_call)
         check_fitted(plan, len(prompt_ids), self.max_context)
-        rule = resolve_rule(self.loaded.dms, plan.compression, len(prompt_ids) + plan.max_tokens, self.backend,
-                            prompt_ids)
+        rule = EvictionRule.for_call(self.loaded.dms, plan.compression, len(prompt_ids) + plan.max_tokens, prompt_ids,
+                                     self.loaded)
         sampling = SamplingParams(
             temperature=plan.temperature if plan.temperature is not None else call.temperature,
             top_p=plan.top_p if plan.top_p is not None else call.top_p, top_k=call.top_k, seed=call.seed)
         req = GenerationRequest(
             prompt_ids=prompt_ids, rule=rule, sampling=sampling, controller=ctrl,
-            meter=KVMeter(self.kv_shape, plan.compression, rule.mode, window=_tokens_kept_before_eviction(rule)),
+            meter=KVMeter(self.kv_shape, rule.ratio, rule.mode, window=_tokens_kept_before_eviction(rule)),
             eos_ids=self.prompter.eos_ids,
             banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config), constraint=constraint)
         try:

@@ -6,7 +6,8 @@ their keyword arguments with it, the HTTP server's request schema takes its boun
 checked against it by tests (tests/test_options_contract.py), and LangChain's ChatDMS derives its
 fields from :meth:`CallOptions.field_names`. Torch-free.
 
-Every error is an ``InvalidRequestError`` whose ``field`` names the option.
+Every error is an ``InvalidRequestError`` whose ``field`` names the option. The call's eviction rule is
+built once, by ``budgetllm.engine.eviction.EvictionRule.for_call``.
 """
 
 from __future__ import annotations
@@ -250,33 +251,3 @@ def validate_messages(messages: Any) -> None:
         if calls is not None and (not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls)):
             raise InvalidRequestError(f"messages[{i}].tool_calls", "must be a list of tool-call dicts")
 
-
-def resolve_rule(dms, compression: float, total_tokens: int, backend, prompt_ids: list[int]):
-    """The eviction rule for one call.
-
-    * compression 1: dense (nothing is evicted; exactly the base model).
-    * a model with learned decisions: the threshold from :meth:`DMSSpec.threshold_for` (native ratio:
-      logit > 0; other ratios: the adapter's threshold table). Without a table, the fallback
-      calibrates on the prompt itself: one dense pass collects every layer's decision logits and
-      the threshold is their 1/ratio quantile (so 1 - 1/ratio of them evict) (prompts under 16 tokens use the native rule).
-    * a model without decisions: the training-free sliding window (StreamingLLM: 4 sink tokens
-      and the last W tokens) with W chosen so that the whole call lands near the ratio (W >= 64:
-      shorter windows wreck quality, so short calls compress less, and the measured ratio says so).
-    """
-    from budgetllm.engine.eviction import EvictionRule
-
-    if compression <= 1.0:
-        return EvictionRule("dense", window=dms.window)
-    if not dms.has_decisions:
-        sinks = 4
-        window = max(64, math.ceil(total_tokens / compression) - sinks)
-        return EvictionRule("window", window=window, sinks=sinks)
-    threshold = dms.threshold_for(compression)
-    if threshold is None:
-        threshold = 0.0
-        if len(prompt_ids) >= 16:
-            import torch
-
-            logits = torch.cat([x.flatten() for x in backend.prompt_logits(prompt_ids)]).float()
-            threshold = float(torch.quantile(logits, 1.0 / compression))  # keep 1/ratio of the decisions
-    return EvictionRule("dms", window=dms.window, threshold=threshold)

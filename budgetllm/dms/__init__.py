@@ -1,10 +1,12 @@
 """DMS semantics: eviction decisions, the delayed-eviction mask, the brute-force oracle, retrofit training.
 
-Owns: how a decision logit is computed for each variant (docs/notes/dms.md §1.1), how decisions become
-a visibility mask (§1.3–1.5), and a brute-force attention under that mask (the test oracle).
+Owns: how a decision logit is computed for each variant (docs/retrofit.md), how decisions become
+a visibility mask, a brute-force attention under that mask (the test oracle), threshold calibration
+(``thresholds``: per-(layer, KV head) tables fitted from one dense pass; the engine's per-call rule
+reads them), retrofit training and its data (``train``, ``data``, ``traces``), exports and quality.
 May use: torch, ``budgetllm.models``. Must not import: policy, accounting, server. The semantics
-(decisions, mask, oracle) never import the engine; the retrofit tools (``thresholds``, ``quality``)
-measure compression through the reference backend's inference path and import it lazily.
+(decisions, mask, oracle) and the threshold fit never import the engine; ``measure_compression``,
+``quality`` and ``traces`` run the engine's inference path and import it lazily.
 """
 
 from budgetllm.dms.decisions import DecisionHead, apply_rope, rotate_half

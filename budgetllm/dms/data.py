@@ -66,6 +66,25 @@ def kv_retrieval_task(rng: random.Random, pairs: int = 40) -> Task:
     return Task("kv_retrieval", prompt, values[target], cue=f"The value of key {keys[target]} is")
 
 
+_ADJ = "quiet golden narrow ancient bright hollow silver crooked gentle distant frozen tiny".split()
+_VERBS = "crossed painted followed carried watched repaired visited counted opened guarded".split()
+
+
+def passage_copy_task(rng: random.Random, sentences: int = 3, filler: int = 120) -> Task:
+    """A made-up passage, a long stretch of filler (far behind the window by the question), then a request
+    to repeat it: the answer is the passage after its first words (copying: dense SmolLM2-135M can do it)."""
+    said = []
+    for _ in range(sentences):
+        a, b = rng.sample(_WORDS, 2)
+        said.append(f"The {rng.choice(_ADJ)} {a} {rng.choice(_VERBS)} the {rng.choice(_ADJ)} {b} "
+                    f"{rng.randint(2, 99)} times.")
+    passage = " ".join(said)
+    head, rest = passage.split(" ", 3)[:3], passage.split(" ", 3)[3]
+    prompt = (f"Remember this passage: {passage}\n" + " ".join(_filler(rng, filler))
+              + "\nRepeat the passage you were asked to remember, word for word.")
+    return Task("passage_copy", prompt, rest, cue="Passage: " + " ".join(head))
+
+
 _TOPICS = ("the ocean", "a city at night", "how bread is made", "the history of clocks", "learning to swim",
            "a trip to the mountains", "why leaves change color", "how computers store numbers", "a lost dog",
            "the water cycle", "a friendly robot", "planting a garden", "the moon landing", "a rainy day")
@@ -79,7 +98,7 @@ def open_task(rng: random.Random) -> Task:
 
 
 GENERATORS = {"open": open_task, "arithmetic": arithmetic_task, "variable_tracking": variable_tracking_task,
-              "kv_retrieval": kv_retrieval_task}
+              "kv_retrieval": kv_retrieval_task, "passage_copy": passage_copy_task}
 
 
 def make_tasks(n: int, seed: int = 0, kinds: tuple[str, ...] = ("arithmetic", "variable_tracking", "kv_retrieval"),
@@ -140,7 +159,8 @@ def self_distill(hf_model, tokenizer, tasks: list[Task], *, max_new_tokens: int 
 
 
 def load_text_files(paths, tokenizer) -> list[list[int]]:
-    """.txt/.md files (whole file) and .jsonl files (fields "text", "prompt"+"completion" or "messages")."""
+    """.txt/.md files (whole file) and .jsonl files (fields "ids" (token ids, e.g. ``budgetllm make-traces``),
+    "text", "prompt"+"completion" or "messages")."""
     seqs = []
     for path in paths:
         path = Path(path)
@@ -154,6 +174,9 @@ def load_text_files(paths, tokenizer) -> list[list[int]]:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}, line {n}: not JSON ({e.msg})") from None
+                if "ids" in rec:
+                    seqs.append([int(t) for t in rec["ids"]])
+                    continue
                 if "messages" in rec:
                     text = tokenizer.apply_chat_template(rec["messages"], tokenize=False)
                 elif "text" in rec:
@@ -161,7 +184,7 @@ def load_text_files(paths, tokenizer) -> list[list[int]]:
                 elif "prompt" in rec:
                     text = rec["prompt"] + rec.get("completion", "")
                 else:
-                    raise ValueError(f"{path}, line {n}: needs a 'text', 'prompt' or 'messages' field")
+                    raise ValueError(f"{path}, line {n}: needs an 'ids', 'text', 'prompt' or 'messages' field")
                 seqs.append(tokenizer.encode(text, add_special_tokens=False))
         else:
             seqs.append(tokenizer.encode(path.read_text(), add_special_tokens=False))

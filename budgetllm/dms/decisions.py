@@ -24,7 +24,7 @@ class DecisionHead:
     before RoPE; that channel is then zeroed before and after RoPE (it is not part of attention,
     also at compression 1, because it is part of the checkpoint's architecture).
     Adapter: ``logit = dms_proj_alpha(RMSNorm(h)) * scale - offset`` on the residual stream h
-    before the layer's input norm.
+    before the layer's input norm. With ``alpha_per="layer"`` KV head 0's logit stands for every head.
     """
 
     def __init__(self, spec: DMSSpec, layer: int, num_heads: int, num_kv_heads: int):
@@ -41,7 +41,7 @@ class DecisionHead:
         """q_pre_rope: [T, Hq, D] (after q_norm); residual: [T, hidden]. Returns [T, H] float32."""
         s = self.spec
         if s.variant == "borrowed":
-            return q_pre_rope[:, :: self.group, -1].float() * s.alpha_scale - s.alpha_offset
+            return s.per_layer(q_pre_rope[:, :: self.group, -1].float() * s.alpha_scale - s.alpha_offset)
         if s.variant == "adapter":
             return s.adapter_logits(residual, self.weights)
         return None

@@ -7,20 +7,41 @@ from pathlib import Path
 
 import torch
 
+from budgetllm.dms.thresholds import table_to_json
 from budgetllm.models.adapter import AdapterFile, save_adapter_file
+from budgetllm.models.loading import THRESHOLDS_FILE
+
+
+def paged_block_size(window: int) -> int:
+    """NVIDIA's paged cache block for a window: its config asserts window > block size > 0, so the
+    largest power of two <= 256 (its default) that is below the window."""
+    if window < 2:
+        raise ValueError(f"window={window}: NVIDIA's Qwen3ConfigDMS needs dms_window_size > "
+                         "dms_paged_attention_block_size > 0, so the window must be >= 2")
+    block = 256
+    while block >= window:
+        block //= 2
+    return block
 
 
 def nvidia_config_keys(meta: dict, variant: str = "adapter") -> dict:
-    """The Model-Optimizer ``Qwen3ConfigDMS`` keys (docs/notes/dms.md §4.3) for an adapter's metadata."""
+    """Every key NVIDIA's ``Qwen3ConfigDMS.__init__`` reads (Model-Optimizer experimental/dms), for an
+    adapter's metadata (or a trained spec's): the values it would assert on are valid by construction."""
+    cr = float(meta.get("target_cr", 8))
     return {
         "dms_alpha_scale": float(meta.get("alpha_scale", 100.0)),
         "dms_initial_alpha_offset": float(meta.get("alpha_offset", 5.0)),
         "dms_window_size": int(meta["window"]),
-        "dms_cr": meta.get("target_cr", 8),
+        "dms_paged_attention_block_size": paged_block_size(int(meta["window"])),
+        "dms_cr": int(cr) if cr.is_integer() else cr,  # "for documentation purposes only" in NVIDIA's class
+        "dms_disable_eviction": bool(meta.get("disable_eviction", False)),
         "dms_separate_alpha": variant == "adapter",
-        "dms_alpha_per": "head",
+        "dms_alpha_per": str(meta.get("alpha_per", "head")),
         "dms_tau": float(meta.get("training", {}).get("config", {}).get("tau", 0.1)),
-        "dms_disable_eviction": False,
+        "dms_compile_limit": 72,
+        "dms_manual_inference_mode": False,
+        "dms_chunked_prefill": None,
+        "dms_preallocate_for_tokens": 4096,
     }
 
 
@@ -36,9 +57,10 @@ def export_nvidia(loaded, adapter: AdapterFile | None, out_dir: str | Path, *, i
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = adapter.metadata if adapter else {"window": loaded.dms.window, "target_cr": loaded.dms.native_cr,
-                                             "alpha_scale": loaded.dms.alpha_scale,
-                                             "alpha_offset": loaded.dms.alpha_offset}
+    d = loaded.dms
+    meta = adapter.metadata if adapter else {"window": d.window, "target_cr": d.native_cr, "alpha_scale": d.alpha_scale,
+                                             "alpha_offset": d.alpha_offset, "alpha_per": d.alpha_per,
+                                             "disable_eviction": d.disable_eviction}
     keys = nvidia_config_keys(meta, "adapter" if adapter else "borrowed")
     tensors = {}
     if adapter:
@@ -47,6 +69,8 @@ def export_nvidia(loaded, adapter: AdapterFile | None, out_dir: str | Path, *, i
             tensors[f"model.layers.{i}.self_attn.dms_proj_alpha_norm.weight"] = layer["norm_weight"].to(torch.bfloat16)
             if layer.get("proj_bias") is not None:
                 tensors[f"model.layers.{i}.self_attn.dms_proj_alpha.bias"] = layer["proj_bias"].to(torch.bfloat16)
+    if d.threshold_table:  # the per-(layer, KV head) table travels beside the checkpoint
+        write_thresholds(out / THRESHOLDS_FILE, d.threshold_table, d.threshold_fit)
     if not include_weights:
         (out / "dms_config.json").write_text(json.dumps(keys, indent=2))
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "dms_adapter.safetensors"))
@@ -67,11 +91,19 @@ def export_nvidia(loaded, adapter: AdapterFile | None, out_dir: str | Path, *, i
     return out
 
 
+def write_thresholds(path: str | Path, table: dict, fit: dict | None = None) -> Path:
+    """A threshold table file (read by ``load_model``: beside a checkpoint, or ``thresholds=``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"threshold_table": table_to_json(table), "threshold_fit": fit or {}}, indent=1))
+    return path
+
+
 def write_adapter(path: str | Path, adapter: AdapterFile, table: dict | None = None, extra: dict | None = None) -> Path:
     """Save the adapter (+ JSON) with its threshold table and NVIDIA keys in the metadata."""
     meta = dict(adapter.metadata)
     if table is not None:
-        meta["threshold_table"] = {str(k): v for k, v in table.items()}
+        meta["threshold_table"] = table_to_json(table)
     meta["nvidia_config"] = nvidia_config_keys(meta)
     meta.update(extra or {})
     return save_adapter_file(path, AdapterFile(layers=adapter.layers, metadata=meta))

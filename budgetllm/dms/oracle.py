@@ -48,7 +48,7 @@ def masked_model_forward(model, token_ids, rule) -> tuple[torch.Tensor, list[tor
         attn = layer.self_attn
         head = DecisionHead(model.dms, li, Hq, H)
         q, k, v, logits = attention_inputs(layer, head, x, cos, sin, (Hq, H, D))
-        flags = evict_flags_from_decisions(rule.decide(logits, pos, H))
+        flags = evict_flags_from_decisions(rule.decide(logits, pos, H, layer=li))
         all_flags.append(flags)
         o = dms_attention_bruteforce(q, k, v, flags, rule.window, attn.scaling).to(x.dtype)
         x = x + attn.o_proj(o.reshape(T, -1))

@@ -25,11 +25,12 @@ def _causal(T, device):
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
-def dms_mask(logits: torch.Tensor, threshold: float, window: int) -> torch.Tensor:
-    """logits [B, T, H] -> visibility [B, H, T, T] (fate of key k decided at k+1)."""
+def dms_mask(logits: torch.Tensor, threshold, window: int) -> torch.Tensor:
+    """logits [B, T, H], threshold a number or per head [H] -> visibility [B, H, T, T] (fate of key k
+    decided at k+1)."""
     B, T, H = logits.shape
     flags = torch.zeros_like(logits, dtype=torch.bool)
-    flags[:, :-1] = logits[:, 1:] > threshold
+    flags[:, :-1] = logits[:, 1:].double() > torch.as_tensor(threshold, dtype=torch.float64, device=logits.device)
     pos = torch.arange(T, device=logits.device)
     dist = pos[:, None] - pos[None, :]
     keep = (dist <= window)[None, None] | ~flags.permute(0, 2, 1)[:, :, None, :]
@@ -101,7 +102,8 @@ def policy_forward(loaded, ids: torch.Tensor, policy: str, *, threshold: float =
     """ids [B, T] -> (logits [N, V] float32 at the positions ``sel`` [B, T] marks (all when None),
     kept [B, T]: the mean number of entries per (layer, KV head) row each query sees).
 
-    policy: "dense", "dms" (at ``threshold``), "window", "tova", "h2o", "random" (at ``cap`` [B]).
+    policy: "dense", "dms" (at ``threshold``: a number or a [layer][kv head] grid), "window", "tova",
+    "h2o", "random" (at ``cap`` [B]).
     """
     hf = loaded.hf_model
     inner, cfg = hf.model, hf.config
@@ -123,7 +125,8 @@ def policy_forward(loaded, ids: torch.Tensor, policy: str, *, threshold: float =
         if policy == "dense" or (policy == "dms" and logits is None):
             vis = _causal(T, ids.device)[None, None].expand(B, H, T, T)
         elif policy == "dms":
-            vis = dms_mask(logits.view(B, T, H), threshold, loaded.dms.window)
+            vis = dms_mask(logits.view(B, T, H), threshold[li] if isinstance(threshold, tuple) else threshold,
+                           loaded.dms.window)
         elif policy == "window":
             vis = window_mask(B, H, T, cap, ids.device)
         else:

@@ -8,8 +8,6 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import torch
-
 from budgetllm.accounting.meter import KVMeter
 from budgetllm.engine.eviction import EvictionRule
 from budgetllm.engine.reference import ReferenceSequence
@@ -85,13 +83,6 @@ class ReferenceBackend:
 
     def new_sequence(self, rule: EvictionRule, collect_logits: bool = False) -> ReferenceSequence:
         return ReferenceSequence(self.model, rule, collect_logits=collect_logits)
-
-    def prompt_logits(self, prompt_ids: list[int]) -> list[torch.Tensor]:
-        """Decision logits of every layer on a dense pass over the prompt (for threshold calibration)."""
-        seq = self.new_sequence(EvictionRule(), collect_logits=True)
-        with self._lock:
-            seq.forward(prompt_ids)
-        return seq.logit_log
 
     def run(self, req: GenerationRequest) -> Iterator[StepOutput]:
         sampler = Sampler(req.sampling, self.model.device)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from budgetllm.engine.eviction import RowRule
 from budgetllm.engine.generation import GenerationRequest, StepOutput
 from budgetllm.engine.gpu_sampler import SamplingBatch, make_sampling_batch
 from budgetllm.engine.request import Sequence
-from budgetllm.engine.rules import RowRule, row_rule
 
 
 @dataclass
@@ -90,7 +90,7 @@ def row_rule_for(h: Handle, has_logits: bool, pool_window: int) -> RowRule:
     """The request's rule as row tensors. The window is the pool's (one ring size per pool): a
     "window"-mode rule with another window runs with the pool's window (see docs in paged_backend)."""
     if h.rule is None:
-        h.rule = row_rule(h.req.rule, has_logits)
+        h.rule = h.req.rule.row(has_logits)
     return h.rule
 
 

@@ -2,7 +2,8 @@
 steps, CUDA graphs, sampling and the one readback per step.
 
 Decode inputs live in static device buffers (``ibuf`` int32 [6, maxbs]: token ids, slots, seq_pos
-increment, rule code, sinks, period; ``thr`` float64 [maxbs]) filled by one async copy from pinned
+increment, rule code, sinks, period; ``thr`` float64 [layers, maxbs, KV heads]: each row's threshold
+per (layer, KV head)) filled by one async copy from pinned
 host memory, so a step is: copy in -> graph replay (or eager) -> sample on GPU -> one readback of
 (sampled tokens, pages and live entries per slot, overflow flags, free pages). Positions are read
 from ``kv.seq_pos`` on the GPU; row lengths and block tables never leave the GPU.
@@ -94,7 +95,7 @@ class ModelRunner:
         self.pad_slots = list(range(self.pool.padding_slot0, self.pool.padding_slot0 + pad))
         maxbs = cfg.max_seqs
         self.ibuf = torch.zeros(6, maxbs, dtype=torch.int32, device=self.device)
-        self.thr = torch.zeros(maxbs, dtype=torch.float64, device=self.device)
+        self.thr = torch.zeros(c.num_hidden_layers, maxbs, m.H, dtype=torch.float64, device=self.device)
         self.logits_buf = torch.zeros(maxbs, m.vocab, dtype=torch.float32, device=self.device)
         # one readback buffer: greedy tokens of the decode step [maxbs] (argmax inside the graph),
         # then per-slot pages / live entries / overflow flags and the free-page count
@@ -102,7 +103,7 @@ class ModelRunner:
         self.stats_buf = self.read_buf[maxbs:]
         pin = self.device.type == "cuda"
         self.ibuf_host = torch.zeros(6, maxbs, dtype=torch.int32, pin_memory=pin)
-        self.thr_host = torch.zeros(maxbs, dtype=torch.float64, pin_memory=pin)
+        self.thr_host = torch.zeros(c.num_hidden_layers, maxbs, m.H, dtype=torch.float64, pin_memory=pin)
         self.ibuf_np, self.thr_np = self.ibuf_host.numpy(), self.thr_host.numpy()
         self.sampler = GPUSampler(self.device, cfg.seed)
         use_fast = cfg.small_batch_gemv if cfg.small_batch_gemv is not None else self.device.type == "cuda"
@@ -128,7 +129,7 @@ class ModelRunner:
         slots_l = slots.long()
         pos = kv.seq_pos[slots_l].long()
         base, uses_thr = step_decisions(pos, ib[3], ib[4], ib[5], m.H)
-        decide = (self.thr[:bs], base, uses_thr)
+        decide = (self.thr[:, :bs], base, uses_thr)
         if self.fast is not None and self.fast.takes(bs):  # chosen per bucket, at capture time
             self.logits_buf[:bs] = self.fast.step(ids, pos, slots, base, decide, kv, num_splits)
         else:
@@ -160,10 +161,10 @@ class ModelRunner:
         h, t = self.ibuf_np, self.thr_np
         for i, (slot, tok, r) in enumerate(rows):
             h[:, i] = (tok, slot, 1, r.code, r.sinks, r.period)
-            t[i] = r.thr
+            t[:, i] = r.thr_grid(t.shape[0], t.shape[2]).numpy()
         for j, i in enumerate(range(len(rows), bs)):
             h[:, i] = (0, self.pad_slots[j], 0, ALWAYS, 0, 1)
-            t[i] = 0.0
+            t[:, i] = 0.0
         # whole buffers: contiguous pinned -> device copies stay asynchronous (a few hundred bytes)
         self.ibuf.copy_(self.ibuf_host, non_blocking=True)
         self.thr.copy_(self.thr_host, non_blocking=True)
@@ -198,7 +199,8 @@ class ModelRunner:
         code = torch.tensor(per_tok(lambda r: r.code), dtype=torch.int32)
         sinks = torch.tensor(per_tok(lambda r: r.sinks), dtype=torch.int32)
         period = torch.tensor(per_tok(lambda r: r.period), dtype=torch.int32)
-        thr = torch.tensor(per_tok(lambda r: r.thr), dtype=torch.float64)
+        thr = torch.cat([r.thr_grid(m.num_layers, m.H)[:, None].expand(-1, n, -1)
+                         for (_, _, _, r), n in zip(items, lens, strict=True)], dim=1)  # [L, tokens, H]
         ids, pos, code, sinks, period, thr = (t.to(dev, non_blocking=True) for t in (ids, pos, code, sinks, period, thr))
         slots = torch.tensor([s for s, _, _, _ in items], dtype=torch.int32, device=dev)
         cu = torch.tensor(cu_host, dtype=torch.int32, device=dev)

@@ -24,10 +24,8 @@ import time
 import warnings
 from collections.abc import Iterator
 
-import torch
-
 from budgetllm.engine.block_manager import BlockManager, PoolGeometry
-from budgetllm.engine.generation import GenerationRequest, ReferenceBackend, StepOutput
+from budgetllm.engine.generation import GenerationRequest, StepOutput
 from budgetllm.engine.host_logic import Handle, advance, row_rule_for, sampling_for
 from budgetllm.engine.model_runner import ModelRunner, RunnerConfig
 from budgetllm.engine.request import SeqStatus, Sequence
@@ -61,7 +59,6 @@ class PagedBackend:
         self.sched = Scheduler(self.bm, max_prefill_tokens=max_prefill_tokens)
         self.sched.prefix.capacity = prefix_cache  # finished conversations kept for their next turn
         self.exact_thinking = exact_thinking  # hold thinking-phase requests for their consumer's ack
-        self._reference = ReferenceBackend(loaded)  # prompt_logits (threshold calibration) only
         self._inbox: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -78,10 +75,6 @@ class PagedBackend:
         self.steps = 0  # engine steps (prefill or decode) so far
 
     # -- public interface (same as ReferenceBackend) ----------------------------------------
-    def prompt_logits(self, prompt_ids: list[int]) -> list[torch.Tensor]:
-        """Decision logits of every layer on a dense pass over the prompt (threshold calibration)."""
-        return self._reference.prompt_logits(prompt_ids)
-
     def run(self, req: GenerationRequest) -> Iterator[StepOutput]:
         vocab = self.runner.model.vocab
         if any(not 0 <= t < vocab for t in req.prompt_ids):  # would kill the engine thread mid-step
@@ -97,7 +90,7 @@ class PagedBackend:
                           "to change it", stacklevel=2)
         handle = Handle(req, queue.Queue(), exact_thinking=self.exact_thinking)
         seq = Sequence(list(req.prompt_ids), max_new_tokens=max(1, req.controller.max_tokens),
-                       expected_cr=_expected_cr(req), payload=handle,
+                       expected_cr=req.rule.expected_cr, payload=handle,
                        cache_key=row_rule_for(handle, self.model.dms.has_decisions, self.window))
         self._ensure_thread()
         self._inbox.put(("add", seq))
@@ -297,10 +290,3 @@ class PagedBackend:
             del self.decode_log[:-4096]
         return True
 
-
-def _expected_cr(req: GenerationRequest) -> float:
-    if req.rule.mode == "forced":
-        return float(max(1, getattr(req.rule, "period", 1)))
-    if not req.rule.evicts:
-        return 1.0
-    return max(1.0, float(req.meter.result().compression_requested))

@@ -86,7 +86,7 @@ class ReferenceSequence:
                                                (self.num_heads, self.num_kv_heads, self.head_dim))
             if self.collect_logits and logits is not None:
                 self.logit_log.append(logits.detach())
-            decisions = self.rule.decide(logits, pos, self.num_kv_heads)
+            decisions = self.rule.decide(logits, pos, self.num_kv_heads, layer=li)
             o = self._attend(li, q, k, v, decisions, pos, attn.scaling)
             x = x + attn.o_proj(o.reshape(n, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))

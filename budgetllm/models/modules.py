@@ -105,9 +105,9 @@ class FusedModel:
         """h (normed x) [N, hidden], pos [N] -> q [N,Hq,D], k [N,H,D] (post-RoPE), v [N,H,D] (a view),
         decisions [N,H] int8 | None.
 
-        ``decide`` = (thr [N] float64, base [N,H] bool, uses_thr [N,1] bool) from
-        :func:`budgetllm.engine.rules.step_decisions`; None -> no decisions (the caller uses ``base``
-        when the model has no decision logits)."""
+        ``decide`` = (thr [L, N, H] float64: each (layer, KV head)'s threshold, base [N,H] bool,
+        uses_thr [N,1] bool) from :func:`budgetllm.engine.rules.step_decisions`; None -> no decisions
+        (the caller uses ``base`` when the model has no decision logits)."""
         L = self.layers[li]
         return self.rope_decide(li, F.linear(h, L.qkv_w, L.qkv_b), x, pos, decide)
 
@@ -124,6 +124,15 @@ class FusedModel:
         logits_in = s.adapter_logits(x, L.alpha) if self.adapter else None
         borrowed = (self.G, float(s.alpha_scale), float(s.alpha_offset)) if self.borrowed else None
         has_logits = self.borrowed or self.adapter
+        if decide is not None:
+            decide = (decide[0][li] if decide[0].dim() == 3 else decide[0], *decide[1:])
+        if self.borrowed and s.alpha_per == "layer" and decide is not None:
+            # KV head 0 decides for the layer: the kernel gives the logits, the rule is applied here
+            q, k, lg, _ = qkv_rope(qkv, self.cos, self.sin_signed, pos, Hq, H, D, qk_norm=L.qk_norm, eps=self.eps,
+                                   borrowed=borrowed)
+            thr, base, uses = decide  # as rules.layer_decisions
+            thr = thr if thr.dim() == 2 else thr[:, None]
+            return q, k, v, torch.where(uses.reshape(-1, 1), s.per_layer(lg) > thr, base).to(torch.int8)
         q, k, _, dec = qkv_rope(qkv, self.cos, self.sin_signed, pos, Hq, H, D, qk_norm=L.qk_norm, eps=self.eps,
                                 borrowed=borrowed,
                                 decide=(*decide, logits_in) if decide is not None and has_logits else None, pdl=pdl)

@@ -27,7 +27,9 @@ def test_retrofit_cli_writes_adapter_table_and_curve(tiny_dir, tmp_path):
         "--no-progress", "--checkpoint-dir", str(tmp_path / "ck"), "--export-nvidia", str(tmp_path / "nv")])
     assert args.func(args) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert set(meta["threshold_table"]) == {"2.0", "4.0", "8.0", "16.0"}
+    assert set(meta["threshold_table"]) == {"1.25", "1.5", "2", "3", "4", "6", "8", "12", "16", "24", "32"}
+    assert len(meta["threshold_table"]["8"]) == 2 and len(meta["threshold_table"]["8"][0]) == 2  # [layer][kv head]
+    assert "held-out rows" in meta["threshold_fit"]["data"]
     assert meta["training"]["steps"] == 3 and meta["window"] == 8
     assert (tmp_path / "ck" / "retrofit-last.pt").exists()
     assert (tmp_path / "nv" / "config.json").exists()

@@ -42,3 +42,33 @@ def test_strided_baselines_stay_within_budget_plus_stride(tiny_loaded):
         _, kept = policy_forward(model, ids, m, cap=cap, stride=4)
         assert torch.all(kept <= (cap + 4).view(2, 1) + 1e-6), m
         assert torch.all(kept[:, -8:] >= cap.view(2, 1) - 1e-6), m
+
+
+def test_dms_policy_with_per_head_thresholds_equals_oracle(tiny_loaded):
+    model = tiny_loaded("adapter", window=8)
+    ids = torch.randint(0, 49152, (2, 30), generator=torch.Generator().manual_seed(5))
+    grid = ((10.0, -10.0), (-30.0, 25.0))
+    logits, kept = policy_forward(model, ids, "dms", threshold=grid)
+    for b in range(2):
+        ref, _ = masked_model_forward(model, ids[b], EvictionRule("dms", window=8, threshold=grid))
+        assert (logits.view(2, 30, -1)[b] - ref).abs().max().item() < 1e-3
+
+
+def test_passage_copy_task_scores_dense_and_every_method(tiny_loaded):
+    """The quality script end to end on a tiny model: the copy task is scored for dense and each method,
+    and the result records where it came from."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import quality as bench_quality
+
+    model = tiny_loaded("adapter", window=8)
+    res = bench_quality.run_quality(model, n_text=1, n_tasks=0, text_len=64, ratios=(2.0,), n_copy=2,
+                                    methods=("dms", "window", "random"), log=lambda *_: None, stride=8)
+    copy = res["copy"]["metrics"]
+    assert res["copy"]["n"] == 2 and set(copy) == {"dms", "window", "random", "dense"}
+    for m in ("dms", "window", "random"):
+        assert 0.0 <= copy[m]["2"]["token_accuracy"] <= 1.0 and copy[m]["2"]["n"] == 2
+    assert 0.0 <= copy["dense"]["1"]["token_accuracy"] <= 1.0
+    assert "nothing edited by hand" in res["provenance"]["written_by"]

@@ -34,17 +34,27 @@ def test_mixed_batch_supports():
 
 
 def test_row_rules_match_eviction_rule():
+    """Each rule's row encoding decides as the semantics written out here (decision t = fate of token t-1)."""
     from budgetllm.engine.eviction import EvictionRule
 
     pos = torch.arange(0, 40)
     logits = torch.randn(40, 3, generator=torch.Generator().manual_seed(2))
-    cases = [(DENSE, EvictionRule("dense")), (THRESHOLD, EvictionRule("dms", threshold=0.3)),
-             (WINDOW, EvictionRule("window", window=8, sinks=4)), (FORCED, EvictionRule("forced", period=8))]
-    for code, rule in cases:
+    k = (pos - 1)[:, None].expand(40, 3)
+    grid = ((0.3, -0.2, 1.0), (0.0, 0.5, -1.0))
+    cases = [(DENSE, EvictionRule("dense"), torch.zeros(40, 3, dtype=torch.bool)),
+             (THRESHOLD, EvictionRule("dms", threshold=0.3), logits > 0.3),
+             (THRESHOLD, EvictionRule("dms", threshold=grid), logits > torch.tensor(grid[1])),
+             (WINDOW, EvictionRule("window", window=8, sinks=4), k >= 4),
+             (FORCED, EvictionRule("forced", period=8), k % 8 != 0)]
+    for code, rule, want in cases:
+        row = rule.row(True)
+        assert row.code == code
         n = pos.shape[0]
-        got = decide_rows(logits, pos, torch.full((n,), code), torch.full((n,), rule.threshold, dtype=torch.float64),
-                          torch.full((n,), rule.sinks), torch.full((n,), getattr(rule, "period", 1)), 3)
-        assert torch.equal(got, rule.decide(logits, pos, 3)), rule
+        thr = row.thr_grid(2, 3)[1][None].expand(n, 3)
+        got = decide_rows(logits, pos, torch.full((n,), code), thr, torch.full((n,), row.sinks),
+                          torch.full((n,), row.period), 3)
+        assert torch.equal(got, want), rule
+        assert torch.equal(rule.decide(logits, pos, 3, layer=1), want), rule
     always = decide_rows(None, pos, torch.full((40,), ALWAYS), torch.zeros(40, dtype=torch.float64),
                          torch.zeros(40), torch.ones(40), 3)
     assert bool(always.all())

@@ -52,6 +52,24 @@ def test_paged_equals_reference(pair, compression, thinking):
     assert stats["pages_free"] == stats["pages_total"] and stats["active"] == 0
 
 
+def test_per_head_thresholds_equal_reference(pair):
+    """A per-(layer, KV head) threshold table (a ratio between its points): the same tokens and the
+    same evictions on both backends (the paged rows carry a threshold per layer and head)."""
+    ref, paged = pair
+    dms = ref.loaded.dms  # shared by both backends
+    L, H = ref.loaded.config.num_hidden_layers, ref.loaded.config.num_key_value_heads
+    dms.set_table({2.0: [[50.0 * (h - li) for h in range(H)] for li in range(L)],
+                   4.0: [[-60.0 + 40.0 * h * li for h in range(H)] for li in range(L)]}, L, H)
+    try:
+        a = ref.generate("Tell me about the sea and the ships.", compression=3, max_tokens=12)
+        b = paged.generate("Tell me about the sea and the ships.", compression=3, max_tokens=12)
+    finally:
+        dms.threshold_table = {}
+    assert b.token_ids == a.token_ids
+    assert a.usage.kv.evicted_tokens > 0 and b.usage.kv.evicted_tokens == a.usage.kv.evicted_tokens
+    assert b.usage.kv.live_bytes == a.usage.kv.live_bytes
+
+
 def test_concurrent_requests_in_a_tiny_pool_all_finish(tiny_dir):
     from budgetllm.engine.paged_backend import PagedBackend
 

@@ -115,11 +115,11 @@ def _first_divergence(a: list[int], b: list[int]) -> int | None:
 
 def test_smollm2_bf16_equals_reference_up_to_near_ties():
     from budgetllm import LLM
+    from budgetllm.engine.eviction import EvictionRule
     from budgetllm.engine.reference import ReferenceSequence
-    from budgetllm.options import resolve_rule
 
     ref = LLM.from_pretrained(None, backend="reference", device="cuda", progress=False)
-    # Without a DMS adapter, CR 8 is StreamingLLM with the window resolve_rule picks: 64 for calls under
+    # Without a DMS adapter, CR 8 is StreamingLLM with the window EvictionRule.for_call picks: 64 for calls under
     # ~540 tokens. The paged pool has one window for all requests; give it that one.
     window = None if ref.loaded.dms.has_decisions else 64
     paged = LLM.from_pretrained(None, backend="paged", device="cuda", progress=False, max_seqs=8,
@@ -138,7 +138,7 @@ def test_smollm2_bf16_equals_reference_up_to_near_ties():
                 if i is None:
                     continue
                 ids = a.prompt_token_ids
-                rule = resolve_rule(ref.loaded.dms, compression, len(ids) + 48, ref.backend, ids)
+                rule = EvictionRule.for_call(ref.loaded.dms, compression, len(ids) + 48, ids, ref.loaded)
                 seq = ReferenceSequence(ref.loaded, rule)
                 logits = seq.forward(ids + a.token_ids[:i])[-1]
                 top2 = torch.topk(logits, 2).values

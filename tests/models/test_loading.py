@@ -60,8 +60,9 @@ def test_adapter_file_round_trip_over_plain_model(tiny_dir, tmp_path):
     assert torch.equal(loaded.layers[1]["proj_weight"], layers[1]["proj_weight"])
     m = load_model(str(tiny_dir("llama")), device="cpu", adapter=path, progress=False)
     assert m.dms.variant == "adapter" and m.dms.window == 6 and m.dms.native_cr == 4
-    assert m.dms.threshold_for(8) == 1.5 and m.dms.threshold_for(1) == float("inf")
-    assert abs(m.dms.threshold_for(2 ** 1.5) - (-0.5)) < 1e-9  # interpolated in log2(ratio)
+    # a global table (written before per-head tables) is broadcast to every (layer, KV head)
+    assert m.dms.thresholds_for(8) == ((1.5, 1.5), (1.5, 1.5)) and m.dms.thresholds_for(1) == float("inf")
+    assert all(abs(t - (-0.5)) < 1e-9 for row in m.dms.thresholds_for(2 ** 1.5) for t in row)  # log2 interpolation
     # Decisions computed from the file equal those computed from the tensors directly.
     from budgetllm.dms.decisions import DecisionHead
 
@@ -103,6 +104,22 @@ def test_unsupported_architecture(tmp_path):
 
 def test_threshold_table_clamps_and_native_rule():
     spec = DMSSpec(variant="adapter", native_cr=8)
-    assert spec.threshold_for(8) == 0.0 and spec.threshold_for(4) is None
-    spec.threshold_table = {2.0: -2.0, 8.0: 1.0}
-    assert spec.threshold_for(16) == 1.0 and spec.threshold_for(1.5) == -2.0
+    assert spec.thresholds_for(8) == 0.0 and spec.thresholds_for(4) is None
+    spec.set_table({2.0: [[-2.0, -1.0]], 8.0: [[1.0, 3.0]]}, num_layers=1, num_kv_heads=2)
+    assert spec.thresholds_for(16) == ((1.0, 3.0),) and spec.thresholds_for(1.5) == ((-2.0, -1.0),)
+    assert spec.thresholds_for(4) == ((-0.5, 1.0),)  # halfway in log2(ratio), per head
+
+
+def test_threshold_table_is_continuous_across_the_trained_ratio():
+    """With a table the trained ratio is one more point of it: 7.99 and 8 give (almost) the same thresholds."""
+    spec = DMSSpec(variant="adapter", native_cr=8)
+    spec.set_table({4.0: [[1.0, 2.0]], 8.0: [[0.2, -0.1]], 16.0: [[-1.0, -2.0]]}, 1, 2)
+    a, b, c = spec.thresholds_for(7.99), spec.thresholds_for(8.0), spec.thresholds_for(8.01)
+    assert all(abs(x - y) < 0.01 for x, y in zip(a[0] + c[0], b[0] + b[0], strict=True))
+    assert b == ((0.2, -0.1),)
+
+
+def test_threshold_table_of_the_wrong_shape_is_refused():
+    spec = DMSSpec(variant="adapter")
+    with pytest.raises(CheckpointFormatError, match="calibrate-thresholds"):
+        spec.set_table({2.0: [[0.0, 0.0, 0.0]]}, num_layers=1, num_kv_heads=2)

@@ -96,17 +96,18 @@ class RowCache:
         mask = torch.zeros(pad.shape, dtype=torch.float32, device=slots.device).masked_fill_(pad, float("-inf"))
         return slots, mask[:, :, None, :]
 
-    def store_decode(self, li: int, k: torch.Tensor, v: torch.Tensor, decision: torch.Tensor,
-                     slots: torch.Tensor, M: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v [H, D] of token ``seen``; decision [H] bool (the previous token's fate).
-        Returns the layer's rows (k, v [H, M, D]) to attend over."""
-        if self.seen > 0:
-            self.flag[li, self._heads, self.last[li]] = decision
+    def store_decode(self, li: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor,
+                     M: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v [H, D] of token ``seen``. Returns the layer's rows (k, v [H, M, D]) to attend over."""
         self.k[li, self._heads, slots[li]] = k
         self.v[li, self._heads, slots[li]] = v
         return self.k[li, :, :M], self.v[li, :, :M]
 
-    def end_decode(self, slots: torch.Tensor) -> None:
+    def end_decode(self, slots: torch.Tensor, decisions: torch.Tensor) -> None:
+        """decisions [L, H] bool: the step's decisions, the fate of the previous token. Written after
+        the layers in one op: that token is inside the window (w >= 1), visible either way this step."""
+        if self.seen > 0:
+            self.flag.scatter_(2, self.last[..., None], decisions[..., None])
         self.last = slots
         self.seen += 1
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from budgetllm.dms.decisions import DecisionHead, apply_rope
+from budgetllm.dms.decisions import DecisionHead
 from budgetllm.engine.cpu.cache import RowCache
 from budgetllm.engine.eviction import EvictionRule
 from budgetllm.models.loading import LoadedModel
@@ -84,7 +84,12 @@ class CPUWeights:
             head=DecisionHead(self.loaded.dms, i, self.Hq, self.H))
 
     def rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The HF RMSNorm, op for op (statistics in float32, the weight applied in the input dtype)."""
+        """The HF RMSNorm (statistics in float32, the weight applied in the input dtype); in float32
+        torch's fused op, which gives the same bits as HF's sequence of ops and costs one dispatch."""
+        if x.dtype == torch.float32:
+            if weight.dim() == 1:
+                return F.rms_norm(x, weight.shape, weight, self.eps)
+            return weight * F.rms_norm(x, weight.shape[-1:], None, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * h.to(x.dtype)
@@ -156,12 +161,14 @@ class CPUSequence:
         x = F.embedding(ids, W.embed_w)
         cos, sin = W.rotary(x[None], pos[None])
         cos, sin = cos[0].to(x.dtype), sin[0].to(x.dtype)
+        half = sin.shape[-1] // 2  # rotate_half(x) * sin == roll(x, D/2) * sin_signed, exactly
+        cos, sin_signed = cos[:, None], torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)[:, None]
         Hq, H, D, G = W.Hq, W.H, W.D, W.G
         decisions = self.rule.decide(None, pos, H) if self._layer_independent else None
         step = n == 1 and self.rule.window >= 1  # the ring step (w = 0 would reuse a slot decided this step)
         if step:
             slots, masks = cache.plan_decode()
-            M = masks.shape[-1]
+            M, step_decisions = masks.shape[-1], []
         for li, L in enumerate(W.layers):
             h = W.rms(x, L.in_norm)
             qkv = h @ L.qkv_t if L.qkv_b is None else torch.addmm(L.qkv_b, h, L.qkv_t)
@@ -176,12 +183,13 @@ class CPUSequence:
             dec = decisions if decisions is not None else self.rule.decide(logits, pos, H)
             if L.head.borrowed:  # the borrowed channel is no part of attention: zero before and after RoPE
                 qk[:, 0:Hq:G, -1] = 0
-            qk = apply_rope(qk, cos, sin)
+            qk = qk * cos + qk.roll(half, dims=-1) * sin_signed  # RoPE (dms.decisions.apply_rope)
             if L.head.borrowed:
                 qk[:, 0:Hq:G, -1] = 0
             q, k = qk[:, :Hq], qk[:, Hq:]
             if step:
-                keys, vals = cache.store_decode(li, k[0], v[0], dec[0], slots, M)
+                keys, vals = cache.store_decode(li, k[0], v[0], slots, M)
+                step_decisions.append(dec[0])
                 scores = torch.baddbmm(masks[li], q[0].float().view(H, G, D), keys.float().transpose(1, 2),
                                        alpha=W.scale)  # [H, G, M]: the G query heads of a KV head share its row
                 o = torch.bmm(torch.softmax(scores, dim=-1), vals.float()).to(x.dtype)
@@ -193,7 +201,7 @@ class CPUSequence:
             gate, up = (h @ L.gate_up_t).chunk(2, dim=-1)
             x = x + (W.act(gate) * up) @ L.down_t
         if step:
-            cache.end_decode(slots)
+            cache.end_decode(slots, torch.stack(step_decisions))
         else:
             cache.end_chunk(n)
         self.ids.extend(ids.tolist())

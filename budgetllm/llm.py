@@ -84,17 +84,22 @@ class LLM:
                         thresholds: str | None = None, **backend_options: Any) -> LLM:
         """Load ``model`` (None: the embedded default) and pick a backend.
 
-        backend: "reference" (PyTorch, any device) or "paged" (the fast GPU engine); default
-        "paged" on CUDA, else "reference". tokenizer: another tokenizer (HF id or directory);
-        thresholds: a threshold-table file (see ``budgetllm calibrate-thresholds``).
+        backend: "reference" (PyTorch, any device; the test oracle), "paged" (the fast GPU engine) or
+        "cpu" (the fast CPU path); default "paged" on CUDA, "cpu" on the CPU, else "reference".
+        tokenizer: another tokenizer (HF id or directory); thresholds: a threshold-table file (see
+        ``budgetllm calibrate-thresholds``).
         """
         from budgetllm.models.loading import load_model
 
         _check_compression(compression)
         loaded = load_model(model, device=device, dtype=dtype, adapter=adapter, progress=progress,
                             tokenizer=tokenizer, thresholds=thresholds)
-        backend = backend or ("paged" if loaded.device.type == "cuda" else "reference")
-        if backend == "reference":
+        backend = backend or {"cuda": "paged", "cpu": "cpu"}.get(loaded.device.type, "reference")
+        if backend == "cpu":
+            from budgetllm.engine.cpu import CPUBackend
+
+            engine = CPUBackend(loaded, **backend_options)
+        elif backend == "reference":
             from budgetllm.engine.generation import ReferenceBackend
 
             engine = ReferenceBackend(loaded)
@@ -105,7 +110,7 @@ class LLM:
 
             engine = PagedBackend(loaded, **backend_options)
         else:
-            raise InvalidRequestError("backend", f"unknown backend {backend!r}; use 'reference' or 'paged'")
+            raise InvalidRequestError("backend", f"unknown backend {backend!r}; use 'reference', 'paged' or 'cpu'")
         return cls(loaded, engine, compression=compression, policy=policy)
 
     # -- facts ------------------------------------------------------------------------------

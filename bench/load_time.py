@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     from budgetllm.models import load_model
 
     res = {"device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
-           "torch_threads": torch.get_num_threads(), "imports_s": round(time.perf_counter() - t0, 2),
+           "torch_threads_at_start": torch.get_num_threads(), "imports_s": round(time.perf_counter() - t0, 2),
            "load_average_before": os.getloadavg()}
     t = time.perf_counter()
     load_model(None, device=a.device, progress=False, cache=False)

@@ -38,7 +38,8 @@ from langchain_budgetllm import BudgetMiddleware, ChatDMS, get_dms_usage_callbac
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
-from budgetllm import CallContext, Plan
+from budgetllm import CallContext, KVMemory, Plan, Usage
+from budgetllm.accounting.log import too_short_to_compress
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.Pow: operator.pow, ast.Mod: operator.mod, ast.USub: operator.neg, ast.UAdd: operator.pos}
@@ -196,7 +197,9 @@ def explain_compression(messages: list) -> list[str]:
         if asked <= 1:
             why = "dense, as the policy chose (" + (msg.response_metadata.get("budget_plan", {}).get("reasons", {})
                                                    .get("compression", "no reason given")) + ")"
-        elif window and tokens <= window:
+        elif too_short_to_compress(Usage(input_tokens=usage.get("input_tokens", 0),
+                                         output_tokens=usage.get("output_tokens", 0),
+                                         kv=KVMemory(compression_requested=asked, window=window))):
             why = (f"too short to compress: all {tokens} tokens fit in the {window}-token window, and only "
                    "tokens that have left the window can be dropped")
         elif window:

@@ -101,3 +101,10 @@ def test_ray_integration_does_not_import_the_server_cli():
                 assert node.module != "budgetllm.server.cli", path
             if isinstance(node, ast.Import):
                 assert all(a.name != "budgetllm.server.cli" for a in node.names), path
+
+
+def test_readme_python_examples_parse():
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        ast.parse(block)

@@ -18,6 +18,7 @@ TEXTS = ["hello the world", "<|im_start|>user\nthe answer is 42<|im_end|>", "  t
 
 @pytest.fixture(scope="module")
 def gguf_file(tmp_path_factory):
+    pytest.importorskip("gguf")  # a core dependency; the GPU test machine may lack it
     return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny-llama.Q8_0.gguf")
 
 
@@ -33,6 +34,8 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def _same_model(a, b):
+    a_dev, b_dev = next(a.hf_model.parameters()).device, next(b.hf_model.parameters()).device
+    assert a_dev == b_dev
     sa, sb = a.hf_model.state_dict(), b.hf_model.state_dict()
     assert sa.keys() == sb.keys()
     for k in sa:
@@ -42,7 +45,7 @@ def _same_model(a, b):
     msgs = [{"role": "user", "content": "What is 2 + 2?"}]
     assert a.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
         b.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    ids = torch.tensor([a.tokenizer(TEXTS[1])["input_ids"]])
+    ids = torch.tensor([a.tokenizer(TEXTS[1])["input_ids"]], device=a_dev)
     with torch.no_grad():
         assert torch.equal(a.hf_model(ids).logits, b.hf_model(ids).logits)
     assert (a.name, a.arch, a.max_context, a.dms.variant) == (b.name, b.arch, b.max_context, b.dms.variant)
@@ -144,3 +147,13 @@ def test_killed_builds_are_swept_later(gguf_file, direct, cache_dir):
     entry = wc.write_entry(wc.entry_dir(gguf_file), gguf_file, direct.hf_model, direct.tokenizer)
     assert wc.check_entry(entry) is None
     assert not old.exists() and fresh.exists()  # a build started a moment ago may still be running
+
+
+@pytest.mark.gpu
+def test_cached_load_on_the_gpu_matches_the_gguf(gguf_file, cache_dir):
+    """bfloat16 on CUDA from the float32 cache entry == the GGUF loaded straight onto the GPU."""
+    direct_gpu = load_model(str(gguf_file), device="cuda", progress=False, cache=False)
+    load_model(str(gguf_file), device="cuda", progress=False)  # builds the entry
+    cached_gpu = load_model(str(gguf_file), device="cuda", progress=False)
+    assert cached_gpu.dtype == torch.bfloat16
+    _same_model(direct_gpu, cached_gpu)

@@ -79,11 +79,24 @@ def fit_thresholds(logits: torch.Tensor, ratios=RATIOS) -> tuple[dict[float, tup
         i1 = (i0 + 1).clamp(max=n - 1)
         w = pos - i0
         thr = srt.gather(-1, i0[..., None])[..., 0] * (1 - w) + srt.gather(-1, i1[..., None])[..., 0] * w
+        thr = _mid_gap(srt, thr)
         kept = (srt <= thr[..., None]).double().mean()
         table[float(r)] = tuple(tuple(round(float(t), 5) for t in row) for row in thr)
         records.append({"ratio": float(r), "predicted_ratio": round(1 / max(float(kept), 1e-9), 4),
                         "mean_threshold": round(float(thr.mean()), 4)})
     return table, records
+
+
+def _mid_gap(srt: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
+    """Move each threshold to the middle of the gap between the fitted logits around it: the same
+    logits are kept, and none sits on the threshold, where a last-ulp difference between two
+    forwards (a backend's fused ops against this dense pass) would flip its decision."""
+    n = srt.shape[-1]
+    idx = torch.searchsorted(srt, thr[..., None].contiguous(), right=True)[..., 0]  # logits <= thr
+    below = srt.gather(-1, (idx - 1).clamp(0, n - 1)[..., None])[..., 0]
+    above = srt.gather(-1, idx.clamp(0, n - 1)[..., None])[..., 0]
+    inside = (idx > 0) & (idx < n)
+    return torch.where(inside, 0.5 * (below + above), thr)
 
 
 def fit_threshold_table(loaded, seqs: list, ratios=RATIOS, *, progress: bool = False) -> tuple[dict, list[dict]]:

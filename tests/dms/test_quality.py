@@ -57,11 +57,7 @@ def test_dms_policy_with_per_head_thresholds_equals_oracle(tiny_loaded):
 def test_passage_copy_task_scores_dense_and_every_method(tiny_loaded):
     """The quality script end to end on a tiny model: the copy task is scored for dense and each method,
     and the result records where it came from."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    import quality as bench_quality
+    from budgetllm.benchmarks import quality as bench_quality
 
     model = tiny_loaded("adapter", window=8)
     res = bench_quality.run_quality(model, n_text=1, n_tasks=0, text_len=64, ratios=(2.0,), n_copy=2,

@@ -112,9 +112,18 @@ def test_calibration_logits_equal_the_reference(tiny_dir):
     ref_model = load_model(str(tiny_dir("qwen3", "borrowed")), device="cpu", progress=False)
     fast_model = load_model(str(tiny_dir("qwen3", "borrowed")), device="cpu", progress=False)
     prompt = list(range(300, 340))
-    a, b = ReferenceBackend(ref_model).prompt_logits(prompt), CPUBackend(fast_model).prompt_logits(prompt)
+    a, b = (_dense_logits(backend, prompt) for backend in (ReferenceBackend(ref_model), CPUBackend(fast_model)))
     assert len(a) == len(b) == ref_model.config.num_hidden_layers
     assert all(torch.allclose(x, y, atol=1e-4) for x, y in zip(a, b, strict=True))
+
+
+def _dense_logits(backend, prompt):
+    """Every layer's decision logits over a dense pass of ``prompt`` through ``backend``'s own sequence."""
+    from budgetllm.engine.eviction import EvictionRule
+
+    seq = backend.new_sequence(EvictionRule(), collect_logits=True)
+    seq.forward(prompt)
+    return seq.logit_log
 
 
 def test_the_cpu_backend_refuses_other_devices():

@@ -180,7 +180,7 @@ class CPUSequence:
                 L.head.logits(qk[:, :Hq], x)
             if self.collect_logits and logits is not None:
                 self.logit_log.append(logits.detach())
-            dec = decisions if decisions is not None else self.rule.decide(logits, pos, H)
+            dec = decisions if decisions is not None else self.rule.decide(logits, pos, H, layer=li)
             if L.head.borrowed:  # the borrowed channel is no part of attention: zero before and after RoPE
                 qk[:, 0:Hq:G, -1] = 0
             qk = qk * cos + qk.roll(half, dims=-1) * sin_signed  # RoPE (dms.decisions.apply_rope)

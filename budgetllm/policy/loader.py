@@ -23,7 +23,14 @@ from budgetllm.policy.effort import EffortPolicy
 from budgetllm.policy.escalation import EscalationPolicy, EscalationStep
 from budgetllm.policy.file_checks import check, to_settings
 from budgetllm.policy.file_errors import Problem, dotted, raise_problems, translate
-from budgetllm.policy.file_lines import MAX_INT_DIGITS, NumberTooLong, PathLines, line_of, load_yaml, toml_lines
+from budgetllm.policy.file_lines import (
+    MAX_INT_DIGITS,
+    NumberTooLong,
+    PathLines,
+    line_of,
+    load_yaml,
+    toml_lines,
+)
 from budgetllm.policy.file_schema import PolicyFileModel
 from budgetllm.policy.load_aware import LoadAwarePolicy, LoadBand
 from budgetllm.policy.memory_cap import MemoryCapPolicy

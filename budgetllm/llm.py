@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -196,6 +197,9 @@ class LLM:
             meter=KVMeter(self.kv_shape, rule.ratio, rule.mode, window=_tokens_kept_before_eviction(rule)),
             eos_ids=self.prompter.eos_ids,
             banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config), constraint=constraint)
+        started = _STARTED.get()
+        if started is not None:  # astream: its consumer may cancel while the engine still prefills
+            started.append(req)
         try:
             yield from self._output.events(self.backend, req, plan, stop=call.stop, with_tools=bool(call.tools))
         finally:
@@ -255,19 +259,28 @@ class LLM:
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
         done = object()
+        started: list[GenerationRequest] = []
+        finished = False
+
+        def post(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the consumer's event loop is closed: nobody is listening
+                stop.set()
 
         def worker() -> None:
+            _STARTED.set(started)
             it = self.stream(messages, **opts)
             try:
                 for event in it:
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
+                    post(event)
                     if stop.is_set():
                         break
             except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-                loop.call_soon_threadsafe(queue.put_nowait, e)
+                post(e)
             finally:
                 it.close()
-                loop.call_soon_threadsafe(queue.put_nowait, done)
+                post(done)
 
         thread = threading.Thread(target=worker, daemon=True)
         thread.start()
@@ -275,12 +288,20 @@ class LLM:
             while True:
                 item = await queue.get()
                 if item is done:
+                    finished = True
                     return
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
             stop.set()
+            if not finished:
+                for req in started:  # reaches the engine now, even in the middle of a prefill
+                    req.cancelled = True
+
+
+# The requests an ``astream`` worker thread started (so that closing the stream cancels them at once).
+_STARTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("budgetllm_started", default=None)
 
 
 def _check_compression(value: float) -> float:

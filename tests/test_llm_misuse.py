@@ -115,3 +115,30 @@ def test_paged_close_stops_the_thread_and_fails_waiting_requests(tiny_dir):
     with pytest.raises(BudgetLLMError):
         paged.generate("hi")
     assert ref.generate("hi", max_tokens=2).usage.output_tokens == 2  # the shared weights are untouched
+
+
+async def test_closing_astream_during_the_prefill_cancels_the_request_at_once(tiny_llm, monkeypatch):
+    """The defect: a client that left during the prefill was noticed only after the first token."""
+    import asyncio
+
+    llm = tiny_llm("llama")
+    entered, release, seen = threading.Event(), threading.Event(), []
+    original = llm.backend.run
+
+    def slow_prefill(req):
+        seen.append(req)
+        entered.set()
+        release.wait(30)  # the engine is busy with this request's prefill
+        yield from original(req)
+
+    monkeypatch.setattr(llm.backend, "run", slow_prefill)
+    stream = llm.astream("hi", max_tokens=50)
+    first = asyncio.ensure_future(anext(stream))
+    assert await asyncio.to_thread(entered.wait, 30)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await stream.aclose()
+    try:
+        assert seen[0].cancelled  # set while the prefill still runs, not after it
+    finally:
+        release.set()

@@ -92,6 +92,8 @@ class ReferenceBackend:
         try:
             t0 = time.perf_counter()
             with self._lock:
+                if req.cancelled:  # cancelled while waiting for the lock: no prefill for nobody
+                    return
                 seq = (self._reuse(req.rule, req.prompt_ids) if self.prefix_cache else None) or \
                     self.new_sequence(req.rule)
                 req.cached_tokens = seq.seen

@@ -1,6 +1,7 @@
 """OpenAI-compatible HTTP server for an LLM, and its client.
 
-Owns: the HTTP edge (pydantic request models, OpenAI wire format with budgetllm extras), the
+Owns: the HTTP edge (body reading and limits in ``http_body``, pydantic request models whose bounds come
+from ``budgetllm.options``, OpenAI wire format with budgetllm extras), the
 ``budgetllm serve`` command, ``/metrics``, and ``RemoteLLM`` (the LLM surface over HTTP).
 Must not import: LangChain. ``client`` and ``wire`` must stay free of torch and FastAPI, so a
 remote user installs neither; hence the lazy names below instead of eager imports.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import json
 import logging
 import os
 import time
@@ -25,7 +24,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from budgetllm.errors import (
     BudgetLLMError,
@@ -34,8 +32,8 @@ from budgetllm.errors import (
     PoolExhaustedError,
     PromptTooLongError,
 )
-from budgetllm.options import check_policy_tier, validate_options
 from budgetllm.server import wire
+from budgetllm.server.http_body import APIError, ClientLeft, check_options, read_json
 from budgetllm.server.metrics import ServerMetrics, render_metrics
 from budgetllm.server.schemas import ChatCompletionRequest, TokenizeRequest, describe_validation_error
 from budgetllm.server.streaming import (
@@ -49,21 +47,6 @@ from budgetllm.server.streaming import (
 log = logging.getLogger("budgetllm.server")
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a 128k-token prompt is ~0.5 MB of text; 4 MB leaves room
-MAX_JSON_DEPTH = 64  # tool schemas nest a few levels; deeper bodies are refused before validation
-
-
-class APIError(Exception):
-    """An error answered as OpenAI's ``{"error": {"message", "type", "param", "code"}}``."""
-
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None, **extra: Any):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.extra = extra
-
-    def payload(self) -> dict[str, Any]:
-        body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return {"error": {**body, **self.extra}}
 
 
 def api_error_for(exc: BaseException) -> APIError:
@@ -93,64 +76,6 @@ def _parse(model: type[BaseModel], body: Any) -> Any:
     except ValidationError as e:
         message, param = describe_validation_error(e)
         raise APIError(400, message, param=param, code="invalid_value") from None
-
-
-async def _read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON, refused early when larger than ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body is {declared} bytes; this server accepts at most {limit}",
-                       code="request_too_large")
-    body = bytearray()
-    try:
-        async for part in request.stream():  # chunked bodies have no content-length: count them too
-            body += part
-            if len(body) > limit:
-                raise APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
-    except ClientDisconnect:
-        raise _ClientLeft() from None
-    if not body:
-        raise APIError(400, "request body is empty; send a JSON object", code="invalid_json")
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
-    except RecursionError:
-        data = _TOO_DEEP  # deeper than the parser's stack: reported below like any too-deep body
-    if data is _TOO_DEEP or _too_deep(data, MAX_JSON_DEPTH):
-        raise APIError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
-    if not isinstance(data, dict):
-        raise APIError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
-    return data
-
-
-_TOO_DEEP = object()
-
-
-class _ClientLeft(Exception):
-    """The client went away while sending its body: nothing to answer (logged at debug level)."""
-
-
-def _too_deep(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests containers more than ``limit`` deep (iterative: no recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, (dict, list)):
-            if depth > limit:
-                return True
-            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
-    return False
-
-
-def _check_options(opts: dict[str, Any], policy: Any) -> None:
-    """The per-call options checked at the edge against the one contract (budgetllm.options)."""
-    try:
-        validate_options(**opts)
-        if policy is not None:
-            check_policy_tier(policy, opts.get("policy_tier"))
-    except InvalidRequestError as e:
-        raise APIError(400, str(e), param=e.field, code="invalid_value") from None
 
 
 async def _final_generation(events: Any) -> Any:
@@ -214,8 +139,8 @@ def create_app(
         err = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
         return JSONResponse(err.payload(), status_code=exc.status_code)
 
-    @app.exception_handler(_ClientLeft)
-    async def _client_left(request: Request, exc: _ClientLeft) -> Response:
+    @app.exception_handler(ClientLeft)
+    async def _client_left(request: Request, exc: ClientLeft) -> Response:
         metrics.count("cancelled")
         log.debug("client disconnected while sending its request body")
         return Response(status_code=499)  # nobody reads it
@@ -270,7 +195,7 @@ def create_app(
 
     @app.post("/v1/tokenize", dependencies=auth)
     async def tokenize(request: Request) -> dict[str, Any]:
-        req = _parse(TokenizeRequest, await _read_json(request, max_request_bytes))
+        req = _parse(TokenizeRequest, await read_json(request, max_request_bytes))
         messages = req.messages if isinstance(req.messages, str) else [m.to_engine() for m in req.messages]
         tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
         try:
@@ -283,7 +208,7 @@ def create_app(
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(request: Request) -> Any:
         try:
-            req: ChatCompletionRequest = _parse(ChatCompletionRequest, await _read_json(request, max_request_bytes))
+            req: ChatCompletionRequest = _parse(ChatCompletionRequest, await read_json(request, max_request_bytes))
         except APIError:
             metrics.count("client_error")
             raise
@@ -292,7 +217,7 @@ def create_app(
                 raise APIError(404, f"the model {req.model!r} does not exist; this server serves {model_name!r}",
                                param="model", code="model_not_found")
             messages, opts = req.engine_messages(), req.engine_options()
-            _check_options(opts, policy if policy is not None else getattr(llm, "policy", None))
+            check_options(opts, policy if policy is not None else getattr(llm, "policy", None))
         except APIError:
             metrics.count("client_error")
             raise

@@ -82,12 +82,12 @@ def test_client_that_disconnects_mid_upload_is_no_error(server, caplog):
 
 
 def test_an_uncaught_bug_is_a_counted_json_500(fake, monkeypatch):
-    import budgetllm.server.app as app_module
+    import budgetllm.server.http_body as body_module
 
     def broken(*a, **k):
         raise RecursionError("deep inside")
 
-    monkeypatch.setattr(app_module, "_too_deep", broken)
+    monkeypatch.setattr(body_module, "too_deep", broken)
     with LiveServer(create_app(fake)) as srv:
         r = post(srv, OK_BODY)
         assert r.status_code == 500 and error_of(r)["code"] == "internal_error"

@@ -63,7 +63,7 @@ def test_tool_spec_auto_is_triggered_and_forced_is_calls_only():
     assert [t["begin"] for t in auto["tags"]] == ['<tool_call>\n{"name": "calculator", "arguments": ',
                                                   '<tool_call>\n{"name": "weather", "arguments": ']
     named = json.loads(tool_call_spec([CALC, WEATHER], {"type": "function", "function": {"name": "weather"}}).source)
-    assert named["format"]["at_least_one"] and [t["begin"] for t in named["format"]["tags"]] == [
+    assert named["format"]["at_least_one"] and named["format"]["stop_after_first"] and [t["begin"] for t in named["format"]["tags"]] == [
         '<tool_call>\n{"name": "weather", "arguments": ']
     assert tool_call_spec([CALC], "none") is None and tool_call_spec(None, "any") is None
     llama = json.loads(tool_call_spec([CALC], None, fmt="llama3").source)["format"]

@@ -46,7 +46,7 @@ def _eval(node: ast.AST) -> float:
 
 
 @tool
-def calculator(expression: Annotated[str, Field(pattern=r"[0-9(][0-9.()+\-*/% ]*", max_length=40)]) -> str:
+def calculator(expression: Annotated[str, Field(pattern=r"[0-9(][0-9.()+\-*/% ]{0,39}")]) -> str:
     """Evaluate an arithmetic expression such as "17 * 23" and return the result."""
     try:
         return str(_eval(ast.parse(expression, mode="eval").body))

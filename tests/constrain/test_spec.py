@@ -28,6 +28,10 @@ def _rf(schema):
     ({"$ref": "http://example.com/s.json"}, "response_format.json_schema.schema.$ref"),
     ({"type": "object", "properties": {"n": {"type": "integer", "maximum": "9"}}}, "response_format.json_schema.schema.properties.n.maximum"),
     ([1, 2], "response_format.json_schema.schema"),
+    ({"type": "string", "pattern": "[a-z]+", "maxLength": 3}, "response_format.json_schema.schema.maxLength"),
+    ({"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 3}}}, "response_format.json_schema.schema.properties.n.multipleOf"),
+    ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "response_format.json_schema.schema.uniqueItems"),
+    ({"not": {"type": "string"}}, "response_format.json_schema.schema.not"),
 ])
 def test_bad_schema_names_its_path(schema, path):
     with pytest.raises(InvalidRequestError) as e:

@@ -96,7 +96,10 @@ class TestChatDMSIntegration(ChatModelIntegrationTests):
     def test_structured_output(self, model, schema_type) -> None:
         super().test_structured_output(model, schema_type)
 
-    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    @pytest.mark.parametrize("schema_type", [
+        pytest.param("pydantic", marks=pytest.mark.xfail(reason=REPEATS_IN_STRING, strict=True,
+                                                         raises=OutputParserException)),
+        "typeddict", "json_schema"])
     async def test_structured_output_async(self, model, schema_type) -> None:
         await super().test_structured_output_async(model, schema_type)
 

@@ -103,6 +103,7 @@ class TestChatDMSIntegration(ChatModelIntegrationTests):
     async def test_structured_output_async(self, model, schema_type) -> None:
         await super().test_structured_output_async(model, schema_type)
 
+    @pytest.mark.xfail(reason=REPEATS_IN_STRING, strict=True, raises=OutputParserException)
     def test_structured_output_pydantic_2_v1(self, model) -> None:
         super().test_structured_output_pydantic_2_v1(model)
 

@@ -15,18 +15,8 @@ import statistics
 import sys
 import time
 
-TOOLS = [
-    {"name": "calculator", "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}},
-    {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}}, "required": ["city"]}},
-    {"name": "search", "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "top_k": {"type": "integer", "minimum": 1, "maximum": 50}}, "required": ["query"]}},
-    {"name": "send_email", "parameters": {"type": "object", "properties": {"to": {"type": "array", "items": {"type": "string"}}, "subject": {"type": "string"}, "body": {"type": "string"}}, "required": ["to", "body"]}},
-    {"name": "create_event", "parameters": {"type": "object", "properties": {"title": {"type": "string"}, "start": {"type": "string"}, "minutes": {"type": "integer"}, "attendees": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string"}}, "required": ["email"]}}}, "required": ["title", "start"]}},
-    {"name": "read_file", "parameters": {"type": "object", "properties": {"path": {"type": "string"}, "offset": {"type": "integer"}}, "required": ["path"]}},
-    {"name": "write_file", "parameters": {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}, "append": {"type": "boolean"}}, "required": ["path", "content"]}},
-    {"name": "convert_currency", "parameters": {"type": "object", "properties": {"amount": {"type": "number"}, "from": {"type": "string"}, "to": {"type": "string"}}, "required": ["amount", "from", "to"]}},
-    {"name": "translate", "parameters": {"type": "object", "properties": {"text": {"type": "string"}, "target": {"enum": ["en", "fr", "de", "es", "ja"]}}, "required": ["text", "target"]}},
-    {"name": "set_reminder", "parameters": {"type": "object", "properties": {"text": {"type": "string"}, "at": {"type": "string"}, "repeat": {"enum": ["none", "daily", "weekly"]}}, "required": ["text", "at"]}},
-]
+from budgetllm.benchmarks.constrained import TOOLS  # the 10-tool set (also the GPU benchmark's)
+
 CALL = '<tool_call>\n{"name": "create_event", "arguments": {"title": "Team sync", "start": "2026-12-01T10:00", "minutes": 30, "attendees": [{"name": "Ann", "email": "ann@example.com"}]}}\n</tool_call>'
 PREFIX = "Let me add it to the calendar.\n"
 

@@ -361,6 +361,14 @@ def _parse_body(body: str, raw: str) -> list[ToolCall | InvalidToolCall]:
     return [_to_call(value, raw)]
 
 
+def _unparsable(body: str) -> bool:
+    try:
+        _loads(_strip_fence(body))
+    except ValueError:
+        return True
+    return False
+
+
 def _split(calls: list[ToolCall | InvalidToolCall]) -> tuple[list[ToolCall], list[InvalidToolCall]]:
     good = [c for c in calls if isinstance(c, ToolCall)]
     bad = [c for c in calls if isinstance(c, InvalidToolCall)]
@@ -397,6 +405,16 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCa
                     parsed = [InvalidToolCall(new_call_id(), name, raw, "truncated tool call: no closing </tool_call>")]
                 calls.extend(parsed)
                 break
+            # "</tool_call>" inside a JSON string does not close the call: take the first closing
+            # tag after which the body parses (else the first one, and the call is invalid).
+            close = end
+            while _unparsable(text[body_start:close]):
+                later = text.find(TOOL_CALL_CLOSE, close + len(TOOL_CALL_CLOSE))
+                if later < 0:
+                    break
+                close = later
+            if not _unparsable(text[body_start:close]):
+                end = close
             raw = text[start : end + len(TOOL_CALL_CLOSE)]
             calls.extend(_parse_body(text[body_start:end], raw))
             pos = end + len(TOOL_CALL_CLOSE)

@@ -31,12 +31,14 @@ import ast
 import operator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import wrap_model_call
 from langchain_budgetllm import BudgetMiddleware, ChatDMS, get_dms_usage_callback
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
+from pydantic import Field
 
 from budgetllm import CallContext, KVMemory, Plan, Usage
 from budgetllm.accounting.log import too_short_to_compress
@@ -56,7 +58,7 @@ def _eval(node: ast.AST) -> float:
 
 
 @tool
-def calculator(expression: str) -> str:
+def calculator(expression: Annotated[str, Field(pattern=r"[0-9(][0-9.()+\-*/% ]{0,39}")]) -> str:
     """Evaluate an arithmetic expression such as "17 * 23" and return the result."""
     try:
         return str(_eval(ast.parse(expression, mode="eval").body))

@@ -323,3 +323,13 @@ def test_tokenizer_parse_response_is_used_when_the_tokenizer_has_a_template():
     assert text == "hi" and [(c.name, c.arguments) for c in good] == [("add", {"a": 1})]
     assert [c.name for c in bad] == ["bad"]
     assert parse_with_tokenizer(object(), "RAW") is None  # no template: the hand-written parser decides
+
+
+def test_closing_tag_inside_a_json_string_does_not_end_the_call():
+    from budgetllm.chat_format import parse_tool_calls
+
+    text = '<tool_call>\n{"name": "calc", "arguments": {"expression": "}}</tool_call> 2+2"}}\n</tool_call> after'
+    rest, good, bad = parse_tool_calls(text)
+    assert not bad and good[0].arguments == {"expression": "}}</tool_call> 2+2"} and rest == "after"
+    _, good, bad = parse_tool_calls('<tool_call>\n{"name": "calc", "arguments": {"a": 1</tool_call>x')
+    assert not good and bad and bad[0].name == "calc"

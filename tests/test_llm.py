@@ -155,9 +155,10 @@ def test_tool_choice_forces_a_call_of_that_tool(tiny_llm):
     llm = tiny_llm("qwen2")
     tools = [{"type": "function", "function": {"name": "add", "description": "Add two integers",
               "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}]
-    out = llm.generate("add 3 and 4", tools=tools, tool_choice="add", max_tokens=12)
-    calls = [*out.tool_calls, *out.invalid_tool_calls]
-    assert out.finish_reason == "tool_calls" and calls and calls[0].name == "add"
+    # the grammar writes the whole call (name and schema-valid arguments), so it needs room for it
+    out = llm.generate("add 3 and 4", tools=tools, tool_choice="add", max_tokens=60)
+    assert out.finish_reason == "tool_calls" and not out.invalid_tool_calls
+    assert [c.name for c in out.tool_calls] == ["add"] and isinstance(out.tool_calls[0].arguments.get("a", 0), int)
     free = llm.generate("add 3 and 4", tools=tools, max_tokens=12)
     assert not free.tool_calls  # a random model does not call tools by itself
 

@@ -20,6 +20,11 @@ def bench_command(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             print("budgetllm bench measures the paged GPU engine and needs a CUDA GPU; none was found")
             return 2
+        if args.only == "constrained":  # constrained decoding: tok/s constrained vs none, compile time
+            from budgetllm.benchmarks.constrained import main as constrained
+
+            constrained(["--out", str(Path(args.out, "constrained.json"))])
+            return 0
         from budgetllm.benchmarks.matrix import main
 
         results = main(args.out, args.budget_s, args.quick, args.only)
@@ -34,7 +39,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench/results")
     p.add_argument("--budget-s", type=float, default=480, help="wall-time budget; later points are skipped")
     p.add_argument("--quick", action="store_true", help="contexts 1K, 8K and 32K, batch 1 and 16 only")
-    p.add_argument("--only", choices=["grid", "rest", "equal", "long"],
+    p.add_argument("--only", choices=["grid", "rest", "equal", "long", "constrained"],
                    help="one part of the matrix (a whole matrix outlasts a 10-minute GPU lease)")
     p.add_argument("--merge", nargs="+", metavar="PART_JSON", help="merge parts into bench.json and report")
 

@@ -20,6 +20,20 @@ import threading
 import time
 from pathlib import Path
 
+# A typical agent's tool set (also bench/grammar_libs.py's, for the CPU library comparison).
+TOOLS = [
+    {"name": "calculator", "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}},
+    {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}}, "required": ["city"]}},
+    {"name": "search", "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "top_k": {"type": "integer", "minimum": 1, "maximum": 50}}, "required": ["query"]}},
+    {"name": "send_email", "parameters": {"type": "object", "properties": {"to": {"type": "array", "items": {"type": "string"}}, "subject": {"type": "string"}, "body": {"type": "string"}}, "required": ["to", "body"]}},
+    {"name": "create_event", "parameters": {"type": "object", "properties": {"title": {"type": "string"}, "start": {"type": "string"}, "minutes": {"type": "integer"}, "attendees": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string"}}, "required": ["email"]}}}, "required": ["title", "start"]}},
+    {"name": "read_file", "parameters": {"type": "object", "properties": {"path": {"type": "string"}, "offset": {"type": "integer"}}, "required": ["path"]}},
+    {"name": "write_file", "parameters": {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}, "append": {"type": "boolean"}}, "required": ["path", "content"]}},
+    {"name": "convert_currency", "parameters": {"type": "object", "properties": {"amount": {"type": "number"}, "from": {"type": "string"}, "to": {"type": "string"}}, "required": ["amount", "from", "to"]}},
+    {"name": "translate", "parameters": {"type": "object", "properties": {"text": {"type": "string"}, "target": {"enum": ["en", "fr", "de", "es", "ja"]}}, "required": ["text", "target"]}},
+    {"name": "set_reminder", "parameters": {"type": "object", "properties": {"text": {"type": "string"}, "at": {"type": "string"}, "repeat": {"enum": ["none", "daily", "weekly"]}}, "required": ["text", "at"]}},
+]
+
 SCHEMA = {"type": "object", "properties": {"title": {"type": "string"}, "items": {"type": "array", "items": {
     "type": "object", "properties": {"name": {"type": "string"}, "score": {"type": "number"},
                                      "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}}},
@@ -27,11 +41,6 @@ SCHEMA = {"type": "object", "properties": {"title": {"type": "string"}, "items":
 
 
 def ten_tools() -> list[dict]:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from grammar_libs import TOOLS  # the same 10-tool set as the library comparison
-
     return [{"type": "function", "function": t} for t in TOOLS]
 
 

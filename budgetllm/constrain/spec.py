@@ -20,10 +20,13 @@ KINDS = ("json_schema", "json_object", "regex", "grammar", "structural_tag")
 _TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
-_SUBSCHEMAS = ("items", "additionalProperties", "not", "contains", "propertyNames")
+_SUBSCHEMAS = ("items", "additionalProperties", "propertyNames")
 _NUMBERS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 _COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
 MAX_SCHEMA_DEPTH = 64
+# Keywords a grammar cannot enforce (the library would ignore them and an answer could break them).
+_UNSUPPORTED = ("not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies", "contains",
+                "minContains", "maxContains", "unevaluatedProperties", "unevaluatedItems", "multipleOf")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,12 @@ def check_schema(schema: Any, path: str, depth: int = 0) -> None:
         return
     if not isinstance(schema, dict):
         raise InvalidRequestError(path, f"a JSON schema must be an object or a boolean, got {type(schema).__name__}")
+    for key in _UNSUPPORTED:
+        if key in schema:
+            raise InvalidRequestError(f"{path}.{key}", f"'{key}' cannot be enforced by constrained decoding; remove it")
+    if schema.get("uniqueItems") is True:
+        raise InvalidRequestError(f"{path}.uniqueItems", "unique items cannot be enforced by constrained decoding; "
+                                  "use a list (and deduplicate after parsing)")
     typ = schema.get("type")
     if typ is not None:
         types = typ if isinstance(typ, list) else [typ]
@@ -89,6 +98,10 @@ def check_schema(schema: Any, path: str, depth: int = 0) -> None:
             raise InvalidRequestError(f"{path}.{lo}", f"{schema[lo]} is above {hi} {schema[hi]}: nothing can match")
     if "pattern" in schema:
         _check_regex(schema["pattern"], f"{path}.pattern")
+        both = [k for k in ("minLength", "maxLength") if k in schema]
+        if both:  # the grammar engine would drop the length silently: the answer could break it
+            raise InvalidRequestError(f"{path}.{both[0]}", "a string with a 'pattern' cannot also have minLength/"
+                                      "maxLength here; bound the length in the pattern instead, e.g. '[a-z]{1,40}'")
     ref = schema.get("$ref")
     if ref is not None and (not isinstance(ref, str) or not ref.startswith("#")):
         raise InvalidRequestError(f"{path}.$ref", f"only local references ('#/$defs/...') are supported, got {ref!r}")

@@ -4,7 +4,7 @@ Standard library only. The grammar is an xgrammar *structural tag*: text is free
 writes the trigger of its tool-call syntax (``<tool_call>`` for Hermes/Qwen, ``{"name": `` for
 Llama 3's bare JSON), and from there the call is held to
 ``<tool_call>\\n{"name": "<tool>", "arguments": <that tool's schema>}\\n</tool_call>``. When
-``tool_choice`` forces a call ("any"/"required"/True/a name) the answer must be calls only.
+``tool_choice`` forces a call ("any"/"required"/True/a name) the answer is exactly one call.
 The texts here are the ones ``chat_format.parse_tool_calls`` reads back and the ones
 ``chat_format.tool_call_prefix`` forces, character for character.
 """
@@ -84,7 +84,9 @@ def _json(schema: Any) -> dict[str, Any]:
 
 
 def _calls_only(tags: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "tags_with_separator", "tags": tags, "separator": "\n", "at_least_one": True}
+    """Exactly one call, then the end (a forced call is one call: small models repeat it otherwise)."""
+    return {"type": "tags_with_separator", "tags": tags, "separator": "\n", "at_least_one": True,
+            "stop_after_first": True}
 
 
 def _as_format(spec: GrammarSpec) -> dict[str, Any]:

@@ -33,7 +33,8 @@ TOOLS = [{"type": "function", "function": {"name": "calculator", "parameters": {
 def _pair(tiny_dir, device="cpu"):
     from budgetllm.engine.paged_backend import PagedBackend
 
-    ref = LLM.from_pretrained(str(tiny_dir("llama", None)), backend="reference", device=device, progress=False)
+    ref = LLM.from_pretrained(str(tiny_dir("llama", None)), backend="reference", device=device, progress=False,
+                              dtype=torch.float32)  # float32 on the GPU too: greedy tokens compared exactly
     kw = dict(cuda_graphs=False) if device == "cpu" else {}
     backend = PagedBackend(ref.loaded, max_seqs=4, page_size=4, num_pages=400, max_context=256,
                            max_prefill_tokens=64, **kw)

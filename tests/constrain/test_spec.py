@@ -28,6 +28,10 @@ def _rf(schema):
     ({"$ref": "http://example.com/s.json"}, "response_format.json_schema.schema.$ref"),
     ({"type": "object", "properties": {"n": {"type": "integer", "maximum": "9"}}}, "response_format.json_schema.schema.properties.n.maximum"),
     ([1, 2], "response_format.json_schema.schema"),
+    ({"type": "string", "pattern": "[a-z]+", "maxLength": 3}, "response_format.json_schema.schema.maxLength"),
+    ({"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 3}}}, "response_format.json_schema.schema.properties.n.multipleOf"),
+    ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "response_format.json_schema.schema.uniqueItems"),
+    ({"not": {"type": "string"}}, "response_format.json_schema.schema.not"),
 ])
 def test_bad_schema_names_its_path(schema, path):
     with pytest.raises(InvalidRequestError) as e:
@@ -63,7 +67,7 @@ def test_tool_spec_auto_is_triggered_and_forced_is_calls_only():
     assert [t["begin"] for t in auto["tags"]] == ['<tool_call>\n{"name": "calculator", "arguments": ',
                                                   '<tool_call>\n{"name": "weather", "arguments": ']
     named = json.loads(tool_call_spec([CALC, WEATHER], {"type": "function", "function": {"name": "weather"}}).source)
-    assert named["format"]["at_least_one"] and [t["begin"] for t in named["format"]["tags"]] == [
+    assert named["format"]["at_least_one"] and named["format"]["stop_after_first"] and [t["begin"] for t in named["format"]["tags"]] == [
         '<tool_call>\n{"name": "weather", "arguments": ']
     assert tool_call_spec([CALC], "none") is None and tool_call_spec(None, "any") is None
     llama = json.loads(tool_call_spec([CALC], None, fmt="llama3").source)["format"]

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from budgetllm.dms.oracle import masked_model_forward
+from budgetllm.engine.cpu.backend import CPUWeights
 from budgetllm.engine.cpu.cache import RowCache
-from budgetllm.engine.cpu.sequence import CPUSequence, CPUWeights
+from budgetllm.engine.cpu.sequence import CPUSequence
 from budgetllm.engine.eviction import EvictionRule
 from budgetllm.engine.reference import ReferenceSequence
 from budgetllm.models import load_model

@@ -64,6 +64,11 @@ class LLM:
         del backend
         _free_memory()
 
+    @property
+    def closed(self) -> bool:
+        """True after close(): holders of a shared engine (ChatDMS) call get_llm again."""
+        return self._closed
+
     def __enter__(self) -> LLM:
         return self
 

@@ -76,7 +76,7 @@ def test_close_and_context_manager(tiny_dir):
         with pytest.raises(BudgetLLMError, match="closed"):
             call()
     a.close()  # idempotent
-    assert a.backend is None and a.loaded is None
+    assert a.closed and a.backend is None and a.loaded is None
 
 
 def test_release_shared_engines(tiny_dir):

@@ -17,6 +17,7 @@ from budgetllm.errors import (
     RequestCancelledError,
     UnsupportedArchitectureError,
 )
+from budgetllm.options import CallOptions
 from budgetllm.policy import (
     AgentBudget,
     BudgetPolicy,
@@ -64,6 +65,7 @@ __all__ = [
     "Generation", "StreamEvent", "Usage", "KVMemory", "ToolCall", "InvalidToolCall", "SamplingParams",
     "ThinkingConfig", "UsageLog", "KVMeter", "KVShape", "format_bytes", "render_usage_table",
     "BudgetPolicy", "CallContext", "Plan", "AgentBudget", "ModelProfile", "RequestedLimits", "FixedPolicy",
+    "CallOptions",
     "BudgetLLMError", "InvalidRequestError", "PromptTooLongError", "ModelNotFoundError",
     "UnsupportedArchitectureError", "CheckpointFormatError", "PoolExhaustedError", "RequestCancelledError",
 ]

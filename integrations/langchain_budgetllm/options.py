@@ -1,6 +1,6 @@
 """ChatDMS's per-call options: which fields travel to the engine, checked by budgetllm's CallOptions.
 
-CallOptions (``budgetllm.options``) is the one list of per-call fields and their bounds; the names
+CallOptions (exported by ``budgetllm``) is the one list of per-call fields and their bounds; the names
 here are the ones ChatDMS forwards (a test fails when the two drift apart), and every value is
 checked by CallOptions itself, so a bound lives in one place.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from budgetllm.options import CallOptions
+from budgetllm import CallOptions
 
 # Engine options ChatDMS forwards; each may be set on the instance and overridden per call.
 FIELD_OPTIONS = ("compression", "thinking_budget", "reasoning_effort", "max_tokens", "answer_reserve",

@@ -65,47 +65,22 @@ class TestChatDMSIntegration(ChatModelIntegrationTests):
         assert full.additional_kwargs.get("reasoning_content")
         return full
 
-    # -- tool calls and structured output (constrained decoding) ------------------------------------------------------------
-
-    def test_tool_choice(self, model) -> None:
-        super().test_tool_choice(model)
-
-    def test_tool_calling(self, model) -> None:
-        super().test_tool_calling(model)
-
-    async def test_tool_calling_async(self, model) -> None:
-        await super().test_tool_calling_async(model)
-
-    def test_bind_runnables_as_tools(self, model) -> None:
-        super().test_bind_runnables_as_tools(model)
-
-    def test_tool_calling_with_no_arguments(self, model) -> None:
-        super().test_tool_calling_with_no_arguments(model)
+    # Tool calls and structured output run the standard tests as they are (constrained decoding);
+    # what stays xfailed is below, and in PARAM_XFAILS for single parametrizations.
 
     @pytest.mark.xfail(reason=UNFORCED_CHOICE, strict=True, raises=AssertionError)
     def test_agent_loop(self, model) -> None:
         super().test_agent_loop(model)
 
-    def test_unicode_tool_call_integration(self, model, tool_choice=None, force_tool_call=True) -> None:
-        super().test_unicode_tool_call_integration(model, tool_choice=tool_choice, force_tool_call=force_tool_call)
-
-    @pytest.mark.parametrize("schema_type", [
-        pytest.param("pydantic", marks=pytest.mark.xfail(reason=REPEATS_IN_STRING, strict=True,
-                                                         raises=OutputParserException)),
-        "typeddict", "json_schema"])
-    def test_structured_output(self, model, schema_type) -> None:
-        super().test_structured_output(model, schema_type)
-
-    @pytest.mark.parametrize("schema_type", [
-        pytest.param("pydantic", marks=pytest.mark.xfail(reason=REPEATS_IN_STRING, strict=True,
-                                                         raises=OutputParserException)),
-        "typeddict", "json_schema"])
-    async def test_structured_output_async(self, model, schema_type) -> None:
-        await super().test_structured_output_async(model, schema_type)
-
     @pytest.mark.xfail(reason=REPEATS_IN_STRING, strict=True, raises=OutputParserException)
     def test_structured_output_pydantic_2_v1(self, model) -> None:
         super().test_structured_output_pydantic_2_v1(model)
 
-    def test_structured_output_optional_param(self, model) -> None:
-        super().test_structured_output_optional_param(model)
+
+# One parametrization of a standard test, xfailed without overriding the test (LangChain's
+# test_no_overrides_DO_NOT_OVERRIDE refuses overrides that are not xfailed as a whole); applied by
+# tests/langchain/conftest.py at collection.
+PARAM_XFAILS = {
+    f"{name}[pydantic]": pytest.mark.xfail(reason=REPEATS_IN_STRING, strict=True, raises=OutputParserException)
+    for name in ("test_structured_output", "test_structured_output_async")
+}

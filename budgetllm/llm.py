@@ -158,6 +158,7 @@ class LLM:
             budget = plan.max_tokens
         ctrl = ThinkingController(budget, reserve, plan.max_tokens,
                                   encode=self.prompter.encode_text, config=self.thinking_config)
+        history = len(prompt_ids)  # the next turn renders this turn without the thinking suffix
         if not opened:
             prompt_ids = prompt_ids + self.prompter.encode_text(ctrl.prompt_suffix())
         forced_call = self.prompter.tool_call_prefix(call.tool_choice, call.tools)
@@ -174,7 +175,8 @@ class LLM:
         req = GenerationRequest(
             prompt_ids=prompt_ids, rule=rule, sampling=sampling, controller=ctrl,
             meter=KVMeter(self.kv_shape, plan.compression, rule.mode), eos_ids=self.prompter.eos_ids,
-            banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config))
+            banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config),
+            keep_at=(history,) if history < len(prompt_ids) else ())
         yield from self._drive(req, call, plan, ctrl)
 
     def _context(self, call: CallOptions, prompt_tokens: int) -> CallContext:
@@ -217,11 +219,8 @@ class LLM:
             for step in steps:
                 if step.token_id >= 0 and step.finished is None:
                     generated.append(step.token_id)
+                    # (the engine's controller follows the think tags itself, by token ids)
                     pieces = text.feed(decoder.push(step.token_id))
-                    if text.opened_by_model and text.in_reasoning and not ctrl.thinking:
-                        ctrl.model_opened(plan.thinking_budget)
-                    if not text.in_reasoning:
-                        ctrl.model_closed()
                     yield from self._emit(pieces, tools)
                     if text.stopped:
                         finish = "stop"

@@ -100,7 +100,7 @@ def burst(backend, loaded, n: int, budget: int | None, max_tokens: int = 512, pr
     reqs = []
     for i in range(n):
         r = make_request(loaded, prompt, max_tokens, 8, seed=1000 + i, window=backend.window)
-        r.controller = ThinkingController(budget, 64 if budget else 0, max_tokens, encode=encode)
+        r.controller = ThinkingController(budget, max_tokens - budget if budget else 0, max_tokens, encode=encode)
         reqs.append(r)
     counts = [0] * n
 

@@ -57,15 +57,15 @@ def agent_loops(shape: str, history: int, steps: int, results: dict, hf_every_tu
     _free()
 
 
-def thinking_bursts(results: dict, sizes=(16, 48)) -> None:
+def thinking_bursts(results: dict, sizes=(16, 48), max_tokens: int = 512) -> None:
     from budgetllm.models.testing import random_model
 
     loaded = random_model("qwen2.5-1.5b")
     backend = _backend(loaded, max(sizes) + 2, True, max_context=4096)
     burst(backend, loaded, 4, 64, max_tokens=64)  # warm-up
     for n in sizes:
-        plain = burst(backend, loaded, n, None)
-        think = burst(backend, loaded, n, 448)
+        plain = burst(backend, loaded, n, None, max_tokens=max_tokens)
+        think = burst(backend, loaded, n, max_tokens * 7 // 8, max_tokens=max_tokens)
         results["bursts"].append({"calls": n, "without": plain, "with_budget": think,
                                   "ratio": think["tok_s"] / plain["tok_s"]})
     results["latency"].append({"model": "qwen2.5-1.5b (random)", **call_latency(backend, loaded)})
@@ -115,16 +115,22 @@ def main(out_dir: str, quick: bool = False) -> dict:
     card = torch.cuda.get_device_name(0)
     results = {"card": card, "loops": [], "bursts": [], "latency": [], "skipped": [], "quick": quick}
     t0 = time.perf_counter()
-    agent_loops("qwen2.5-1.5b", 8192, 6 if quick else 8, results, hf_every_turn=not quick)
-    thinking_bursts(results)
-    agent_loops("qwen3-8b", 32768, 6 if quick else 8, results, hf_every_turn=not quick)
-    smollm2_latency(results)
-    results["seconds"] = time.perf_counter() - t0
-    results["targets"] = targets(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
-    (out / f"agent-loop-{slug}.json").write_text(json.dumps(results, indent=1))
+    parts = [lambda: agent_loops("qwen2.5-1.5b", 8192, 5 if quick else 8, results, hf_every_turn=not quick),
+             lambda: thinking_bursts(results, max_tokens=256 if quick else 512),
+             lambda: agent_loops("qwen3-8b", 32768, 4 if quick else 8, results, hf_every_turn=not quick),
+             lambda: smollm2_latency(results)]
+    for part in parts:  # results are written after every part: a run cut short keeps what it measured
+        try:
+            part()
+        except Exception as e:  # noqa: BLE001 - the other parts still run; the error is recorded
+            results["skipped"].append({"error": repr(e)})
+            _free()
+        results["seconds"] = time.perf_counter() - t0
+        results["targets"] = targets(results)
+        (out / f"agent-loop-{slug}.json").write_text(json.dumps(results, indent=1))
     summary_path = out / "summary.json"  # add (or replace) the agent-loop lines of the summary
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"card": card, "targets": []}
     keep = [t for t in summary.get("targets", []) if not t["name"].startswith(("agent loop", "thinking burst", "TTFT of"))]

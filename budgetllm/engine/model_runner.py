@@ -10,6 +10,7 @@ from ``kv.seq_pos`` on the GPU; row lengths and block tables never leave the GPU
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -114,11 +115,16 @@ class ModelRunner:
         self.graphs = DecodeGraphs(self, self.buckets, emulate=cfg.emulate_graphs) if self.use_graphs else None
         if self.graphs is not None:
             self.graphs.capture()
-        self.prefill_graphs = None
+        self.prefill_graphs, self.prefill_graph_error = None, None
         if extra:
-            self.prefill_graphs = PrefillGraphs(self, self.num_seq_slots, self.num_seq_slots + 1,
-                                                cfg.prefill_buckets, emulate=cfg.emulate_graphs)
-            self.prefill_graphs.capture()
+            pg = PrefillGraphs(self, self.num_seq_slots, self.num_seq_slots + 1, cfg.prefill_buckets,
+                               emulate=cfg.emulate_graphs)
+            try:
+                pg.capture()
+                self.prefill_graphs = pg
+            except Exception as e:  # noqa: BLE001 - the eager prefill still works; say why graphs are off
+                self.prefill_graph_error = repr(e)
+                warnings.warn(f"prefill CUDA graphs are off: {e!r}", stacklevel=2)
 
     # -- pool -------------------------------------------------------------------------------
     def release(self, slots: list[int]) -> None:

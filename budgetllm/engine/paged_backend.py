@@ -127,7 +127,8 @@ class PagedBackend:
             "used_bytes": bm.used_pages * pb, "page_bytes": pb, "page_size": bm.geo.page_size,
             "parked": len(self.sched.prefix), "prefix_hits": self.sched.prefix.hits,
             "prefix_pages": self.sched.prefix.nbytes // pb, "prefix_bytes": self.sched.prefix.nbytes,
-            "prefix_tokens_reused": self.sched.prefix.reused_tokens, "max_seqs": self.sched.max_running, "window": self.window, "preemptions": self.sched.num_preemptions,
+            "prefix_tokens_reused": self.sched.prefix.reused_tokens,
+            "prefill_graphs": self.runner.prefill_graphs is not None, "max_seqs": self.sched.max_running, "window": self.window, "preemptions": self.sched.num_preemptions,
         }
 
     def clear_prefix_cache(self) -> None:

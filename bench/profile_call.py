@@ -29,13 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 
+INSIDE = [0]  # > 0 while a Triton launch runs (the CPU interpreter's own tensor ops are not counted)
+
+
 class Counter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.ops = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket.__name__)] += 1
+        if not INSIDE[0]:
+            self.ops[str(func.overloadpacket.__name__)] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -49,7 +53,11 @@ def count_triton() -> collections.Counter:
 
         def run(self, *a, __orig=orig, **k):
             launches[getattr(self, "__name__", None) or getattr(getattr(self, "fn", None), "__name__", "?")] += 1
-            return __orig(self, *a, **k)
+            INSIDE[0] += 1
+            try:
+                return __orig(self, *a, **k)
+            finally:
+                INSIDE[0] -= 1
 
         cls.run = run
     return launches
@@ -61,9 +69,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=1024)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from budgetllm.benchmarks.engine_bench import make_request
-    from budgetllm.engine.eviction import EvictionRule
     from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.rules import FORCED, THRESHOLD, RowRule
     from budgetllm.models.testing import random_model
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -72,27 +79,29 @@ def main() -> None:
         if args.layers <= 0 else _small(dev, args.layers)
     backend = PagedBackend(loaded, max_seqs=4, page_size=16, num_pages=4000, cuda_graphs=dev == "cuda",
                            max_context=4096, max_prefill_tokens=4096, window=256)
+    runner = backend.runner  # driven directly on this thread (the dispatch counter is thread-local)
     report = {"device": dev, "layers": loaded.config.num_hidden_layers, "prompt": args.prompt, "calls": {}}
-    for name, rule in (("forced (benchmarks)", None), ("threshold (trained DMS)", "thr")):
-        for call, (length, new) in {"fresh": (args.prompt, 1), "one_token": (16, 1), "resumed": (None, 1)}.items():
-            if call == "resumed":
-                base = make_request(loaded, args.prompt, 4, 8, seed=7, window=256,
-                                    rule=EvictionRule("dms", window=256, threshold=0.0) if rule else None)
-                ans = [s.token_id for s in backend.run(base) if s.finished is None]
-                prompt = base.prompt_ids + ans + list(range(3000, 3064))
-                req = make_request(loaded, len(prompt), new, 8, seed=0, prompt=prompt, window=256,
-                                   rule=base.rule)
-            else:
-                req = make_request(loaded, length, new, 8, seed=11, window=256,
-                                   rule=EvictionRule("dms", window=256, threshold=0.0) if rule else None)
-            launches.clear()
-            with Counter() as c:
-                for _ in backend.run(req):
-                    pass
-            report["calls"][f"{name}: {call}"] = {
-                "prompt_tokens": len(req.prompt_ids), "cached_tokens": req.cached_tokens,
-                "triton_launches": sum(launches.values()), "torch_ops": sum(c.ops.values()),
-                "top_torch_ops": dict(c.ops.most_common(8)), "triton": dict(launches)}
+    g = torch.Generator().manual_seed(0)
+    toks = torch.randint(100, 30000, (args.prompt + 64,), generator=g).tolist()
+
+    def measure(name, fn):
+        launches.clear()
+        with Counter() as c:
+            fn()
+        report["calls"][name] = {"triton_launches": sum(launches.values()), "torch_ops": sum(c.ops.values()),
+                                 "top_torch_ops": dict(c.ops.most_common(6)), "triton": dict(launches)}
+
+    for name, rule in (("forced (benchmarks)", RowRule(FORCED, period=8)), ("threshold (trained DMS)",
+                                                                             RowRule(THRESHOLD, thr=0.0))):
+        for call, n in (("fresh prefill", args.prompt), ("one-token prompt", 16)):
+            measure(f"{name}: {call} ({n} tokens)", lambda n=n, rule=rule: runner.prefill(
+                [(0, toks[:n], 0, rule)], [True], free_pages=backend.bm.free_pages))
+            runner.release([0])
+        runner.prefill([(0, toks[:args.prompt], 0, rule)], [True])
+        measure(f"{name}: keep the prompt state (fork)", lambda: runner.fork(0, 1, args.prompt))
+        measure(f"{name}: resumed turn, 64 new tokens", lambda rule=rule: runner.prefill(
+            [(0, toks[args.prompt:], args.prompt, rule)], [True], free_pages=backend.bm.free_pages))
+        measure(f"{name}: release two slots sharing pages", lambda: runner.release([0, 1]))
     backend.close()
     text = json.dumps(report, indent=1)
     print(text)

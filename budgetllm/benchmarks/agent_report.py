@@ -42,6 +42,7 @@ def agent_loops(shape: str, history: int, steps: int, results: dict, hf_every_tu
         run_loop(backend, loaded, min(history, 4096), 2, seed=99)  # warm-up: kernels, graphs
         hf = loaded.hf_model if (prefix and hf_every_turn) else None
         out["reuse" if prefix else "no_reuse"] = run_loop(backend, loaded, history, steps, seed=1, hf=hf)
+        out["pool" if prefix else "pool_no_reuse"] = backend.pool_stats()
         _free(backend)
     if not hf_every_turn:  # HF has no reuse: its TTFT on the last (longest) prompt is enough
         last = out["reuse"]["turns"][-1]
@@ -68,7 +69,9 @@ def thinking_bursts(results: dict, sizes=(16, 48), max_tokens: int = 512) -> Non
         think = burst(backend, loaded, n, max_tokens * 7 // 8, max_tokens=max_tokens)
         results["bursts"].append({"calls": n, "without": plain, "with_budget": think,
                                   "ratio": think["tok_s"] / plain["tok_s"]})
-    results["latency"].append({"model": "qwen2.5-1.5b (random)", **call_latency(backend, loaded)})
+    results["latency"].append({"model": "qwen2.5-1.5b (random)", **call_latency(backend, loaded),
+                               "prefill_graphs": backend.pool_stats()["prefill_graphs"],
+                               "prefill_graph_error": backend.pool_stats()["prefill_graph_error"]})
     _free(backend)
     del loaded
     _free()

@@ -123,7 +123,9 @@ class ModelRunner:
                 pg.capture()
                 self.prefill_graphs = pg
             except Exception as e:  # noqa: BLE001 - the eager prefill still works; say why graphs are off
-                self.prefill_graph_error = repr(e)
+                import traceback
+
+                self.prefill_graph_error = traceback.format_exc(limit=8)
                 warnings.warn(f"prefill CUDA graphs are off: {e!r}", stacklevel=2)
 
     # -- pool -------------------------------------------------------------------------------

@@ -128,7 +128,8 @@ class PagedBackend:
             "parked": len(self.sched.prefix), "prefix_hits": self.sched.prefix.hits,
             "prefix_pages": self.sched.prefix.nbytes // pb, "prefix_bytes": self.sched.prefix.nbytes,
             "prefix_tokens_reused": self.sched.prefix.reused_tokens,
-            "prefill_graphs": self.runner.prefill_graphs is not None, "max_seqs": self.sched.max_running, "window": self.window, "preemptions": self.sched.num_preemptions,
+            "prefill_graphs": self.runner.prefill_graphs is not None,
+            "prefill_graph_error": self.runner.prefill_graph_error, "max_seqs": self.sched.max_running, "window": self.window, "preemptions": self.sched.num_preemptions,
         }
 
     def clear_prefix_cache(self) -> None:

@@ -312,3 +312,20 @@ def test_multi_turn_chat_reuses_kept_states_exactly(tiny_dir):
         assert int(paged.backend.runner.refs.abs().sum()) == 0
     finally:
         paged.backend.close()
+
+
+def test_small_prefill_chunks_run_in_cuda_graphs(tiny_dir):
+    """The prefill graphs capture (their error is shown if not) and give the eager path's tokens."""
+    ref, paged = _pair(tiny_dir, "llama", "borrowed")
+    _, eager = _pair(tiny_dir, "llama", "borrowed", cuda_graphs=False)
+    try:
+        runner = paged.backend.runner
+        assert runner.prefill_graphs is not None, runner.prefill_graph_error
+        for prompt in ("Hi.", PROMPT, PROMPT * 6):  # buckets 16/32 and a chunk past the largest bucket
+            got = paged.generate(prompt, compression=8, max_tokens=8)
+            want = eager.generate(prompt, compression=8, max_tokens=8)
+            assert got.token_ids == want.token_ids == ref.generate(prompt, compression=8, max_tokens=8).token_ids
+        _assert_pool_free(paged.backend)
+    finally:
+        paged.backend.close()
+        eager.backend.close()

@@ -101,11 +101,14 @@ class PrefixTree:
         """Keep ``state`` for ``tokens``. Returns (kept, entries pushed out by LRU). Not kept (the
         caller releases ``state``): the tree is off, the state alone exceeds the capacity, or an
         equal state (same tokens and key) is already kept (that one is refreshed instead)."""
-        if not self.enabled or not tokens or nbytes > self.capacity_bytes:
+        if not self.enabled or not tokens:
             return False, []
         node = self._node_for(tuple(tokens))
         if key in node.entries:
             self._lru.move_to_end(id(node.entries[key]))
+            return False, []
+        if nbytes > self.capacity_bytes:
+            self._prune(node)
             return False, []
         e = Entry(key, len(tokens), state, int(nbytes), node)
         node.entries[key] = e
@@ -131,7 +134,10 @@ class PrefixTree:
         node = e.node
         del node.entries[e.key]
         e.node = None
-        while node is not self.root and not node.entries and not node.children:  # prune dead leaves
+        self._prune(node)
+
+    def _prune(self, node: _Node) -> None:
+        while node is not self.root and not node.entries and not node.children:  # dead leaves
             parent = node.parent
             del parent.children[node.edge[0]]
             node = parent

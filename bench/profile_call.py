@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-
 INSIDE = [0]  # > 0 while a Triton launch runs (the CPU interpreter's own tensor ops are not counted)
 
 

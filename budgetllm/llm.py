@@ -185,6 +185,7 @@ class LLM:
         plan = plan_call(call.policy or self.policy, self._context(call, len(prompt_ids), opened))
         ctrl = ThinkingController(plan.thinking_budget, plan.answer_reserve, plan.max_tokens,
                                   encode=self.prompter.encode_text, config=self.thinking_config)
+        history = len(prompt_ids)  # the next turn renders this turn without the thinking suffix
         if not opened:
             prompt_ids = prompt_ids + self.prompter.encode_text(ctrl.prompt_suffix())
         constraint = self._constraint(call)
@@ -201,7 +202,8 @@ class LLM:
             prompt_ids=prompt_ids, rule=rule, sampling=sampling, controller=ctrl,
             meter=KVMeter(self.kv_shape, rule.ratio, rule.mode, window=_tokens_kept_before_eviction(rule)),
             eos_ids=self.prompter.eos_ids,
-            banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config), constraint=constraint)
+            banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config), constraint=constraint,
+            keep_at=(history,) if history < len(prompt_ids) else ())
         started = _STARTED.get()
         if started is not None:  # astream: its consumer may cancel while the engine still prefills
             started.append(req)

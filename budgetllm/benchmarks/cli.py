@@ -25,6 +25,12 @@ def bench_command(args: argparse.Namespace) -> int:
 
             constrained(["--out", str(Path(args.out, "constrained.json"))])
             return 0
+        if args.only == "agent":  # the agent loop: its own results file and summary lines
+            from budgetllm.benchmarks.agent_report import main as agent_main
+
+            for t in agent_main(args.out, args.quick)["targets"]:
+                print(f"{'MET ' if t['met'] else 'MISS'} {t['name']}: {t['measured']} (goal {t['goal']})")
+            return 0
         from budgetllm.benchmarks.matrix import main
 
         results = main(args.out, args.budget_s, args.quick, args.only)
@@ -39,8 +45,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench/results")
     p.add_argument("--budget-s", type=float, default=480, help="wall-time budget; later points are skipped")
     p.add_argument("--quick", action="store_true", help="contexts 1K, 8K and 32K, batch 1 and 16 only")
-    p.add_argument("--only", choices=["grid", "rest", "equal", "long", "constrained"],
-                   help="one part of the matrix (a whole matrix outlasts a 10-minute GPU lease)")
+    p.add_argument("--only", choices=["grid", "rest", "equal", "long", "constrained", "agent"],
+                   help="one part of the matrix (a whole matrix outlasts a 10-minute GPU lease); "
+                        "agent: the agent loop, thinking bursts and call latency (agent_report.py)")
     p.add_argument("--merge", nargs="+", metavar="PART_JSON", help="merge parts into bench.json and report")
 
 

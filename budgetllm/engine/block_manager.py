@@ -123,6 +123,19 @@ class BlockManager:
         new.slot, new.pages_held, new.live_entries = slot, old.pages_held, old.live_entries
         old.slot, old.pages_held, old.live_entries = None, 0, 0
 
+    def fork(self, src: Sequence, dst: Sequence) -> int:
+        """``dst`` gets a free slot that the engine fills with a copy-on-write twin of ``src``'s rows.
+
+        The host counts the twin's pages in full (shared pages count once per holder), so
+        ``free_pages`` never exceeds the device's free count: admission and the decode margin stay
+        safe, only conservative while states are shared (cache/sharing.py)."""
+        slot = self.assign_slot(dst)
+        pages = self.held.get(src.seq_id, 0)
+        self.held[dst.seq_id] = pages
+        self._used += pages
+        dst.pages_held, dst.live_entries = pages, src.live_entries
+        return slot
+
     def sync(self, seq: Sequence, pages: int, live: int) -> None:
         """Record what the GPU says ``seq`` holds after a step."""
         if seq.slot is None or seq.seq_id not in self.held:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from budgetllm.accounting.meter import KVMeter
 from budgetllm.engine.eviction import EvictionRule
+from budgetllm.engine.prefix_tree import PrefixTree
 from budgetllm.engine.reference import ReferenceSequence
 from budgetllm.engine.sampler import Sampler
 from budgetllm.engine.thinking import ThinkingController
@@ -29,6 +29,9 @@ class GenerationRequest:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     cached_tokens: int = 0  # prompt tokens whose compressed cache was reused from an earlier call
+    # token counts inside the prompt where the backend keeps a reusable state too (besides the prompt
+    # end and the request's end): e.g. before a thinking open tag the next turn's history lacks
+    keep_at: tuple = ()
     cancelled: bool = False
     # a grammar for the answer (budgetllm.constrain.Constraint): masks sampling, sees every answer token
     constraint: object = None
@@ -48,38 +51,39 @@ class ReferenceBackend:
     """Runs requests one forward at a time (a lock per step, so concurrent streams interleave)."""
 
     name = "reference"
-    PREFIX_CACHE_ENTRIES = 8
+    PREFIX_CACHE_BYTES = 1 << 30  # kept states (K/V bytes), least recently used released first
 
-    def __init__(self, model: LoadedModel, prefix_cache: bool = True):
+    def __init__(self, model: LoadedModel, prefix_cache: bool = True, prefix_cache_bytes: int | None = None):
         self.model = model
         self._lock = threading.Lock()
         self.active = 0
         self.tokens_generated = 0
-        # Agents resend the whole conversation every turn: the compressed cache of an earlier call
-        # whose tokens are a prefix of the new prompt is reused, and only the new tokens are fed
-        # (a chunked prefill on top of a compressed cache; exact, because the cache after a prefix
-        # does not depend on what follows it).
+        # Agents resend the whole conversation every turn: the compressed state kept after an earlier
+        # call's prompt or end, whose tokens are a prefix of the new prompt, is reused and only the
+        # new tokens are fed (a chunked prefill on top of a compressed cache; exact, because the
+        # cache after a prefix does not depend on what follows it). See engine/prefix_tree.py.
         self.prefix_cache = prefix_cache
-        self._prefixes: OrderedDict[tuple, ReferenceSequence] = OrderedDict()
+        self.prefixes = PrefixTree(self.PREFIX_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes)
 
     def _reuse(self, rule: EvictionRule, prompt_ids: list[int]) -> ReferenceSequence | None:
-        best = None
-        for (r, ids), seq in self._prefixes.items():
-            n = len(ids)
-            if r == rule and n < len(prompt_ids) and (best is None or n > len(best.ids)) and \
-                    tuple(prompt_ids[:n]) == ids:
-                best = seq
-        if best is not None:
-            self._prefixes.move_to_end((rule, tuple(best.ids)))
-            return best.fork()
-        return None
+        e = self.prefixes.match(prompt_ids, rule)
+        if e is None:
+            return None
+        self.prefixes.count_hit(e)
+        return e.state.fork()
 
     def _remember(self, rule: EvictionRule, seq: ReferenceSequence) -> None:
         if not self.prefix_cache or not seq.ids:
             return
-        self._prefixes[(rule, tuple(seq.ids))] = seq.fork()
-        while len(self._prefixes) > self.PREFIX_CACHE_ENTRIES:
-            self._prefixes.popitem(last=False)
+        cfg = self.model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        nbytes = seq.live_entries() * 2 * head_dim * self.model.dtype.itemsize
+        self.prefixes.insert(seq.ids, rule, seq.fork(), nbytes)
+
+    def clear_prefix_cache(self) -> None:
+        with self._lock:
+            while self.prefixes.pop_lru() is not None:
+                pass
 
     def new_sequence(self, rule: EvictionRule, collect_logits: bool = False) -> ReferenceSequence:
         return ReferenceSequence(self.model, rule, collect_logits=collect_logits)
@@ -97,6 +101,10 @@ class ReferenceBackend:
                 seq = (self._reuse(req.rule, req.prompt_ids) if self.prefix_cache else None) or \
                     self.new_sequence(req.rule)
                 req.cached_tokens = seq.seen
+                for k in req.keep_at:
+                    if seq.seen < k < len(req.prompt_ids):
+                        seq.forward(req.prompt_ids[seq.seen:k])
+                        self._remember(req.rule, seq)
                 logits = seq.forward(req.prompt_ids[seq.seen:])[-1]
                 self._remember(req.rule, seq)
             req.prefill_seconds = time.perf_counter() - t0
@@ -144,4 +152,6 @@ class ReferenceBackend:
                     self._remember(req.rule, seq)
 
     def pool_stats(self) -> dict:
-        return {"active": self.active, "queued": 0, "tokens_generated": self.tokens_generated}
+        return {"active": self.active, "queued": 0, "tokens_generated": self.tokens_generated,
+                "prefix_entries": len(self.prefixes), "prefix_bytes": self.prefixes.nbytes,
+                "prefix_hits": self.prefixes.hits, "prefix_tokens_reused": self.prefixes.reused_tokens}

@@ -28,7 +28,6 @@ class Handle:
     out: queue.Queue
     done: bool = False
     rule: RowRule | None = None
-    exact_thinking: bool = True
     t_first: float | None = None
     t_start: float = field(default_factory=time.perf_counter)
 
@@ -79,6 +78,7 @@ class Handle:
             # Time to the first token, whatever forward produced it (a resumed turn whose new tokens
             # ride on a decode step of its parked rows has no prefill forward of its own).
             self.req.prefill_seconds = now - self.t_start
+            self.req.cached_tokens = seq.reused
             self.t_first = now
         elif decode:
             self.req.decode_seconds = now - self.t_first
@@ -131,18 +131,8 @@ def advance(h: Handle, seq: Sequence, sampled: int) -> str | None:
         h.emit(StepOutput(tok, thinking))
         h.emit(StepOutput(-1, False, finished="length"))  # no need to feed the last token
         return "length"
-    if h.exact_thinking and _consumer_may_change(ctrl):
-        seq.hold = True  # the consumer may see the model open/close the block: wait for its ack
     h.emit(StepOutput(tok, thinking))
     if req.cancelled:
         h.cancel()
         return "cancelled"
     return None
-
-
-def _consumer_may_change(ctrl) -> bool:
-    """Whether the consumer's text checks may still change the controller (CallOutput.events calls
-    ``model_closed`` inside a thinking block and ``model_opened`` on the first answer tokens)."""
-    if ctrl.phase == "thinking":
-        return True
-    return ctrl.phase == "answer" and ctrl.answer_tokens <= 3 and not ctrl.forced_close

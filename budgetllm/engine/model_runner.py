@@ -11,25 +11,29 @@ from ``kv.seq_pos`` on the GPU; row lengths and block tables never leave the GPU
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from budgetllm.cache import PageLayout, PoolConfig, build_pool
+from budgetllm.cache.sharing import fork_slot, new_refs, release_slots
 from budgetllm.engine.cuda_graphs import DecodeGraphs, bucket_sizes
 from budgetllm.engine.decode_layer import DecodeLayers
 from budgetllm.engine.gpu_sampler import GPUSampler, SamplingBatch
-from budgetllm.engine.rules import ALWAYS, RowRule, step_decisions
+from budgetllm.engine.prefill_graphs import BUCKETS as PREFILL_BUCKETS
+from budgetllm.engine.prefill_graphs import PrefillGraphs
+from budgetllm.engine.rules import ALWAYS, THRESHOLD, RowRule, step_decisions
 from budgetllm.engine.scheduler import SlotStats
 from budgetllm.kernels import (
     dms_prefill_attention,
     num_free_pages,
     paged_decode_attention,
-    release_rows,
     store_decode_kv,
     store_prefill_kv,
 )
 from budgetllm.kernels.decode_attention import default_num_splits
+from budgetllm.kernels.prefill_attention import compact_unflagged
 from budgetllm.models.loading import LoadedModel
 from budgetllm.models.modules import FusedModel
 
@@ -37,6 +41,7 @@ from budgetllm.models.modules import FusedModel
 @dataclass
 class RunnerConfig:
     max_seqs: int = 128
+    prefix_slots: int = 0  # extra sequence slots for kept cache states (the prefix tree)
     page_size: int = 16
     memory_fraction: float = 0.85
     num_pages: int | None = None
@@ -48,6 +53,7 @@ class RunnerConfig:
     emulate_graphs: bool = False  # tests: pad batches to buckets like CUDA graphs, but run eagerly
     small_batch_gemv: bool | None = None  # buckets of <= 4 rows: engine/decode_layer.py (None: on CUDA)
     decode_pdl: bool = True  # its kernels with programmatic dependent launch (Hopper; bench/NOTES.md)
+    prefill_buckets: tuple = PREFILL_BUCKETS  # chunk sizes of the prefill graphs (() = none)
 
 
 @dataclass
@@ -89,8 +95,11 @@ class ModelRunner:
         pad = max([b - a - 1 for a, b in zip([0] + self.buckets, self.buckets, strict=False)] + [1]) if self.use_graphs else 0
         self.layout = PageLayout(cfg.page_size, m.D, loaded.dtype.itemsize, c.num_hidden_layers, m.H, self.window,
                                  -(-(self.max_context + 1) // cfg.page_size))
+        # sequence slots: running requests + kept states (prefix tree), then 2 for the prefill graphs
+        self.num_seq_slots = cfg.max_seqs + cfg.prefix_slots
+        extra = 2 if self.use_graphs and cfg.prefill_buckets else 0
         pool_cfg = PoolConfig(page_size=cfg.page_size, memory_fraction=cfg.memory_fraction, num_pages=cfg.num_pages,
-                              max_seqs=cfg.max_seqs, padding_slots=pad)
+                              max_seqs=self.num_seq_slots + extra, padding_slots=pad)
         self.kv, self.pool = build_pool(self.layout, pool_cfg, self.device, loaded.dtype)
         self.pad_slots = list(range(self.pool.padding_slot0, self.pool.padding_slot0 + pad))
         maxbs = cfg.max_seqs
@@ -99,7 +108,8 @@ class ModelRunner:
         self.logits_buf = torch.zeros(maxbs, m.vocab, dtype=torch.float32, device=self.device)
         # one readback buffer: greedy tokens of the decode step [maxbs] (argmax inside the graph),
         # then per-slot pages / live entries / overflow flags and the free-page count
-        self.read_buf = torch.zeros(maxbs + 3 * cfg.max_seqs + 1, dtype=torch.int64, device=self.device)
+        self.read_buf = torch.zeros(maxbs + 3 * self.pool.num_slots + 1, dtype=torch.int64, device=self.device)
+        self.refs = new_refs(self.kv)  # extra owners of pages shared between slots (cache/sharing.py)
         self.stats_buf = self.read_buf[maxbs:]
         pin = self.device.type == "cuda"
         self.ibuf_host = torch.zeros(6, maxbs, dtype=torch.int32, pin_memory=pin)
@@ -111,11 +121,27 @@ class ModelRunner:
         self.graphs = DecodeGraphs(self, self.buckets, emulate=cfg.emulate_graphs) if self.use_graphs else None
         if self.graphs is not None:
             self.graphs.capture()
+        self.prefill_graphs, self.prefill_graph_error = None, None
+        if extra:
+            pg = PrefillGraphs(self, self.num_seq_slots, self.num_seq_slots + 1, cfg.prefill_buckets,
+                               emulate=cfg.emulate_graphs)
+            try:
+                pg.capture()
+                self.prefill_graphs = pg
+            except Exception as e:  # noqa: BLE001 - the eager prefill still works; say why graphs are off
+                import traceback
+
+                self.prefill_graph_error = traceback.format_exc(limit=8)
+                warnings.warn(f"prefill CUDA graphs are off: {e!r}", stacklevel=2)
 
     # -- pool -------------------------------------------------------------------------------
     def release(self, slots: list[int]) -> None:
         if slots:
-            release_rows(self.kv, torch.tensor(slots, dtype=torch.int32, device=self.device))
+            release_slots(self.kv, self.refs, slots)
+
+    def fork(self, src: int, dst: int, seq_len: int) -> int:
+        """Slot ``dst`` becomes a copy-on-write twin of ``src`` (a kept state of the prefix tree)."""
+        return fork_slot(self.kv, self.refs, src, dst, seq_len)
 
     def num_splits(self, bs: int) -> int:
         return default_num_splits(bs, self.model.H, self.layout.max_pages_per_row * self.cfg.page_size, self.device)
@@ -184,39 +210,64 @@ class ModelRunner:
 
     # -- prefill ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, items: list[tuple[int, list[int], int, RowRule]], want: list[bool]) -> torch.Tensor:
-        """Feed chunks (slot, token ids, first position, rule) on top of their rows (eager; chunked
-        prefill works the same on an existing row). Returns logits [sum(want), V] of the chunks'
-        last tokens where ``want``."""
+    def prefill(self, items: list[tuple[int, list[int], int, RowRule]], want: list[bool],
+                free_pages: int = 0) -> torch.Tensor:
+        """Feed chunks (slot, token ids, first position, rule) on top of their rows (chunked prefill
+        works the same on an existing row). Returns logits [sum(want), V] of the chunks' last tokens
+        where ``want``. One small chunk runs in a prefill graph when ``free_pages`` (the host's count)
+        covers its reserve, else eagerly."""
+        pg = self.prefill_graphs
+        if pg is not None and len(items) == 1:
+            slot, toks, p0, rule = items[0]
+            T = pg.bucket_for(len(toks))
+            if T is not None and free_pages >= pg.reserve_pages(len(toks)):
+                out = pg.run(slot, toks, p0, rule, T)
+                return out if want[0] else out[:0]
         m, kv, dev = self.model, self.kv, self.device
         lens = [len(toks) for _, toks, _, _ in items]
         cu_host = [0]
         for n in lens:
             cu_host.append(cu_host[-1] + n)
-        ids = torch.tensor([t for _, toks, _, _ in items for t in toks], dtype=torch.int64)
+        ids = torch.tensor(items[0][1] if len(items) == 1 else [t for _, toks, _, _ in items for t in toks],
+                           dtype=torch.int64)
         pos = torch.cat([torch.arange(p0, p0 + n) for (_, _, p0, _), n in zip(items, lens, strict=True)])
-        per_tok = lambda f: [f(r) for (_, _, _, r), n in zip(items, lens, strict=True) for _ in range(n)]  # noqa: E731
-        code = torch.tensor(per_tok(lambda r: r.code), dtype=torch.int32)
-        sinks = torch.tensor(per_tok(lambda r: r.sinks), dtype=torch.int32)
-        period = torch.tensor(per_tok(lambda r: r.period), dtype=torch.int32)
-        thr = torch.cat([r.thr_grid(m.num_layers, m.H)[:, None].expand(-1, n, -1)
-                         for (_, _, _, r), n in zip(items, lens, strict=True)], dim=1)  # [L, tokens, H]
-        ids, pos, code, sinks, period, thr = (t.to(dev, non_blocking=True) for t in (ids, pos, code, sinks, period, thr))
+        # per-token rule fields: one value per chunk, repeated on the device (no Python pass per token)
+        reps = torch.tensor(lens, dtype=torch.int64)
+        fields = torch.tensor([[r.code, r.sinks, r.period] for *_, r in items], dtype=torch.int32)
+        thr_c = torch.stack([r.thr_grid(m.num_layers, m.H) for *_, r in items])  # [chunks, L, H]
+        ids, pos, fields, thr_c, reps = (t.to(dev, non_blocking=True) for t in (ids, pos, fields, thr_c, reps))
+        N = cu_host[-1]
+        fields = fields.repeat_interleave(reps, dim=0, output_size=N)
+        code, sinks, period = fields[:, 0], fields[:, 1], fields[:, 2]
+        thr = thr_c.repeat_interleave(reps, dim=0, output_size=N).transpose(0, 1)  # [L, tokens, H]
         slots = torch.tensor([s for s, _, _, _ in items], dtype=torch.int32, device=dev)
         cu = torch.tensor(cu_host, dtype=torch.int32, device=dev)
-        base, uses_thr = step_decisions(pos, code, sinks, period, m.H)
-        x, h = m.embed_norm(ids)
-        for li in range(m.num_layers):
-            q, k, v, dec = m.attention_inputs(li, x, h, pos, (thr, base, uses_thr))
-            dec = base if dec is None else dec
-            o = dms_prefill_attention(q, k, v, dec, kv, li, slots, m.scale, cu_seqlens=cu, max_seqlen=max(lens))
-            store_prefill_kv(kv, k, v, dec, li, slots, cu_seqlens=cu)
-            x, h = m.attention_out(li, x, o)
-            x, h = m.mlp(li, x, h)
+        # Without threshold rows the decisions are the same in every layer: compact them once.
+        h = self.prefill_body(ids, pos, code, sinks, period, thr, slots, cu, max(lens),
+                              per_layer=any(r.code == THRESHOLD for *_, r in items))
         kv.seq_pos[slots.long()] += torch.tensor(lens, dtype=torch.int32, device=dev)
         self.compute_stats()
         last = torch.tensor([cu_host[i + 1] - 1 for i, w in enumerate(want) if w], dtype=torch.int64, device=dev)
         return m.logits(h[last])
+
+    def prefill_body(self, ids, pos, code, sinks, period, thr, slots, cu, max_seqlen: int,
+                     per_layer: bool = True) -> torch.Tensor:
+        """Every layer over the chunks (device tensors only: graph-capturable); returns the final
+        normed stream [N, hidden]. ``per_layer``: the decisions may differ per layer (threshold rows),
+        else the unflagged tokens are compacted once for all layers."""
+        m, kv = self.model, self.kv
+        base, uses_thr = step_decisions(pos, code, sinks, period, m.H)
+        keep = None if per_layer else compact_unflagged(base, cu)
+        x, h = m.embed_norm(ids)
+        for li in range(m.num_layers):
+            q, k, v, dec = m.attention_inputs(li, x, h, pos, (thr, base, uses_thr))
+            dec = base if dec is None else dec
+            o = dms_prefill_attention(q, k, v, dec, kv, li, slots, m.scale, cu_seqlens=cu, max_seqlen=max_seqlen,
+                                      keep=keep)
+            store_prefill_kv(kv, k, v, dec, li, slots, cu_seqlens=cu)
+            x, h = m.attention_out(li, x, o)
+            x, h = m.mlp(li, x, h)
+        return h
 
     # -- sampling and readback --------------------------------------------------------------
     @torch.inference_mode()

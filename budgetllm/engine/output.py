@@ -48,11 +48,8 @@ class CallOutput:
             for step in steps:
                 if step.token_id >= 0 and step.finished is None:
                     generated.append(step.token_id)
+                    # (the engine's controller follows the think tags itself, by token ids)
                     pieces = text.feed(decoder.push(step.token_id))
-                    if text.opened_by_model and text.in_reasoning and not ctrl.thinking:
-                        ctrl.model_opened(plan.thinking_budget)
-                    if not text.in_reasoning:
-                        ctrl.model_closed()
                     yield from _emit(pieces, tools)
                     if text.stopped:
                         finish = "stop"

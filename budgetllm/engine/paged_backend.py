@@ -10,10 +10,8 @@ token on the host (the forced token is what gets fed next), EOS and length end t
 only per-step host sync is the readback of sampled tokens, which also carries every slot's pages,
 live entries and overflow flag (for accounting and the block manager) and the free-page count.
 
-While a request is inside its thinking block the model may close it itself, which the consumer
-detects on the text (``engine.output.CallOutput.events`` calls ``controller.model_closed()``). To see the controller
-exactly as the reference does, such a request is held back from the next decode step until its
-consumer has taken the previous token (``hold``); other requests keep running meanwhile.
+The thinking controller follows the model's think tags by token ids (engine/thinking.py), so no
+request ever waits for its consumer: the engine applies budgets, hand-offs and closes on its own.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from budgetllm.engine.block_manager import BlockManager, PoolGeometry
 from budgetllm.engine.generation import GenerationRequest, StepOutput
 from budgetllm.engine.host_logic import Handle, advance, row_rule_for, sampling_for
 from budgetllm.engine.model_runner import ModelRunner, RunnerConfig
+from budgetllm.engine.prefix_tree import PrefixTree
 from budgetllm.engine.request import SeqStatus, Sequence
 from budgetllm.engine.scheduler import Scheduler
 from budgetllm.errors import BudgetLLMError, InvalidRequestError, PoolExhaustedError
@@ -40,25 +39,30 @@ class PagedBackend:
     def __init__(self, loaded: LoadedModel, *, max_seqs: int = 128, page_size: int = 16,
                  memory_fraction: float = 0.85, num_pages: int | None = None, max_prefill_tokens: int = 4096,
                  cuda_graphs: bool = True, window: int | None = None, max_context: int | None = None,
-                 seed: int | None = None, emulate_graphs: bool = False, prefix_cache: int = 0,
-                 exact_thinking: bool = True, gpu_memory_utilization: float | None = None):
+                 seed: int | None = None, emulate_graphs: bool = False, prefix_cache: int | None = None,
+                 prefix_cache_bytes: int | None = None, gpu_memory_utilization: float | None = None):
         # gpu_memory_utilization (vLLM's name; memory_fraction is the old one): budgetllm.cache.sizing
         if gpu_memory_utilization is not None:
             memory_fraction = gpu_memory_utilization
         self.model = loaded
         self.runner = ModelRunner(loaded, RunnerConfig(
-            max_seqs=max_seqs, page_size=page_size, memory_fraction=memory_fraction, num_pages=num_pages,
+            max_seqs=max_seqs, prefix_slots=_prefix_slots(prefix_cache, max_seqs), page_size=page_size,
+            memory_fraction=memory_fraction, num_pages=num_pages,
             max_context=max_context, window=window, cuda_graphs=cuda_graphs, seed=seed,
             emulate_graphs=emulate_graphs))
         r = self.runner
         self.window = r.window
         self.page_bytes = r.layout.page_bytes
-        geo = PoolGeometry(total_pages=r.pool.usable_pages, num_slots=max_seqs, rows_per_seq=r.layout.rows_per_seq,
+        geo = PoolGeometry(total_pages=r.pool.usable_pages, num_slots=r.num_seq_slots, rows_per_seq=r.layout.rows_per_seq,
                            page_size=page_size, window=r.window)
         self.bm = BlockManager(geo)
-        self.sched = Scheduler(self.bm, max_prefill_tokens=max_prefill_tokens)
-        self.sched.prefix.capacity = prefix_cache  # finished conversations kept for their next turn
-        self.exact_thinking = exact_thinking  # hold thinking-phase requests for their consumer's ack
+        # Conversation reuse (on by default): kept states in a prefix tree of at most prefix_cache
+        # states (one extra slot each) and prefix_cache_bytes of pages (default: half the pool).
+        slots = _prefix_slots(prefix_cache, max_seqs)
+        cap = (geo.total_pages * self.page_bytes // 2) if prefix_cache_bytes is None else prefix_cache_bytes
+        self.sched = Scheduler(self.bm, max_prefill_tokens=max_prefill_tokens,
+                               prefix=PrefixTree(cap if slots else 0, max_entries=slots),
+                               page_bytes=self.page_bytes, max_running=max_seqs)
         self._inbox: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -77,7 +81,8 @@ class PagedBackend:
     # -- public interface (same as ReferenceBackend) ----------------------------------------
     def run(self, req: GenerationRequest) -> Iterator[StepOutput]:
         vocab = self.runner.model.vocab
-        if any(not 0 <= t < vocab for t in req.prompt_ids):  # would kill the engine thread mid-step
+        ids = req.prompt_ids
+        if ids and (min(ids) < 0 or max(ids) >= vocab):  # would kill the engine thread mid-step
             raise InvalidRequestError("prompt", f"token ids must be in [0, {vocab})")
         if len(req.prompt_ids) + req.controller.max_tokens > self.runner.max_context:  # RoPE table, block tables
             raise InvalidRequestError("max_tokens", f"prompt ({len(req.prompt_ids)}) + max_tokens "
@@ -88,8 +93,8 @@ class PagedBackend:
             warnings.warn(f"the paged pool has one window ({self.window}); a request asked for {req.rule.window} "
                           f"({req.rule.mode} mode) and runs with {self.window}. Pass window= to PagedBackend "
                           "to change it", stacklevel=2)
-        handle = Handle(req, queue.Queue(), exact_thinking=self.exact_thinking)
-        seq = Sequence(list(req.prompt_ids), max_new_tokens=max(1, req.controller.max_tokens),
+        handle = Handle(req, queue.Queue())
+        seq = Sequence(list(req.prompt_ids), max_new_tokens=max(1, req.controller.max_tokens), keep_at=req.keep_at,
                        expected_cr=req.rule.expected_cr, payload=handle,
                        cache_key=row_rule_for(handle, self.model.dms.has_decisions, self.window))
         self._ensure_thread()
@@ -102,7 +107,6 @@ class PagedBackend:
                 yield item
                 if item.finished:
                     return
-                self._inbox.put(("ack", seq))
         finally:
             if not handle.done:
                 req.cancelled = True
@@ -118,7 +122,10 @@ class PagedBackend:
             "total_bytes": bm.geo.total_pages * pb, "reserved_bytes": bm.used_pages * pb,
             "used_bytes": bm.used_pages * pb, "page_bytes": pb, "page_size": bm.geo.page_size,
             "parked": len(self.sched.prefix), "prefix_hits": self.sched.prefix.hits,
-            "prefix_tokens_reused": self.sched.prefix.reused_tokens, "max_seqs": bm.geo.num_slots, "window": self.window, "preemptions": self.sched.num_preemptions,
+            "prefix_pages": self.sched.prefix.nbytes // pb, "prefix_bytes": self.sched.prefix.nbytes,
+            "prefix_tokens_reused": self.sched.prefix.reused_tokens,
+            "prefill_graphs": self.runner.prefill_graphs is not None,
+            "prefill_graph_error": self.runner.prefill_graph_error, "max_seqs": self.sched.max_running, "window": self.window, "preemptions": self.sched.num_preemptions,
         }
 
     def clear_prefix_cache(self) -> None:
@@ -174,9 +181,9 @@ class PagedBackend:
                     return
                 self._release()
                 if not self._step() and self.sched.has_work:
-                    self._deliver()  # everything runnable is on hold: its consumers need their tokens
+                    self._deliver()  # nothing runnable now (pages): wait for a command
                     if not self._drain(block=True):
-                        return  # (waited for an ack, got a stop)
+                        return
         except BaseException as e:  # noqa: BLE001 - every waiting request gets the error
             self.error = e
             pending = list(self.sched.running) + list(self.sched.waiting)
@@ -190,7 +197,7 @@ class PagedBackend:
             raise
 
     def _drain(self, block: bool) -> bool:
-        """Apply queued commands (add, ack, cancel); False on stop."""
+        """Apply queued commands (add, cancel, clear_prefix); False on stop."""
         while True:
             try:
                 cmd, seq = self._inbox.get(block=block)
@@ -205,8 +212,6 @@ class PagedBackend:
                 except PoolExhaustedError as e:
                     seq.payload.fail(e)
                     self._ended.append(seq.payload)
-            elif cmd == "ack":
-                seq.hold = False
             elif cmd == "clear_prefix":
                 while self.sched._evict_parked():
                     pass
@@ -222,10 +227,20 @@ class PagedBackend:
         self._staged.clear()
 
     def _release(self) -> None:
-        """Give released slots back on the device, then deliver the final items of ended requests."""
-        if self.sched.to_release:
-            self.runner.release(self.sched.to_release)
-            self.sched.to_release.clear()
+        """Apply the scheduler's device work (releases, forks of kept states, in order), then deliver
+        the final items of ended requests."""
+        ops = self.sched.device_ops
+        if ops:
+            batch: list[int] = []
+            for op in ops:
+                if op[0] == "release":
+                    batch.append(op[1])
+                    continue
+                self.runner.release(batch)
+                batch = []
+                self.runner.fork(*op[1:])
+            self.runner.release(batch)
+            ops.clear()
         for seq, err in self.sched.failed:
             seq.payload.fail(err)
             self._ended.append(seq.payload)
@@ -254,7 +269,7 @@ class PagedBackend:
             want = [s.num_cached + n == len(s.token_ids) for s, n in zip(batch.seqs, batch.chunks, strict=True)]
             items = [(s.slot, s.token_ids[s.num_cached:s.num_cached + n], s.num_cached, r)
                      for s, n, r in zip(batch.seqs, batch.chunks, rules, strict=True)]
-            logits = runner.prefill(items, want)
+            logits = runner.prefill(items, want, free_pages=self.bm.free_pages)
             samplers = [s for s, w in zip(batch.seqs, want, strict=True) if w]
         else:
             logits = runner.decode([(s.slot, s.token_ids[-1], r) for s, r in zip(batch.seqs, rules, strict=True)])
@@ -289,4 +304,9 @@ class PagedBackend:
             self.decode_log.append((len(batch.seqs), t0, dt, time.perf_counter() - t0, t_launched - t0, self.steps))
             del self.decode_log[:-4096]
         return True
+
+
+def _prefix_slots(prefix_cache: int | None, max_seqs: int) -> int:
+    """Kept states at most (each holds a sequence slot): None = the default, 0 = off."""
+    return max(16, max_seqs // 2) if prefix_cache is None else max(0, int(prefix_cache))
 

@@ -44,9 +44,10 @@ class Sequence:
     live_entries: int = 0  # (layer, head, token) entries kept, read back likewise
     num_prompt: int = 0
     preemptions: int = 0
+    keep_at: tuple = ()  # token counts (inside the prompt) where a state is kept too (prefix tree)
+    reused: int = 0  # prompt tokens served from a kept cache state (the prefix tree) at admission
     prefill_overflows: int = 0  # prefills that ran the pool dry: later admissions use the dense bound
     cancelled: bool = False
-    hold: bool = False  # not schedulable for decode until the consumer acknowledged the last token
     finish_reason: str | None = None
     payload: Any = None  # the backend's own per-request object (GenerationRequest, queues, ...)
     cache_key: Any = None  # what makes two caches of the same tokens equal (the eviction rule)
@@ -63,11 +64,11 @@ class Sequence:
 
     @property
     def is_decoding(self) -> bool:
-        return self.status is SeqStatus.RUNNING and self.num_pending == 1 and not self.hold
+        return self.status is SeqStatus.RUNNING and self.num_pending == 1
 
     @property
     def is_prefilling(self) -> bool:
-        return self.status is SeqStatus.RUNNING and self.num_pending > 1 and not self.hold
+        return self.status is SeqStatus.RUNNING and self.num_pending > 1
 
     @property
     def total_tokens(self) -> int:

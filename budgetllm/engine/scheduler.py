@@ -8,8 +8,15 @@ for more than one chunk.
 
 Pages are checked by :class:`BlockManager`: admission by expected size, the decode margin of one
 page per row, and preemption (recompute) of the newest sequence when the margin would be crossed
-or when the device reports that a row ran out of pages. Slots whose device rows must be released
-are collected in ``to_release``; the engine releases them on the GPU before its next batch.
+or when the device reports that a row ran out of pages. What the device must do to the slots
+(release a slot's rows, fork a slot into a kept state) is queued in order in ``device_ops``; the
+engine applies it on the GPU before its next batch.
+
+Conversation reuse (``prefix``, engine/prefix_tree.py): a request keeps a copy-on-write twin of
+its state once its prompt is cached, and its own slot when it ends; a new request whose prompt
+extends a kept state under the same rule starts from a twin of it (or takes it over when the pool
+is too tight for a twin). Kept states are released, least recently used first, before any request
+waits for pages or is preempted.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from budgetllm.engine.block_manager import BlockManager
-from budgetllm.engine.prefix_cache import PrefixCache
+from budgetllm.engine.prefix_tree import PrefixTree
 from budgetllm.engine.request import SeqStatus, Sequence
 from budgetllm.errors import PoolExhaustedError
 
@@ -49,9 +56,12 @@ class Scheduler:
     max_prefill_tokens: int = 4096
     waiting: deque = field(default_factory=deque)
     running: list = field(default_factory=list)  # admission order: the newest is last
-    to_release: list = field(default_factory=list)  # device slots to release before the next batch
+    # ("release", slot) | ("fork", src slot, dst slot, tokens): device work before the next batch, in order
+    device_ops: list = field(default_factory=list)
     failed: list = field(default_factory=list)  # (seq, error) the engine must report
-    prefix: PrefixCache = field(default_factory=PrefixCache)  # parked caches of finished requests
+    prefix: PrefixTree = field(default_factory=PrefixTree)  # kept cache states (off: capacity 0)
+    page_bytes: int = 1  # bytes of one page: the prefix tree is bounded in bytes
+    max_running: int | None = None  # sequences running at once (default: every slot)
     num_preemptions: int = 0
     _last_kind: str = "decode"
 
@@ -69,8 +79,12 @@ class Scheduler:
             return
         if seq.status is SeqStatus.RUNNING:
             self.running.remove(seq)
-            for out in (self.prefix.park(seq) if keep else [seq]):
-                self._release(out)
+            if keep and self.prefix.enabled and seq.num_cached and seq.cache_key is not None:
+                kept = Sequence(seq.token_ids[:seq.num_cached], 0, cache_key=seq.cache_key)
+                self.bm.transfer(seq, kept)
+                self._keep(kept)
+            else:
+                self._release(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
         seq.status = SeqStatus.FINISHED
@@ -89,14 +103,63 @@ class Scheduler:
     def _release(self, seq: Sequence) -> None:
         slot = self.bm.release(seq)
         if slot is not None:
-            self.to_release.append(slot)
+            self.device_ops.append(("release", slot))
 
     def _evict_parked(self) -> bool:
-        """Free the oldest parked cache (before queueing or preempting anyone). False if none."""
-        seq = self.prefix.pop_oldest()
-        if seq is None:
+        """Release the least recently used kept state (before queueing or preempting anyone). False if none."""
+        e = self.prefix.pop_lru()
+        if e is None:
             return False
-        self._release(seq)
+        self._release(e.state)
+        return True
+
+    def _keep(self, kept: Sequence) -> None:
+        """Put a state (a slot no request runs on) into the prefix tree, or release it."""
+        ok, out = self.prefix.insert(kept.token_ids, kept.cache_key, kept, kept.pages_held * self.page_bytes)
+        for e in out:
+            self._release(e.state)
+        if not ok:
+            self._release(kept)
+
+    def _room_for_twin(self, pages: int, extra: int = 0) -> bool:
+        """A free slot and ``pages`` pages beyond the decode margin (LRU states released to make room)."""
+        bm = self.bm
+        while not bm.free_slots or bm.free_pages - pages - extra < bm.margin(len(self.running) + 1):
+            if not self._evict_parked():
+                return False
+        return True
+
+    def _keep_prompt_state(self, seq: Sequence) -> None:
+        """Its prompt is cached: keep a copy-on-write twin of the state for later turns."""
+        tokens = seq.token_ids[:seq.num_cached]
+        if not self.prefix.enabled or seq.cache_key is None or self.prefix.has(tokens, seq.cache_key):
+            return
+        pages = self.bm.held.get(seq.seq_id, 0)
+        if pages * self.page_bytes > self.prefix.capacity_bytes or not self._room_for_twin(pages):
+            return
+        kept = Sequence(tokens, 0, cache_key=seq.cache_key)
+        self.bm.fork(seq, kept)
+        self.device_ops.append(("fork", seq.slot, kept.slot, seq.num_cached))
+        self._keep(kept)
+
+    def _start_from_kept(self, s: Sequence, promised: int) -> bool:
+        """Admit ``s`` on top of the longest kept state its prompt extends. False if none."""
+        e = self.prefix.match(s.token_ids, s.cache_key)
+        if e is None:
+            return False
+        kept, bm = e.state, self.bm
+        pages = bm.held.get(kept.seq_id, 0)
+        if self._room_for_twin(pages, promised) and e.node is not None:
+            bm.fork(kept, s)  # the state stays kept for other branches of the conversation
+            self.device_ops.append(("fork", kept.slot, s.slot, e.length))
+        else:  # too tight for a twin: take the state over
+            if e.node is not None:
+                self.prefix.remove(e)
+            if kept.slot is None:
+                return False  # released while making room
+            bm.transfer(kept, s)
+        s.num_cached = s.reused = e.length
+        self.prefix.count_hit(e)
         return True
 
     @property
@@ -109,7 +172,7 @@ class Scheduler:
         admit = True
         for _ in range(len(self.running) + 2):
             decoders = [s for s in self.running if s.is_decoding]
-            wants_prefill = any(not s.hold for s in self.waiting) or any(s.is_prefilling for s in self.running)
+            wants_prefill = bool(self.waiting) or any(s.is_prefilling for s in self.running)
             if wants_prefill and not (self._last_kind == "prefill" and decoders):
                 batch = self._schedule_prefill(admit)
                 if batch is not None:
@@ -122,7 +185,7 @@ class Scheduler:
                     return batch
                 continue
             if not any(s.is_prefilling for s in self.running):
-                return None  # nothing runnable (empty, or every decoder is on hold)
+                return None  # nothing runnable
             if self._evict_parked():
                 continue
             # Only prefills are running and none of them got pages: free some for the oldest.
@@ -169,28 +232,25 @@ class Scheduler:
         for s in self.running:
             if budget <= 0 or not s.is_prefilling:
                 continue
-            n = min(s.num_pending, budget)
+            n = self._chunk(s, budget)
             need = bm.prefill_need(s, n)
             if bm.free_pages - promised - need >= bm.margin(len(self.running)):
                 take(s, n, need)
         while admit and self.waiting and budget > 0:
             s = self.waiting[0]
-            if s.hold:
-                break  # preempted while its consumer still reads its last token: wait for the ack
-            hit = self.prefix.take(s) if len(self.prefix) else None
-            if hit is not None:  # the next turn of a parked conversation: continue its rows
+            if len(self.running) >= (self.max_running or bm.geo.num_slots):
+                break
+            if len(self.prefix) and self._start_from_kept(s, promised):  # continue a kept state
                 self.waiting.popleft()
-                bm.transfer(hit, s)
                 s.status = SeqStatus.RUNNING
-                s.num_cached = hit.num_cached
                 self.running.append(s)
-                n = min(s.num_pending, budget)
+                n = self._chunk(s, budget)
                 need = bm.prefill_need(s, n)
                 if bm.free_pages - promised - need < bm.margin(len(self.running)):
                     break  # adopted; its chunk runs once pages are back
                 take(s, n, need)
                 continue
-            n = min(s.num_pending, budget)
+            n = self._chunk(s, budget)
             need = bm.prefill_need(s, n)
             if not bm.free_slots or bm.free_pages - promised - need < bm.margin(len(self.running) + 1):
                 if self._evict_parked():
@@ -203,6 +263,15 @@ class Scheduler:
             self.running.append(s)
             take(s, n, need)
         return Batch("prefill", seqs, chunks) if seqs else None
+
+    def _chunk(self, s: Sequence, budget: int) -> int:
+        """Tokens of ``s`` to prefill now: a chunk ends at the next point where a state is kept."""
+        n = min(s.num_pending, budget)
+        if self.prefix.enabled:
+            for k in s.keep_at:
+                if s.num_cached < k < s.num_cached + n:
+                    n = k - s.num_cached
+        return n
 
     def _schedule_decode(self) -> Batch | None:
         bm = self.bm
@@ -247,4 +316,6 @@ class Scheduler:
             s.num_cached += n
             if s.num_cached == len(s.token_ids):  # everything fed: the last logits give the next token
                 ready.append(s)
+            if batch.kind == "prefill" and (s.num_cached == s.num_prompt or s.num_cached in s.keep_at):
+                self._keep_prompt_state(s)
         return ready

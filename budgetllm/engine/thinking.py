@@ -4,6 +4,11 @@ Phases: "thinking" (reasoning tokens are counted from the open tag in the prompt
 budget is spent: the hand-off text and the close tag are fed as forced tokens), "answer" (the
 model writes its answer; it may not reopen a thinking block). The reasoning count includes the
 forced hand-off and close tag, so it never exceeds the budget; the answer keeps its own reserve.
+
+The controller watches the model's own think tags by token ids (a multi-token tag is matched as a
+token sequence): the close tag ends the thinking phase, an open tag at the very start of the answer
+opens one (templates that let the model choose, e.g. Qwen3). The engine applies it per token, so
+no consumer is ever waited for, and both backends run the same controller token by token.
 """
 
 from __future__ import annotations
@@ -32,8 +37,16 @@ class ThinkingController:
     _reasoning_text: str = ""
     # Tokens written at the start of the answer (e.g. a forced tool-call opening for tool_choice).
     answer_prefix: list[int] = field(default_factory=list)
+    _requested: int | None = None  # the budget asked for (a block the model opens itself gets it)
+    _open_tag_ids: tuple = ()
+    _close_tag_ids: tuple = ()
+    _recent: deque = field(default_factory=deque)  # the last tokens, for matching tags
 
     def __post_init__(self) -> None:
+        self._requested = self.budget
+        self._open_tag_ids = tuple(self.encode(self.config.open_tag.strip())) if self.config.open_tag.strip() else ()
+        self._close_tag_ids = tuple(self.encode(self.config.close_tag.strip()))
+        self._recent = deque(maxlen=max(len(self._open_tag_ids), len(self._close_tag_ids), 1))
         if self.budget is not None and self.budget > 0:
             self.phase = "thinking"
             self._close_ids = self.encode(self.config.close_tag + self.config.after_close)
@@ -68,9 +81,15 @@ class ThinkingController:
         handoff = self._handoff_ids if with_handoff and room >= len(self._handoff_ids) else []
         self._forced = deque(handoff + self._close_ids)
 
+    def _ends_with(self, tag: tuple) -> bool:
+        n = len(tag)
+        return 0 < n <= len(self._recent) and tuple(self._recent)[-n:] == tag
+
     def observe(self, token_id: int, text_so_far: str | None = None, is_eos: bool = False) -> bool:
         """Record a generated token. Returns False when the token must not be emitted (an EOS
         inside the thinking block: the block is closed gracefully instead)."""
+        if not is_eos:
+            self._recent.append(int(token_id))
         if self.phase == "closing":
             self._forced.popleft()
             self.reasoning_tokens += 1
@@ -82,15 +101,19 @@ class ThinkingController:
                 self._begin_close(with_handoff=False)
                 return False
             self.reasoning_tokens += 1
-            if text_so_far is not None and self.config.close_tag in text_so_far:
+            if self._ends_with(self._close_tag_ids) or (
+                    text_so_far is not None and self.config.close_tag in text_so_far):
                 self.phase = "answer"  # the model closed the block itself
             return True
         self.answer_tokens += 1
+        if (self._requested != 0 and self.answer_tokens <= len(self._open_tag_ids) + 2 and not self.forced_close
+                and self._ends_with(self._open_tag_ids) and self.answer_tokens > len(self.answer_prefix)):
+            self.model_opened(self._requested)
         return True
 
     def model_opened(self, budget: int | None) -> None:
         """The model opened a thinking block itself (templates that let it, e.g. Qwen3): count from here."""
-        if self.phase == "answer" and self.answer_tokens <= 2 and not self.forced_close:
+        if self.phase == "answer" and self.answer_tokens <= len(self._open_tag_ids) + 2 and not self.forced_close:
             self.reasoning_tokens += self.answer_tokens  # the open tag itself is reasoning
             self.answer_tokens = 0
             room = self.max_tokens - self.answer_reserve  # what the fitted plan leaves for thinking

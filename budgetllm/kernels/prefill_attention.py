@@ -100,22 +100,28 @@ def _compact_unflagged(dec: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[tor
     r-th unflagged token; ``keep_cnt [N+1, H] int32``: exclusive prefix count of unflagged tokens.
     """
     N, H = dec.shape
-    flag = torch.zeros(N, H, dtype=torch.int32, device=dec.device)
+    dev = dec.device
+    flag = torch.zeros(N, H, dtype=torch.int32, device=dev)
     flag[:-1] = dec[1:].to(torch.int32)
     flag[(cu_seqlens[1:] - 1).clamp_min(0).long()] = 0  # the last token of each chunk is not flagged (yet)
-    seq = torch.searchsorted(cu_seqlens[1:].contiguous(), torch.arange(N, device=dec.device, dtype=torch.int32),
-                             right=True)
-    order = torch.argsort((seq[:, None] * 2 + flag).T.contiguous(), dim=1, stable=True)
-    keep_idx = order.T.to(torch.int32).contiguous()
-    keep_cnt = torch.zeros(N + 1, H, dtype=torch.int32, device=dec.device)
+    tok = torch.arange(N, device=dev, dtype=torch.int32)
+    bos = cu_seqlens[torch.searchsorted(cu_seqlens[1:].contiguous(), tok, right=True)].long()  # [N]
+    keep_cnt = torch.zeros(N + 1, H, dtype=torch.int32, device=dev)
     keep_cnt[1:] = torch.cumsum(1 - flag, 0, dtype=torch.int32)
-    return keep_idx, keep_cnt
+    # No sort: the r-th unflagged token of a sequence goes to bos + r (r = its exclusive count since bos);
+    # flagged tokens are scattered to a spare row N (entries past a sequence's count are never read).
+    dest = bos[:, None] + (keep_cnt[:-1] - keep_cnt[bos]).long()
+    dest = torch.where(flag == 0, dest, N)
+    keep_idx = torch.zeros(N + 1, H, dtype=torch.int32, device=dev)
+    keep_idx.scatter_(0, dest, tok[:, None].expand(N, H).contiguous())
+    return keep_idx[:N], keep_cnt
 
 
 def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decisions: torch.Tensor, kv: PagedKV,
                           layer: int, slot_ids: torch.Tensor, scale: float, cu_seqlens: torch.Tensor | None = None,
                           max_seqlen: int | None = None, block_m: int = 128, block_n: int = 64,
-                          num_warps: int | None = None, num_stages: int = 2) -> torch.Tensor:
+                          num_warps: int | None = None, num_stages: int = 2,
+                          keep: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Attention of a prefill chunk (per sequence) over the old rows plus the chunk, DMS-masked.
 
     Args:
@@ -134,6 +140,8 @@ def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
         max_seqlen: longest chunk (host int, sizes the grid); None means N.
         block_m, block_n: tile sizes (>= 16); num_warps defaults to 8 for block_m >= 128, else 4.
             (sm_90, D=128: 128/64/8 warps compiles to 223 registers, no spills.)
+        keep: ``compact_unflagged(decisions, cu_seqlens)`` computed by the caller, who can reuse it
+            for every layer when the decisions do not depend on the layer (no threshold rows).
 
     Returns:
         ``[N, Hq, D]`` in q's dtype; fp32 accumulation (fp32 inputs: IEEE dot products).
@@ -155,7 +163,7 @@ def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
     max_seqlen = N if max_seqlen is None else max_seqlen
     if N == 0 or max_seqlen == 0:
         return out
-    keep_idx, keep_cnt = _compact_unflagged(dec, cu_seqlens)
+    keep_idx, keep_cnt = keep if keep is not None else _compact_unflagged(dec, cu_seqlens)
     prefill_attention_kernel[(triton.cdiv(max_seqlen, block_m), B, Hq)](
         q, k, v, dec, kv.k_pool, kv.v_pool, kv.slot_pos, kv.slot_flag, kv.block_tables[layer], kv.row_lens[layer],
         kv.seq_pos, slot_ids.contiguous(), cu_seqlens, keep_idx, keep_cnt, out, scale * _LOG2E, H, Hq // H, D, MAXP, kv.window,
@@ -165,3 +173,4 @@ def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
         IEEE=q.dtype == torch.float32, num_warps=num_warps or (8 if block_m >= 128 else 4), num_stages=num_stages,
     )
     return out
+compact_unflagged = _compact_unflagged  # the public name (callers that reuse it across layers)

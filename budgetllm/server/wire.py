@@ -49,6 +49,7 @@ def usage_to_wire(usage: Usage) -> dict[str, Any]:
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens,
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},  # reused compressed cache
         "kv_memory": json_safe(usage.kv.to_dict()),
         "plan": json_safe(usage.plan.to_dict()) if usage.plan is not None else None,
         "prefill_seconds": usage.prefill_seconds,
@@ -64,6 +65,7 @@ def usage_from_wire(d: dict[str, Any] | None) -> Usage:
         input_tokens=int(d.get("prompt_tokens") or 0),
         output_tokens=int(d.get("completion_tokens") or 0),
         reasoning_tokens=int(details.get("reasoning_tokens") or 0),
+        cached_tokens=int((d.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
         kv=KVMemory(**kv),
         prefill_seconds=float(d.get("prefill_seconds") or 0.0),
         decode_seconds=float(d.get("decode_seconds") or 0.0),

@@ -49,9 +49,13 @@ def assert_next_turn_matches(ref, backend, prompt: list[int], extra: int, max_to
     loaded = ref.loaded
     turn1 = [s.token_id for s in backend.run(request(loaded, prompt, 8, max_tokens)) if s.finished is None]
     prompt2 = prompt + turn1 + list(range(2000, 2000 + extra))
+    hits = backend.pool_stats()["prefix_hits"]
     req_ref, req_paged = request(loaded, prompt2, 8, max_tokens), request(loaded, prompt2, 8, max_tokens)
-    expected = [s.token_id for s in ref.backend.run(req_ref) if s.finished is None]
+    from budgetllm.engine.generation import ReferenceBackend
+
+    scratch = ReferenceBackend(loaded, prefix_cache=False)  # the whole prompt, prefilled from scratch
+    expected = [s.token_id for s in scratch.run(req_ref) if s.finished is None]
     got = [s.token_id for s in backend.run(req_paged) if s.finished is None]
-    assert got == expected and backend.pool_stats()["prefix_hits"] == 1
+    assert got == expected and backend.pool_stats()["prefix_hits"] == hits + 1 and req_paged.cached_tokens > 0
     a, b = req_ref.meter.result(), req_paged.meter.result()
     assert (a.live_bytes, a.logical_bytes, a.kv_bytes_read) == (b.live_bytes, b.logical_bytes, b.kv_bytes_read)

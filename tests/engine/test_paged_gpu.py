@@ -7,7 +7,9 @@
   must be <= BF16_TIE_ULPS bf16 ulps of the top logit (float32 runs are compared exactly);
 * 64 concurrent mixed-length requests finish and the pool is fully free again (host and device);
 * preemption under a tiny pool gives the same tokens; cancellation frees the pages;
-* CUDA graphs and eager decode agree.
+* CUDA graphs and eager decode agree;
+* conversation reuse: a multi-turn chat reuses its history (copy-on-write twins of kept states)
+  with the same tokens as the reference prefilling every prompt from scratch.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ def _pair(tiny_dir, arch, dms, **opts):
 
 
 def _assert_pool_free(backend):
+    """After the kept cache states are released (conversation reuse is on by default), every page
+    is back, on the host and on the device (shared pages freed once, by their last holder)."""
+    backend.clear_prefix_cache()
+    for _ in range(100):
+        if backend.pool_stats()["parked"] == 0:
+            break
+        threading.Event().wait(0.02)
+    threading.Event().wait(0.05)
     stats = backend.pool_stats()
     assert stats["active"] == 0 and stats["queued"] == 0
     assert stats["pages_free"] == stats["pages_total"]
@@ -277,3 +287,45 @@ def test_pool_sized_from_free_memory(tiny_dir):
         backend.close()
         del backend
         torch.cuda.empty_cache()
+
+
+def test_multi_turn_chat_reuses_kept_states_exactly(tiny_dir):
+    from budgetllm import LLM
+    from budgetllm.engine.generation import ReferenceBackend
+
+    ref, paged = _pair(tiny_dir, "qwen3", "borrowed")
+    scratch = LLM(ref.loaded, ReferenceBackend(ref.loaded, prefix_cache=False))
+    msgs = [{"role": "system", "content": "You are an agent. " * 80}]
+    try:
+        for turn in range(4):
+            msgs.append({"role": "user", "content": f"Tool result {turn}: " + "data " * 30})
+            for thinking in (None, 8):
+                got = paged.generate(msgs, compression=8, max_tokens=12, thinking_budget=thinking)
+                want = scratch.generate(msgs, compression=8, max_tokens=12, thinking_budget=thinking)
+                assert got.token_ids == want.token_ids
+                assert got.usage.kv.live_bytes == want.usage.kv.live_bytes
+                if turn:
+                    assert got.usage.cached_tokens > 0.8 * len(got.prompt_token_ids)
+            msgs.append({"role": "assistant", "content": got.text})
+        assert paged.pool_stats()["prefix_pages"] > 0
+        _assert_pool_free(paged.backend)
+        assert int(paged.backend.runner.refs.abs().sum()) == 0
+    finally:
+        paged.backend.close()
+
+
+def test_small_prefill_chunks_run_in_cuda_graphs(tiny_dir):
+    """The prefill graphs capture (their error is shown if not) and give the eager path's tokens."""
+    ref, paged = _pair(tiny_dir, "llama", "borrowed")
+    _, eager = _pair(tiny_dir, "llama", "borrowed", cuda_graphs=False)
+    try:
+        runner = paged.backend.runner
+        assert runner.prefill_graphs is not None, runner.prefill_graph_error
+        for prompt in ("Hi.", PROMPT, PROMPT * 6):  # buckets 16/32 and a chunk past the largest bucket
+            got = paged.generate(prompt, compression=8, max_tokens=8)
+            want = eager.generate(prompt, compression=8, max_tokens=8)
+            assert got.token_ids == want.token_ids == ref.generate(prompt, compression=8, max_tokens=8).token_ids
+        _assert_pool_free(paged.backend)
+    finally:
+        paged.backend.close()
+        eager.backend.close()

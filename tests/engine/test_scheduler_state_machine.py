@@ -1,8 +1,11 @@
 """Scheduler + block manager invariants under random admit/decode/evict/finish/preempt/cancel sequences.
 
-The device allocator is the pure-Python model of ``allocator_model.py``; the invariants are: no page
-leaked or owned twice, free + owned == total, the host's page count equals the device's after every
-step, and every admitted request ends (finished, cancelled or failed) with all its pages back.
+The device allocator is the pure-Python model of ``allocator_model.py`` (copy-on-write forks with
+holder counts included); the invariants are: no page leaked, held by a free slot or freed twice,
+the host never counts more free pages than the device has (exactly as many while no page is
+shared), and every admitted request ends (finished, cancelled or failed) with all its pages back
+once the kept states are released. Conversations: follow-up turns that extend a finished request,
+branches that edit an earlier part (they reuse less), kept states pushed out under pool pressure.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from budgetllm.engine.block_manager import BlockManager, PoolGeometry
+from budgetllm.engine.prefix_tree import PrefixTree
 from budgetllm.engine.request import SeqStatus, Sequence
 from budgetllm.engine.scheduler import Scheduler
 from budgetllm.errors import PoolExhaustedError
@@ -23,19 +27,21 @@ ROWS, PAGE, WINDOW = 3, 4, 5
 
 class EngineMachine(RuleBasedStateMachine):
     @initialize(total=st.integers(20, 120), slots=st.integers(1, 5), budget=st.integers(3, 40),
-                seed=st.integers(0, 99), parked=st.integers(0, 2))
-    def setup(self, total, slots, budget, seed, parked):
-        geo = PoolGeometry(total_pages=total, num_slots=slots, rows_per_seq=ROWS, page_size=PAGE, window=WINDOW)
+                seed=st.integers(0, 99), parked=st.integers(0, 4), cap=st.integers(0, 80))
+    def setup(self, total, slots, budget, seed, parked, cap):
+        geo = PoolGeometry(total_pages=total, num_slots=slots + parked, rows_per_seq=ROWS, page_size=PAGE,
+                           window=WINDOW)
         self.bm = BlockManager(geo)
-        self.sched = Scheduler(self.bm, max_prefill_tokens=budget)
-        self.sched.prefix.capacity = parked
-        self.dev = AllocatorModel(total, slots, ROWS, PAGE, WINDOW, seed=seed)
+        # page_bytes 1: the tree's capacity counts pages
+        self.sched = Scheduler(self.bm, max_prefill_tokens=budget, prefix=PrefixTree(cap, max_entries=parked),
+                               max_running=slots)
+        self.dev = AllocatorModel(total, slots + parked, ROWS, PAGE, WINDOW, seed=seed)
         self.seqs: list[Sequence] = []
         self.out: dict[int, int] = {}
 
     @rule(prompt=st.integers(1, 40), max_new=st.integers(1, 30), cr=st.sampled_from([1.0, 2.0, 8.0]))
     def admit(self, prompt, max_new, cr):
-        seq = Sequence(list(range(prompt)), max_new_tokens=max_new, expected_cr=cr)
+        seq = Sequence(list(range(prompt)), max_new_tokens=max_new, expected_cr=cr, cache_key=cr)
         try:
             self.sched.add(seq)
         except PoolExhaustedError:
@@ -44,18 +50,14 @@ class EngineMachine(RuleBasedStateMachine):
         self.seqs.append(seq)
         self.out[seq.seq_id] = 0
 
-    @rule(evict=st.sampled_from([0.0, 0.5, 0.9]), stop=st.integers(0, 9), hold=st.booleans())
-    def step(self, evict, stop, hold=False):
+    @rule(evict=st.sampled_from([0.0, 0.5, 0.9]), stop=st.integers(0, 9))
+    def step(self, evict, stop):
         sched = self.sched
-        for slot in sched.to_release:
-            self.dev.release(slot)
-        sched.to_release.clear()
+        self.dev.apply(sched.device_ops)
         batch = sched.schedule()
-        for slot in sched.to_release:  # preemptions made while scheduling
-            self.dev.release(slot)
-        sched.to_release.clear()
-        if batch is None:  # liveness: only the consumers' acks may stop the engine
-            assert not sched.has_work or any(s.hold for s in self.seqs if s.status is not SeqStatus.FINISHED)
+        self.dev.apply(sched.device_ops)  # preemptions, releases and forks made while scheduling
+        if batch is None:  # liveness: no consumer is waited for; something always runs
+            assert not sched.has_work
             return
         assert all(s.status is SeqStatus.RUNNING for s in batch.seqs)
         if batch.kind == "decode":
@@ -71,7 +73,6 @@ class EngineMachine(RuleBasedStateMachine):
                 sched.finish(s, "stop", keep=True)
             else:
                 s.append_token(7)
-                s.hold = hold  # the engine waits for the consumer's ack (thinking-phase tokens)
 
     @rule(i=st.integers(0, 50))
     def cancel(self, i):
@@ -85,9 +86,10 @@ class EngineMachine(RuleBasedStateMachine):
         done = [s for s in self.seqs if s.status is SeqStatus.FINISHED and s.finish_reason == "stop"]
         if not done:
             return
-        parked = list(self.sched.prefix.parked.values())
+        parked = [e.state for e in self.sched.prefix.entries()]
         old = parked[i % len(parked)] if parked and i % 4 else done[i % len(done)]
-        seq = Sequence(old.token_ids + [9] * extra, max_new_tokens=max_new, cache_key=old.cache_key)
+        cut = len(old.token_ids) - (i % 3) * (i % len(old.token_ids))  # i % 3: an edited earlier part
+        seq = Sequence(old.token_ids[:cut] + [9 + i % 3] * extra, max_new_tokens=max_new, cache_key=old.cache_key)
         try:
             self.sched.add(seq)
         except PoolExhaustedError:
@@ -98,15 +100,7 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 60), evict=st.sampled_from([0.0, 0.5]))
     def run_a_while(self, n, evict):
         for _ in range(n):
-            for s in self.seqs:
-                s.hold = False
             self.step(evict, 5)
-
-    @rule(i=st.integers(0, 50))
-    def ack(self, i):
-        held = [s for s in self.seqs if s.hold]
-        if held:
-            held[i % len(held)].hold = False
 
     @rule()
     def preempt_newest(self):
@@ -116,8 +110,17 @@ class EngineMachine(RuleBasedStateMachine):
     @invariant()
     def pages_consistent(self):
         self.dev.check()
-        pending = sum(len([p for r in self.dev.rows[s] for p in r.pages]) for s in self.sched.to_release)
-        assert self.bm.free_pages == len(self.dev.free) + pending, "host and device disagree on free pages"
+        self.dev.apply(self.sched.device_ops)  # what the engine does before its next batch
+        if all(n == 1 for n in self.dev.holders.values()):
+            assert self.bm.free_pages == len(self.dev.free), "host and device disagree on free pages"
+        assert self.bm.free_pages <= len(self.dev.free), "the host counts pages the device does not have"
+        for slot in range(self.bm.geo.num_slots):
+            if slot not in self.bm.slot_owner:
+                assert not any(r.pages for r in self.dev.rows[slot]), "a free slot holds pages"
+        kept = [e.state for e in self.sched.prefix.entries()]
+        assert self.sched.prefix.nbytes == sum(k.pages_held for k in kept) <= self.sched.prefix.capacity_bytes
+        for k in kept:
+            assert self.dev.seen[k.slot] == len(k.token_ids), "a kept state lost its tokens"
         assert self.bm.used_pages == sum(self.bm.held.values())
         slots = [s.slot for s in self.sched.running]
         assert None not in slots and len(set(slots)) == len(slots), "a slot is owned twice"
@@ -128,15 +131,13 @@ class EngineMachine(RuleBasedStateMachine):
         for _ in range(5000):
             if not self.sched.has_work:
                 break
-            for s in self.seqs:
-                s.hold = False
             self.step(0.5, 1)
         assert not self.sched.has_work, "requests never finished"
         event(f"prefix-cache hits: {min(self.sched.prefix.hits, 3)}")
+        event(f"shared pages: {any(n > 1 for n in self.dev.holders.values())}")
         while self.sched._evict_parked():
             pass
-        for slot in self.sched.to_release:
-            self.dev.release(slot)
+        self.dev.apply(self.sched.device_ops)
         self.dev.check()
         assert len(self.dev.free) == self.dev.total and self.bm.free_pages == self.bm.geo.total_pages
         assert all(s.status is SeqStatus.FINISHED for s in self.seqs)
@@ -167,28 +168,44 @@ def test_refuses_only_what_cannot_fit_alone():
         sched.add(Sequence(list(range(100)), 1900, expected_cr=1.0))
 
 
-def test_next_turn_reuses_the_parked_cache():
-    geo = PoolGeometry(total_pages=200, num_slots=2, rows_per_seq=2, page_size=4, window=3)
+def test_next_turn_reuses_the_kept_states():
+    """A request keeps its prompt-end state (a twin) and its end state; the next turn continues from
+    the end state, an edited branch from the prompt-end state, another rule from nothing."""
+    geo = PoolGeometry(total_pages=200, num_slots=4, rows_per_seq=2, page_size=4, window=3)
     bm = BlockManager(geo)
-    sched = Scheduler(bm, max_prefill_tokens=64)
-    sched.prefix.capacity = 1
-    dev = AllocatorModel(200, 2, 2, 4, 3)
+    sched = Scheduler(bm, max_prefill_tokens=64, prefix=PrefixTree(200, max_entries=3), max_running=1)
+    dev = AllocatorModel(200, 4, 2, 4, 3)
     a = Sequence(list(range(20)), 4, cache_key="dms>0")
     sched.add(a)
     batch = sched.schedule()
     sched.after_step(batch, dev.run(batch, 0.5))
+    assert sched.device_ops == [("fork", a.slot, 1, 20)] and len(sched.prefix) == 1
+    dev.apply(sched.device_ops)
     a.append_token(99)
     batch = sched.schedule()
     assert batch.kind == "decode"
     sched.after_step(batch, dev.run(batch, 0.5))
-    sched.finish(a, "stop", keep=True)  # parked: slot and pages kept
-    assert a.slot is not None and bm.free_slots == 1 and not sched.to_release
+    sched.finish(a, "stop", keep=True)  # its slot becomes the end state
+    assert a.slot is None and len(sched.prefix) == 2 and not sched.device_ops
     other = Sequence(a.token_ids[:21] + [5], 4, cache_key="window")  # another rule: no reuse
+    assert sched.prefix.match(other.token_ids, other.cache_key) is None
     b = Sequence(a.token_ids[:21] + [7, 8, 9], 4, cache_key="dms>0")
     sched.add(b)
     batch = sched.schedule()
-    assert batch.seqs == [b] and batch.chunks == [3] and b.num_cached == 21 and a.slot is None
-    assert sched.prefix.hits == 1 and sched.prefix.take(other) is None
+    assert batch.seqs == [b] and batch.chunks == [3] and b.num_cached == b.reused == 21
+    assert sched.prefix.hits == 1 and sched.device_ops[0][0] == "fork"
+    dev.apply(sched.device_ops)
     sched.after_step(batch, dev.run(batch, 0.5))
     sched.finish(b, "stop")
-    assert bm.free_pages == 200 == len(dev.free) + sum(dev.stats(s).pages for s in sched.to_release)
+    c = Sequence(a.token_ids[:20] + [5, 5], 4, cache_key="dms>0")  # an edited answer: the prompt state
+    sched.add(c)
+    batch = sched.schedule()
+    assert c.reused == 20 and batch.chunks == [2]
+    dev.apply(sched.device_ops)
+    sched.after_step(batch, dev.run(batch, 0.5))
+    sched.finish(c, "cancelled")
+    while sched._evict_parked():
+        pass
+    dev.apply(sched.device_ops)
+    dev.check()
+    assert bm.free_pages == 200 == len(dev.free)

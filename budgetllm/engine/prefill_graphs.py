@@ -1,0 +1,114 @@
+"""CUDA graphs of small prefill chunks (one sequence, a few size buckets): short calls start fast.
+
+An eager prefill launches every layer's kernels from Python (~25 launches per layer); for the
+chunks agents send most (a new message on top of a kept state, a short prompt) that host work, not
+the GPU, sets the time to first token. A chunk of n tokens on one sequence runs in the graph of
+the smallest bucket T > n: the n real tokens go to their slot, the T - n padding tokens go to a
+*scratch* slot as a second chunk (so no padding token touches the real rows), whose rows are
+released inside the same graph (``release_rows``: the pages they took go back). Everything the
+graph reads is a static buffer filled by one copy from pinned host memory, or GPU state
+(``seq_pos``, the rows, the page allocator), so a replay needs no host values.
+
+The scratch chunk takes pages while the graph runs; the engine uses a graph only when the pool has
+``reserve_pages(n)`` free pages (its own chunk's dense bound plus the scratch's), else the eager path.
+With ``emulate`` (CPU tests) the same padded body runs eagerly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+import numpy as np
+import torch
+
+from budgetllm.engine.rules import DENSE, RowRule
+from budgetllm.kernels import release_rows
+
+BUCKETS = (16, 32, 64, 128, 256)
+
+
+class PrefillGraphs:
+    def __init__(self, runner, scratch: int, warm: int, buckets=BUCKETS, emulate: bool = False):
+        self.r, self.scratch, self.warm = runner, scratch, warm
+        self.buckets, self.emulate = list(buckets), emulate
+        T, dev = max(buckets), runner.device
+        pin = dev.type == "cuda"
+        # one int64 buffer: ids [T] | pos [T] | code [T] | sinks [T] | period [T] | slots [2] | cu [3] | last [1] | inc [2]
+        self.n_int = 5 * T + 8
+        self.ibuf = torch.zeros(self.n_int, dtype=torch.int64, device=dev)
+        L, H = runner.model.num_layers, runner.model.H
+        self.thr = torch.zeros(L, T, H, dtype=torch.float64, device=dev)  # each (layer, KV head)'s threshold
+        self.ihost = torch.zeros(self.n_int, dtype=torch.int64, pin_memory=pin)
+        self.thost = torch.zeros(L, T, H, dtype=torch.float64, pin_memory=pin)
+        self.inp, self.tnp = self.ihost.numpy(), self.thost.numpy()
+        self.logits = torch.zeros(1, runner.model.vocab, dtype=torch.float32, device=dev)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        lay = runner.layout
+        self.scratch_pages = lay.rows_per_seq * (math.ceil(T / lay.page_size) + 1)
+
+    def reserve_pages(self, n: int) -> int:
+        """Free pages a graphed chunk of ``n`` tokens needs at most (its own rows + the scratch rows)."""
+        lay = self.r.layout
+        return self.scratch_pages + lay.rows_per_seq * (math.ceil(n / lay.page_size) + 1)
+
+    def bucket_for(self, n: int) -> int | None:
+        i = bisect.bisect_right(self.buckets, n)  # T > n: the scratch chunk is never empty
+        return self.buckets[i] if i < len(self.buckets) else None
+
+    def _views(self, T: int):
+        Tm, b = max(self.buckets), self.ibuf
+        ids, pos, code, sinks, period = (b[i * Tm:i * Tm + T] for i in range(5))
+        tail = b[5 * Tm:]
+        return ids, pos, code.int(), sinks.int(), period.int(), tail[0:2].int(), tail[2:5].int(), tail[5:6], tail[6:8].int()
+
+    def fill(self, slot: int, toks: list[int], p0: int, rule: RowRule, T: int) -> None:
+        n, Tm, h = len(toks), max(self.buckets), self.inp
+        h[:n] = toks
+        h[n:T] = 0
+        h[Tm:Tm + n] = np.arange(p0, p0 + n)
+        h[Tm + n:Tm + T] = np.arange(T - n)  # the scratch chunk starts at position 0
+        for i, (real, pad) in enumerate(((rule.code, DENSE), (rule.sinks, 0), (rule.period, 1))):
+            h[(2 + i) * Tm:(2 + i) * Tm + n] = real
+            h[(2 + i) * Tm + n:(2 + i) * Tm + T] = pad
+        h[5 * Tm:5 * Tm + 8] = (slot, self.scratch, 0, n, T, n - 1, n, 0)
+        self.tnp[:, :n] = rule.thr_grid(self.tnp.shape[0], self.tnp.shape[2]).numpy()[:, None]
+        self.tnp[:, n:T] = math.inf
+        self.ibuf.copy_(self.ihost, non_blocking=True)
+        self.thr.copy_(self.thost, non_blocking=True)
+
+    def body(self, T: int) -> None:
+        r, kv = self.r, self.r.kv
+        ids, pos, code, sinks, period, slots, cu, last, inc = self._views(T)
+        h = r.prefill_body(ids, pos, code, sinks, period, self.thr[:, :T], slots, cu, T, per_layer=True)
+        kv.seq_pos[slots.long()] += inc
+        release_rows(kv, slots[1:])
+        r.compute_stats()
+        self.logits.copy_(r.model.logits(h[last]))
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        if self.emulate:
+            return
+        pool = None
+        for T in reversed(self.buckets):  # the largest first: its memory pool serves the others
+            self.fill(self.warm, [0], 0, RowRule(), T)  # compiles this bucket's kernels eagerly
+            self.body(T)
+            release_rows(self.r.kv, torch.tensor([self.warm], dtype=torch.int32, device=self.r.device))
+            torch.cuda.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                self.body(T)
+            pool = pool or g.pool()
+            self.graphs[T] = g
+        if not self.emulate:
+            torch.cuda.synchronize()
+
+    def run(self, slot: int, toks: list[int], p0: int, rule: RowRule, T: int) -> torch.Tensor:
+        """Prefill one chunk through bucket ``T``; returns its last token's logits [1, V]."""
+        self.fill(slot, toks, p0, rule, T)
+        if self.emulate:
+            self.body(T)
+        else:
+            self.graphs[T].replay()
+        return self.logits

@@ -1,0 +1,36 @@
+"""The agent-loop benchmark's pieces run on the CPU (tiny model, paged engine in the interpreter):
+the scripted loop reuses its history from turn 2 on, and a thinking burst reports what it ran."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def test_scripted_loop_and_burst(tiny_dir):
+    from budgetllm.benchmarks.agent_loop import burst, loop_summary, run_loop
+    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.models.loading import load_model
+
+    loaded = load_model(str(tiny_dir("qwen2")), device="cpu", dtype=torch.float32, progress=False)
+    runs = {}
+    for prefix in (None, 0):
+        backend = PagedBackend(loaded, max_seqs=3, page_size=4, num_pages=800, cuda_graphs=False, max_context=1400,
+                               max_prefill_tokens=512, window=16, prefix_cache=prefix)
+        runs[prefix] = run_loop(backend, loaded, history=1300, steps=3, answer_tokens=4, hf=loaded.hf_model)
+        if prefix is None:
+            b = burst(backend, loaded, 2, 12, max_tokens=16, prompt=8)
+            assert b["tokens"] == 32 and 0 < b["reasoning_tokens"] <= 24
+        backend.close()
+    reuse, fresh = runs[None]["turns"], runs[0]["turns"]
+    assert [t["prompt_tokens"] for t in reuse] == [t["prompt_tokens"] for t in fresh]
+    assert reuse[0]["cached_tokens"] == 0 and all(t["cached_tokens"] == 0 for t in fresh)
+    for prev, t in zip(reuse, reuse[1:], strict=False):
+        assert t["cached_tokens"] == prev["prompt_tokens"]  # the previous prompt's kept state
+        assert t["prefix_pages"] > 0 and t["hf_ttft_s"] > 0
+    s = loop_summary(runs[None], runs[0])
+    assert 0.9 < s["history_served_min"] < 1.0

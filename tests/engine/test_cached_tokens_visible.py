@@ -18,7 +18,7 @@ def test_server_usage_carries_cached_tokens_both_ways():
 
 def test_chatdms_maps_cached_tokens_to_cache_read():
     pytest.importorskip("langchain_core")
-    from langchain_budgetllm.chat_models import usage_metadata
+    from langchain_budgetllm.chunks import usage_metadata
 
     meta = usage_metadata(Usage(input_tokens=1000, output_tokens=5, cached_tokens=940))
     assert meta["input_token_details"]["cache_read"] == 940

@@ -66,6 +66,11 @@ class ScriptedBackend:
             self.closed = True
 
 
+def _encode(text: str) -> list[int]:
+    """The tags as the script's token ids (the engine's controller matches its tags by id)."""
+    return [IDS[text]] if text in IDS else [0, 0]
+
+
 def plan(budget: int | None = 16) -> Plan:
     return Plan(
         thinking_budget=budget, answer_reserve=8, compression=1.0, max_tokens=32, reasons={"x": "test"}
@@ -78,7 +83,7 @@ def run(pieces, *, budget=16, finish="length", **kw) -> tuple[list[StreamEvent],
         WordPrompter(), ThinkingConfig(), "scripted", [lambda name, usage: seen.append((name, usage))]
     )
     p = plan(budget)
-    req = Request(ThinkingController(budget, p.answer_reserve, p.max_tokens, encode=lambda s: [0, 0]))
+    req = Request(ThinkingController(budget, p.answer_reserve, p.max_tokens, encode=_encode))
     backend = ScriptedBackend(pieces, finish)
     return list(out.events(backend, req, p, **kw)), seen, backend
 

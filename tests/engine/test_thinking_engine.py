@@ -52,9 +52,9 @@ def test_model_closed_and_budget_closed_blocks_match_the_reference(tiny_dir):
         for i in range(3):
             assert got[i].token_ids == want[i].token_ids
             assert got[i].usage.reasoning_tokens == want[i].usage.reasoning_tokens
-            assert got[i].usage.plan["forced_close"] == want[i].usage.plan["forced_close"]
+            assert got[i].usage.forced_close == want[i].usage.forced_close
         # budget 12: the model closes its block itself after `at` tokens (the tag's two tokens included)
-        assert want[0].usage.reasoning_tokens == at and not want[0].usage.plan["forced_close"]
-        assert want[1].usage.plan["forced_close"] and want[1].usage.reasoning_tokens <= at - 1
+        assert want[0].usage.reasoning_tokens == at and not want[0].usage.forced_close
+        assert want[1].usage.forced_close and want[1].usage.reasoning_tokens <= at - 1
     finally:
         backend.close()

@@ -145,7 +145,9 @@ def _result(runs, names, threads, a, prompt_ids, load_s, load_before) -> dict:
             s = summary.get(f"{name}@{t}t")
             if hf is None or s is None:
                 continue
+            per_round = [x / y for x, y in zip(s["tok_s_all"], hf["tok_s_all"], strict=False)]  # same round: same load
             ratios[f"{name}@{t}t_vs_hf"] = {"wall": round(s["tok_s_median"] / hf["tok_s_median"], 3),
+                                           "wall_per_round": [round(r, 3) for r in per_round],
                                            "cpu_time": round(hf["cpu_ms_per_token_median"] / s["cpu_ms_per_token_median"], 3)}
     # greedy tokens in common with the oracle (HF's min_new_tokens bans EOS, ours only ignores it: after
     # the model's own EOS the two continue differently)

@@ -91,3 +91,28 @@ def test_cpu_is_the_default_backend_on_the_cpu(tiny_dir):
     assert llm.backend.name == "cpu"
     ref = LLM.from_pretrained(str(tiny_dir("llama")), device="cpu", progress=False, backend="reference")
     assert ref.backend.name == "reference"  # the oracle stays selectable
+
+
+def test_the_cpu_benchmark_helpers_on_a_tiny_model(tiny_dir):
+    """bench/cpu_decode.py's measurements run (tiny model, a few tokens) and agree on the tokens."""
+    import importlib.util
+    from pathlib import Path
+
+    from budgetllm.engine.cpu import CPUBackend
+    from budgetllm.engine.generation import ReferenceBackend
+    from budgetllm.models import load_model
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "cpu_decode.py"
+    spec = importlib.util.spec_from_file_location("cpu_decode", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ref_model = load_model(str(tiny_dir("qwen3", "borrowed")), device="cpu", progress=False)
+    cpu_model = load_model(str(tiny_dir("qwen3", "borrowed")), device="cpu", progress=False)
+    prompt = list(range(400, 430))
+    hf = bench.run_hf(ref_model.hf_model, prompt, 6)
+    ref = bench.run_backend(ReferenceBackend(ref_model), ref_model, prompt, 1, 6)
+    cpu = bench.run_backend(CPUBackend(cpu_model), cpu_model, prompt, 8, 6)
+    assert len(hf["tokens"]) == len(ref["tokens"]) == 6 and hf["tokens"] == ref["tokens"]
+    assert cpu["rule"] == "dms" and len(cpu["tokens"]) == 6
+    assert all(r["tok_s"] > 0 and r["cpu_ms_per_token"] > 0 for r in (hf, ref, cpu))
+    assert bench._common([1, 2, 3], [1, 2, 4]) == 2 and bench._common([1, 2], [1, 2, 3]) == 2

@@ -24,7 +24,7 @@ GOOD = {
     "temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1), "top_k": st.integers(0, 50),
     "seed": st.integers(0, 2**63 - 1), "stop": st.lists(st.text("ab ", min_size=1, max_size=3), max_size=3),
     "tools": st.just([TOOL]), "tool_choice": st.sampled_from(["auto", "none"]), "tool_name": st.just("f"),
-    "agent_budget": st.builds(AgentBudget), "policy_tier": st.none(), "policy": st.none(),
+    "agent_budget": st.builds(AgentBudget), "response_format": st.just({"type": "json_object"}), "policy_tier": st.none(), "policy": st.none(),
 }
 MESSAGES = st.one_of(
     st.text(max_size=30),

@@ -65,7 +65,7 @@ def test_policy_tier_with_a_tiered_policy_is_accepted(llm, tmp_path):
     path.write_text("tiers:\n  fast:\n    compression: 1\n")
     policy = budgetllm.load_policy(path)
     out = llm.generate("hi", max_tokens=2, policy=policy, policy_tier="fast")
-    assert out.usage.plan["compression"] == 1.0
+    assert out.usage.plan.compression == 1.0
 
 
 def test_close_and_context_manager(tiny_dir):

@@ -56,7 +56,7 @@ def test_server_passes_only_contract_options_to_the_engine():
     body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "temperature": 0.5, "top_p": 0.9,
             "top_k": 4, "seed": 1, "stop": "x", "reasoning_effort": "low", "thinking_budget": 2, "answer_reserve": 1,
             "compression": 2, "policy_tier": "t", "tool_name": "f", "tool_choice": "auto", "tools": [tool],
-            "agent_budget": {"tokens_left": 5}}
+            "agent_budget": {"tokens_left": 5}, "response_format": {"type": "json_object"}}
     opts = ChatCompletionRequest.model_validate(body).engine_options()
     assert set(opts) <= set(CallOptions.field_names())
     assert set(CallOptions.field_names()) - PYTHON_ONLY <= set(opts), "a contract field the server drops"

@@ -91,7 +91,7 @@ def smollm2_latency(results: dict) -> None:
 
 
 def targets(results: dict) -> list[dict]:
-    """The agent-loop lines of TARGETS.md, for summary.json."""
+    """The agent-loop lines of docs/targets.md, for summary.json."""
     def line(name, goal, measured, met, note=""):
         return {"name": name, "goal": goal, "measured": None if measured is None else round(measured, 3),
                 "met": bool(met) if measured is not None else False, **({"note": note} if note else {})}

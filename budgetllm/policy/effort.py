@@ -1,7 +1,7 @@
 """Effort levels: OpenAI-style ``reasoning_effort`` mapped to explicit budgets and compressions.
 
 The built-in ladder borrows Gemini's OpenAI-compatible mapping (low/medium/high = 1K/8K/24K,
-research/budget.md §2), rounded to powers of two, and pairs longer reasoning with stronger
+docs/notes/budget.md §2), rounded to powers of two, and pairs longer reasoning with stronger
 compression: the DMS paper finds the Pareto-optimal points for long traces at CR4-CR8, while
 short calls gain nothing (the 512-token window dominates their cache). Files may override any
 level; budgets must never decrease from ``none`` to ``xhigh`` (checked on construction).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-OK_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+OK_BODY = {"messages": [{"role": "user", "content": "hi"}]}
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}]
 

@@ -38,15 +38,15 @@ def _request(loaded, backend, prompt_ids, compression, tokens):
     from budgetllm.accounting.meter import KVMeter, KVShape
     from budgetllm.engine.generation import GenerationRequest
     from budgetllm.engine.thinking import ThinkingController
-    from budgetllm.options import resolve_rule
+    from budgetllm.engine.eviction import EvictionRule
     from budgetllm.types import SamplingParams
 
     cfg = loaded.config
-    rule = resolve_rule(loaded.dms, compression, len(prompt_ids) + tokens, backend, prompt_ids)
+    rule = EvictionRule.for_call(loaded.dms, compression, len(prompt_ids) + tokens, prompt_ids, loaded)
     shape = KVShape(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, loaded.dtype.itemsize)
     return GenerationRequest(prompt_ids=list(prompt_ids), rule=rule, sampling=SamplingParams(),
                              controller=ThinkingController(None, 0, tokens, encode=lambda s: []),
-                             meter=KVMeter(shape, compression, rule.mode), eos_ids=set())
+                             meter=KVMeter(shape, rule.ratio, rule.mode), eos_ids=set())
 
 
 def run_backend(backend, loaded, prompt_ids, compression, tokens) -> dict:

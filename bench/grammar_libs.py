@@ -30,6 +30,24 @@ def med(xs):
     return statistics.median(xs) * 1e3
 
 
+
+def _timed_steps(ids, fill, consume) -> list[float]:
+    """Seconds of ``fill()`` (one batch mask) per token of ``ids``, each token then consumed."""
+    out = []
+    for tid in ids:
+        t = time.perf_counter()
+        fill()
+        out.append(time.perf_counter() - t)
+        consume(tid)
+    return out
+
+
+def _summary(info_s, cold, warm, step, step64) -> dict:
+    return {"tokenizer_s": info_s, "compile_cold_ms": med(cold), "compile_warm_ms": med(warm),
+            "mask_b1_ms": med(step), "mask_b1_mean_ms": statistics.mean(step) * 1e3,
+            "mask_b1_p99_ms": sorted(step)[int(0.99 * len(step))] * 1e3,
+            "mask_b64_ms": med(step64), "mask_b64_mean_ms": statistics.mean(step64) * 1e3}
+
 def bench_llguidance(tok, ids):
     import llguidance
     import llguidance.hf
@@ -66,16 +84,9 @@ def bench_llguidance(tok, ids):
     ex = llguidance.LLExecutor()
     ms = [proto.deep_copy() for _ in range(64)]
     mask64 = lnp.allocate_token_bitmask(64, lt.vocab_size)
-    step64 = []
-    for tid in ids:
-        t = time.perf_counter()
-        lnp.fill_next_token_bitmask_par(ex, [(x, i) for i, x in enumerate(ms)], mask64)
-        step64.append(time.perf_counter() - t)
-        for x in ms:
-            x.consume_token(tid)
-    return {"tokenizer_s": info_s, "compile_cold_ms": med(cold), "compile_warm_ms": med(warm),
-            "mask_b1_ms": med(step), "mask_b1_mean_ms": statistics.mean(step) * 1e3, "mask_b1_p99_ms": sorted(step)[int(0.99 * len(step))] * 1e3,
-            "mask_b64_ms": med(step64), "mask_b64_mean_ms": statistics.mean(step64) * 1e3}
+    step64 = _timed_steps(ids, lambda: lnp.fill_next_token_bitmask_par(ex, [(x, i) for i, x in enumerate(ms)], mask64),
+                          lambda tid: [x.consume_token(tid) for x in ms])
+    return _summary(info_s, cold, warm, step, step64)
 
 
 def bench_xgrammar(tok, ids):
@@ -112,16 +123,9 @@ def bench_xgrammar(tok, ids):
     ms = [xgr.GrammarMatcher(cg) for _ in range(64)]
     mask64 = xgr.allocate_token_bitmask(64, info.vocab_size)
     bm = xgr.BatchGrammarMatcher()
-    step64 = []
-    for tid in ids:
-        t = time.perf_counter()
-        bm.batch_fill_next_token_bitmask(ms, mask64)
-        step64.append(time.perf_counter() - t)
-        for x in ms:
-            x.accept_token(tid)
-    return {"tokenizer_s": info_s, "compile_cold_ms": med(cold), "compile_warm_ms": med(warm),
-            "mask_b1_ms": med(step), "mask_b1_mean_ms": statistics.mean(step) * 1e3, "mask_b1_p99_ms": sorted(step)[int(0.99 * len(step))] * 1e3,
-            "mask_b64_ms": med(step64), "mask_b64_mean_ms": statistics.mean(step64) * 1e3}
+    step64 = _timed_steps(ids, lambda: bm.batch_fill_next_token_bitmask(ms, mask64),
+                          lambda tid: [x.accept_token(tid) for x in ms])
+    return _summary(info_s, cold, warm, step, step64)
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from typing import Annotated
 from langchain.agents import create_agent
 from langchain.agents.middleware import wrap_model_call
 from langchain_budgetllm import BudgetMiddleware, ChatDMS, get_dms_usage_callback
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from pydantic import Field
 
@@ -165,26 +165,57 @@ def report_task() -> list:
             ToolMessage(incident_report(), tool_call_id="call_report", name="read_report")]
 
 
-def print_transcript(messages: list) -> None:
-    print(f"Q: {messages[0].text}")
-    for msg in messages[1:]:
-        if isinstance(msg, AIMessage):
-            plan = msg.response_metadata.get("budget_plan", {})
-            thinking = msg.additional_kwargs.get("reasoning_content", "")
-            if plan:
-                print(f"\n[model] budget={plan.get('thinking_budget')} CR={plan.get('compression')} "
-                      f"max_tokens={plan.get('max_tokens')}")
-            if thinking:
-                print(f"  thinking: {thinking.strip()[:200]!r}")
-            for call in msg.tool_calls:
-                print(f"  tool call: {call['name']}({call['args']})")
-            for bad in msg.invalid_tool_calls:
-                print(f"  malformed tool call: {bad.get('error')}")
-            if msg.content:
-                print(f"  answer: {msg.text.strip()[:300]}")
-        elif isinstance(msg, ToolMessage):
-            text = msg.text
-            print(f"[tool {msg.name}] {text if len(text) < 200 else text[:160] + f' ... ({len(text)} characters)'}")
+def print_message(msg, streamed: bool = False) -> None:
+    """One message of the transcript; ``streamed``: its thinking and answer text were already printed
+    token by token, so only the plan, the tool calls and errors are left to show."""
+    if isinstance(msg, AIMessage):
+        plan = msg.response_metadata.get("budget_plan", {})
+        if plan:
+            print(f"  [plan] budget={plan.get('thinking_budget')} CR={plan.get('compression')} "
+                  f"max_tokens={plan.get('max_tokens')}")
+        thinking = msg.additional_kwargs.get("reasoning_content", "")
+        if thinking and not streamed:
+            print(f"  thinking: {thinking.strip()[:200]!r}")
+        for call in msg.tool_calls:
+            print(f"  tool call: {call['name']}({call['args']})")
+        for bad in msg.invalid_tool_calls:
+            print(f"  malformed tool call: {bad.get('error')}")
+        if msg.content and not streamed:
+            print(f"  answer: {msg.text.strip()[:300]}")
+    elif isinstance(msg, ToolMessage):
+        text = msg.text
+        print(f"[tool {msg.name}] {text if len(text) < 200 else text[:160] + f' ... ({len(text)} characters)'}")
+    else:
+        print(f"Q: {msg.text}")
+
+
+def run_task(agent, messages: list) -> list:
+    """Run one task, printing the model's thinking and answer token by token as it writes them (the
+    first tokens show within seconds of launch) and every other message as the agent has it; returns
+    the whole conversation."""
+    shown, state, section = 0, {"messages": messages}, None
+    for mode, data in agent.stream({"messages": messages}, stream_mode=["messages", "values"]):
+        if mode == "messages":
+            chunk = data[0]
+            if not isinstance(chunk, AIMessageChunk):
+                continue
+            for kind, text in (("thinking", chunk.additional_kwargs.get("reasoning_content", "")),
+                               ("answer", chunk.content if isinstance(chunk.content, str) else "")):
+                if text:
+                    if section != kind:
+                        print(f"\n[model {kind}] ", end="")
+                        section = kind
+                    print(text, end="", flush=True)
+            continue
+        state = data
+        for msg in state["messages"][shown:]:
+            if section is not None and isinstance(msg, AIMessage):
+                print()
+            print_message(msg, streamed=section is not None and isinstance(msg, AIMessage))
+            if isinstance(msg, AIMessage):
+                section = None
+        shown = len(state["messages"])
+    return state["messages"]
 
 
 def explain_compression(messages: list) -> list[str]:
@@ -252,13 +283,9 @@ def main(argv: list[str] | None = None) -> dict:
     runs = [[HumanMessage(args.question)]] + ([] if args.no_long_step else [report_task()])
     results = []
     with get_dms_usage_callback() as usage:
-        for i, messages in enumerate(runs):
-            agent = make_agent(args.force_tool if i == 0 else "none")
-            results.append(agent.invoke({"messages": messages})["messages"])
-
-    for i, messages in enumerate(results, 1):
-        print(f"\n=== task {i} ===")
-        print_transcript(messages)
+        for i, messages in enumerate(runs, 1):
+            print(f"\n=== task {i} ===", flush=True)
+            results.append(run_task(make_agent(args.force_tool if i == 1 else "none"), messages))
     print("\nKV memory report")
     print(usage.report())
     print("\nWhy each ratio is what it is")

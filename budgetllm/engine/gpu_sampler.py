@@ -99,6 +99,8 @@ class HostMasks:
             return None, None
         k = len(rows)
         self._rows.numpy()[:k] = rows
+        if device.type == "cpu":  # the host buffers are the device's
+            return self._rows[:k], buf[:k]  # read by this step's sampler before the next fill
         dev_rows, dev_bits = self._dev
         dev_rows[:k].copy_(self._rows[:k], non_blocking=True)
         dev_bits[:k].copy_(buf[:k], non_blocking=True)

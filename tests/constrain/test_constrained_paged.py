@@ -173,7 +173,7 @@ def test_batched_mask_fill_equals_row_by_row(tiny_llm):
         seen_batched += batched._batch is not None
         assert torch.equal(a, b)
         assert torch.equal(a[0], logits[0])  # the unconstrained row pays nothing
-        for i, c in enumerate(cons):  # each grammar takes a random allowed token
+        for c in cons:  # each grammar takes a random allowed token
             if c.terminated:
                 continue
             ok = allowed_tokens(*_one_mask(c), gc.vocab_size)[0].nonzero().flatten().tolist()

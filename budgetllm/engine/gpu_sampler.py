@@ -59,12 +59,14 @@ class HostMasks:
         self._rows: torch.Tensor | None = None  # [R] int64, host
         self._dev: tuple[torch.Tensor, torch.Tensor] | None = None  # the same two on the device
         self._batch = None  # xgrammar.BatchGrammarMatcher, made on the first large batch
+        self._device: torch.device | None = None
 
     def _buffers(self, n: int, vocab: int, device: torch.device) -> torch.Tensor:
         from budgetllm.constrain.mask import allocate_bitmask
 
         buf = self._buf
-        if buf is None or buf.shape[0] < n or buf.shape[1] * 32 < vocab or self._dev[0].device != device:
+        if buf is None or buf.shape[0] < n or buf.shape[1] * 32 < vocab or self._device != device:
+            self._device = device  # as given ("cuda" is not equal to the tensors' "cuda:0")
             pin = device.type == "cuda"
             buf = self._buf = allocate_bitmask(max(n, 8), vocab, pin=pin)
             self._rows = torch.zeros(buf.shape[0], dtype=torch.int64, pin_memory=pin)

@@ -160,7 +160,7 @@ def test_batched_mask_fill_equals_row_by_row(tiny_llm):
     rowwise, batched = HostMasks(), HostMasks()
     rowwise.BATCH_FILL = 10**9
     logits = torch.randn(12, gc.vocab_size, generator=torch.Generator().manual_seed(0))
-    seen_batched = 0
+    seen_batched, bufs = 0, None
     for _ in range(12):
         row_c = [None] + [None if c.terminated else c for c in cons]  # row 0 unconstrained; ended rows leave
         a, b = logits.clone(), logits.clone()
@@ -171,6 +171,8 @@ def test_batched_mask_fill_equals_row_by_row(tiny_llm):
 
                 apply_bitmask(out, bits, rows)
         seen_batched += batched._batch is not None
+        bufs = bufs or (batched._buf, batched._dev)
+        assert batched._buf is bufs[0] and batched._dev is bufs[1]  # reused, not made per step
         assert torch.equal(a, b)
         assert torch.equal(a[0], logits[0])  # the unconstrained row pays nothing
         for c in cons:  # each grammar takes a random allowed token

@@ -508,6 +508,7 @@ class ToolCallStreamSplitter:
         self._held = ""
         self._emitted = False  # some non-blank text went out
         self._locked = False  # markup seen: hold everything from now on
+        self._deltas = None  # budgetllm.tool_stream.ToolCallDeltas over the held markup
 
     def feed(self, delta: str) -> list[tuple[str, str]]:
         if not delta:
@@ -546,6 +547,21 @@ class ToolCallStreamSplitter:
     def finish(self) -> str:
         held, self._held = self._held, ""
         return held
+
+    def deltas(self) -> list:
+        """New pieces of the calls held so far (``budgetllm.tool_stream.CallDelta``: a call's name
+        and id first, then its argument text as it is written); call after ``feed``."""
+        if not self._locked or not self._held:
+            return []
+        if self._deltas is None:
+            from budgetllm.tool_stream import ToolCallDeltas
+
+            self._deltas = ToolCallDeltas()
+        return self._deltas.update(self._held)
+
+    def streamed(self) -> list[tuple[str, str]]:
+        """(id, name) of each call that streamed, in order."""
+        return [(c.id, c.name) for c in self._deltas.calls if c.name is not None] if self._deltas else []
 
     @property
     def holding_markup(self) -> bool:

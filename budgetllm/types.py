@@ -168,10 +168,13 @@ class StreamEvent:
     """One piece of a streamed call.
 
     kind "reasoning" / "text": a text delta; "tool_call": one complete (or invalid) tool call;
+    "tool_call_delta": a piece of a tool call while it is written (``tool_delta``: a
+    ``budgetllm.tool_stream.CallDelta``: index, argument text, and name and id on its first piece);
     "done": the last event, carrying the whole Generation (with usage).
     """
 
-    kind: Literal["reasoning", "text", "tool_call", "done"]
+    kind: Literal["reasoning", "text", "tool_call", "tool_call_delta", "done"]
     text: str = ""
     tool_call: ToolCall | InvalidToolCall | None = None
     generation: Generation | None = None
+    tool_delta: Any = None

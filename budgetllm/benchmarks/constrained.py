@@ -9,6 +9,9 @@ Each point runs the same prompts twice on one paged engine: unconstrained, then 
 ``response_format`` (a JSON schema whose array keeps the answer open, so both runs decode about
 the same number of tokens); tok/s = generated tokens / wall time. The grammar's own work (mask fill
 on the host while the GPU runs, bitmask copy, masking in the sampler) is what the ratio measures.
+Each mode also reports its decode steps (``steps_*``: the engine's own per-step timings, the
+decode-only tok/s, and the host milliseconds per step in mask building and in the per-row logic
+after the readback), which say where a slower constrained step spends its time.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -68,6 +72,51 @@ def run_batch(llm, batch: int, tokens: int, constrained: bool) -> tuple[int, flo
     return sum(counts), time.perf_counter() - t0
 
 
+def engine_probe(llm) -> dict | None:
+    """Counts the paged engine thread's host seconds in mask building (fill + copies) and in the
+    per-row host logic after the readback (the matcher's accept), by wrapping both where the engine
+    looks them up (found through the backend's classes, wherever the modules live)."""
+    backend = llm.backend
+    runner = getattr(backend, "runner", None)
+    if runner is None or not hasattr(backend, "decode_log"):
+        return None
+    engine_mod = sys.modules[type(backend).__module__]
+    masks = getattr(sys.modules[type(runner.sampler).__module__], "HostMasks", None)
+    probe = {"mask_s": 0.0, "advance_s": 0.0}
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                probe[key] += time.perf_counter() - t
+        return wrapper
+
+    if masks is not None:
+        masks.build = timed(masks.build, "mask_s")
+    if hasattr(engine_mod, "advance"):
+        engine_mod.advance = timed(engine_mod.advance, "advance_s")
+    return probe
+
+
+def step_breakdown(llm, probe: dict | None, t0: float, t1: float, before: dict) -> dict:
+    """Decode steps that started in [t0, t1): medians of the engine's step phases (ms) and the
+    probe's host seconds per step, to say where a slower constrained step spends its time."""
+    log = [e for e in list(llm.backend.decode_log) if t0 <= e[1] < t1] if probe is not None else []
+    if not log:
+        return {}
+    n = len(log)
+    out = {"decode_steps": n, "mean_batch": sum(e[0] for e in log) / n,
+           "decode_tok_s": sum(e[0] for e in log) / sum(e[3] for e in log),
+           "step_ms_median": statistics.median(e[3] for e in log) * 1e3,
+           "to_readback_ms_median": statistics.median(e[2] for e in log) * 1e3,
+           "launch_ms_median": statistics.median(e[4] for e in log) * 1e3}
+    for key in ("mask_s", "advance_s"):
+        out[key.replace("_s", "_ms_per_step")] = (probe[key] - before[key]) * 1e3 / n
+    return out
+
+
 def compile_times(llm) -> dict:
     from budgetllm.constrain import GrammarCompiler, tool_call_spec
 
@@ -98,12 +147,16 @@ def main(argv: list[str] | None = None) -> dict:
     llm = LLM.from_pretrained(a.model, backend="paged", progress=False)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     result: dict = {"card": card, "model": llm.model_name, "tokens": a.tokens, **compile_times(llm), "points": []}
+    probe = engine_probe(llm)
     run_batch(llm, 2, 16, True)  # warm-up: graphs, allocator, the schema's compile
     for b in a.batches:
-        n0, s0 = run_batch(llm, b, a.tokens, False)
-        n1, s1 = run_batch(llm, b, a.tokens, True)
-        point = {"batch": b, "tok_s_unconstrained": n0 / s0, "tok_s_constrained": n1 / s1,
-                 "ratio": (n1 / s1) / (n0 / s0), "tokens_unconstrained": n0, "tokens_constrained": n1}
+        point: dict = {"batch": b}
+        for name, constrained in (("unconstrained", False), ("constrained", True)):
+            before, t0 = dict(probe or {}), time.perf_counter()
+            n, s = run_batch(llm, b, a.tokens, constrained)
+            point.update({f"tok_s_{name}": n / s, f"tokens_{name}": n,
+                          f"steps_{name}": step_breakdown(llm, probe, t0, time.perf_counter(), before)})
+        point["ratio"] = point["tok_s_constrained"] / point["tok_s_unconstrained"]
         result["points"].append(point)
         print(json.dumps(point))
     out = Path(a.out or f"bench/results/constrained-{card.replace(' ', '_')}.json")

@@ -71,15 +71,15 @@ class GrammarCompiler:
         c = self._compiler
         try:
             if spec.kind == "json_schema":
-                return c.compile_json_schema(spec.source, any_whitespace=False, strict_mode=True)
+                return c.compile_grammar(json_grammar(spec.source, any_whitespace=False))
             if spec.kind == "json_object":  # any object (OpenAI's json_object), compact whitespace
-                return c.compile_json_schema('{"type": "object"}', any_whitespace=False, strict_mode=False)
+                return c.compile_grammar(json_grammar('{"type": "object"}', any_whitespace=False, strict_mode=False))
             if spec.kind == "regex":
                 return c.compile_regex(spec.source)
             if spec.kind == "grammar":
                 return c.compile_grammar(spec.source)
             if spec.kind == "structural_tag":
-                return c.compile_structural_tag(json.loads(spec.source))
+                return c.compile_structural_tag(_strict_strings(json.loads(spec.source)))
         except (RuntimeError, ValueError, TypeError) as e:  # the library's parse/compile errors
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise InvalidRequestError(_FIELDS[spec.kind], f"cannot be compiled to a grammar: {msg}") from None
@@ -89,3 +89,36 @@ class GrammarCompiler:
         xgr = xgrammar_module()
         matcher = xgr.GrammarMatcher(self.compile(spec), override_stop_tokens=sorted(eos_ids))
         return Constraint(matcher, self.vocab_size, spec)
+
+
+# xgrammar 0.2.8 writes the characters of a length-bounded JSON string (minLength/maxLength) as
+# [^"\\\r\n], which admits the raw control characters U+0000-U+001F (except CR, LF) that JSON
+# forbids inside strings (json.loads refuses them). Its unbounded string rule already excludes them;
+# the bounded one gets the same class here.
+_LOOSE_CHAR = r'[^\"\\\r\n]'
+_JSON_CHAR = r'[^\0-\x1f\"\\\r\n]'
+
+
+def json_grammar(schema: str, *, any_whitespace: bool, strict_mode: bool = True,
+                 max_whitespace_cnt: int | None = None) -> str:
+    """The EBNF of a JSON schema (xgrammar's converter) whose strings are strict JSON strings."""
+    xgr = xgrammar_module()
+    ebnf = str(xgr.Grammar.from_json_schema(schema, any_whitespace=any_whitespace, strict_mode=strict_mode,
+                                            max_whitespace_cnt=max_whitespace_cnt))
+    return ebnf.replace(_LOOSE_CHAR, _JSON_CHAR)
+
+
+def _strict_strings(node: Any) -> Any:
+    """A structural tag whose JSON-schema elements are EBNF grammars from :func:`json_grammar`
+    (the structural tag's own schema elements use xgrammar's converter with the same defaults:
+    any whitespace up to ``max_whitespace_cnt``, strict mode)."""
+    if isinstance(node, list):
+        return [_strict_strings(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") == "json_schema" and "json_schema" in node and node.get("style", "json") == "json":
+        src = node["json_schema"]
+        src = src if isinstance(src, str) else json.dumps(src, ensure_ascii=False)
+        return {"type": "grammar", "grammar": json_grammar(src, any_whitespace=True,
+                                                           max_whitespace_cnt=node.get("max_whitespace_cnt"))}
+    return {k: _strict_strings(v) for k, v in node.items()}

@@ -49,6 +49,11 @@ class Constraint:
             return False
         return bool(m.fill_next_token_bitmask(bitmask, row))
 
+    def batch_matcher(self) -> Any:
+        """The library matcher for a batched fill (xgrammar's ``BatchGrammarMatcher``), or None when
+        this constraint no longer masks (closed or failed: every token allowed, as ``fill`` says)."""
+        return None if self.error is not None else self._matcher
+
     def accept(self, token_id: int) -> bool:
         """Advance by one generated answer token; False (and ``error`` set) when the grammar rejects it."""
         m = self._matcher

@@ -42,32 +42,71 @@ class SamplingBatch:
 
 
 class HostMasks:
-    """Fills the bitmasks of the constrained rows into one reused (pinned on CUDA) host buffer.
+    """Fills the bitmasks of the constrained rows into reused host buffers (pinned on CUDA) and
+    copies them into reused device buffers: no allocation per step.
 
-    Reuse is safe: every engine step ends with a readback that waits for the step's copies."""
+    From ``BATCH_FILL`` constrained rows on, xgrammar's ``BatchGrammarMatcher`` fills them on its
+    own threads (C++, in parallel) instead of one Python call per row; it does not say which rows
+    allow every token, so those rows are masked too, with an all-ones mask (no effect on any
+    logit: the mask covers the whole vocabulary), and the tokens stay exactly those of the
+    row-by-row fill. Reuse is safe: every engine step ends with a readback that waits for the
+    step's copies, and the device buffers are read by the same stream that writes them."""
+
+    BATCH_FILL = 8
 
     def __init__(self) -> None:
-        self._buf: torch.Tensor | None = None
+        self._buf: torch.Tensor | None = None  # [R, W] int32, host
+        self._rows: torch.Tensor | None = None  # [R] int64, host
+        self._dev: tuple[torch.Tensor, torch.Tensor] | None = None  # the same two on the device
+        self._batch = None  # xgrammar.BatchGrammarMatcher, made on the first large batch
+        self._device: torch.device | None = None
 
-    def build(self, constraints: list, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _buffers(self, n: int, vocab: int, device: torch.device) -> torch.Tensor:
         from budgetllm.constrain.mask import allocate_bitmask
 
+        buf = self._buf
+        if buf is None or buf.shape[0] < n or buf.shape[1] * 32 < vocab or self._device != device:
+            self._device = device  # as given ("cuda" is not equal to the tensors' "cuda:0")
+            pin = device.type == "cuda"
+            buf = self._buf = allocate_bitmask(max(n, 8), vocab, pin=pin)
+            self._rows = torch.zeros(buf.shape[0], dtype=torch.int64, pin_memory=pin)
+            self._dev = (torch.zeros(buf.shape[0], dtype=torch.int64, device=device),
+                         torch.empty(buf.shape, dtype=torch.int32, device=device))
+        return buf
+
+    def _fill_batch(self, live: list, buf: torch.Tensor) -> list[int] | None:
+        """xgrammar's threaded batch fill of rows 0..len(live)-1; None when it cannot run here."""
+        matchers = [c.batch_matcher() for _, c in live]
+        if any(m is None for m in matchers):
+            return None
+        if self._batch is None:
+            import xgrammar
+
+            self._batch = xgrammar.BatchGrammarMatcher()
+        self._batch.batch_fill_next_token_bitmask(matchers, buf, list(range(len(live))))
+        return [b for b, _ in live]
+
+    def build(self, constraints: list, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         live = [(b, c) for b, c in enumerate(constraints) if c is not None]
         if not live:
             return None, None
-        vocab = live[0][1].vocab_size
-        buf = self._buf
-        if buf is None or buf.shape[0] < len(live) or buf.shape[1] * 32 < vocab:
-            buf = self._buf = allocate_bitmask(max(len(live), 8), vocab, pin=device.type == "cuda")
-        rows = []
-        for b, c in live:
-            if c.fill(buf, len(rows)):  # False: every token allowed, nothing to apply
-                rows.append(b)
+        buf = self._buffers(len(live), live[0][1].vocab_size, device)
+        rows = self._fill_batch(live, buf) if len(live) >= self.BATCH_FILL else None
+        if rows is None:
+            rows = []
+            for b, c in live:
+                if c.fill(buf, len(rows)):  # False: every token allowed, nothing to apply
+                    rows.append(b)
         if not rows:
             return None, None
-        pin = device.type == "cuda"
-        rows_t = torch.tensor(rows, dtype=torch.int64, pin_memory=pin).to(device, non_blocking=True)
-        return rows_t, buf[:len(rows)].to(device, non_blocking=True)
+        k = len(rows)
+        self._rows.numpy()[:k] = rows
+        if device.type == "cpu":  # the host buffers are the device's
+            return self._rows[:k], buf[:k]  # read by this step's sampler before the next fill
+        dev_rows, dev_bits = self._dev
+        dev_rows[:k].copy_(self._rows[:k], non_blocking=True)
+        dev_bits[:k].copy_(buf[:k], non_blocking=True)
+        return dev_rows[:k], dev_bits[:k]
 
 
 _HOST_MASKS = threading.local()  # one buffer per engine thread

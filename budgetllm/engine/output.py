@@ -10,7 +10,7 @@ The plan arrives fitted (``budgetllm.policy.fit``); nothing here changes it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from budgetllm.engine.detok import IncrementalDecoder, TextAssembler
 from budgetllm.types import Generation, Plan, StreamEvent, ThinkingConfig, Usage
@@ -78,6 +78,7 @@ class CallOutput:
             if tail and "<tool_call>" not in tail:
                 events.append(StreamEvent("text", tail))
             answer, calls, invalid = self.prompter.parse_tool_calls(text.answer)
+            calls = _streamed_ids(calls, invalid, tools)
             events += [StreamEvent("tool_call", tool_call=c) for c in [*calls, *invalid]]
             if calls:  # only a valid call is a tool-call finish
                 finish = "tool_calls"
@@ -115,5 +116,16 @@ def _emit(pieces: Iterable[tuple[str, str]], tools) -> Iterator[StreamEvent]:
             for _, visible in tools.feed(piece):
                 if visible:
                     yield StreamEvent("text", visible)
+            for delta in tools.deltas():  # a tool call's name, then its arguments as they are written
+                yield StreamEvent("tool_call_delta", tool_delta=delta)
         elif piece:
             yield StreamEvent(kind, piece)
+
+
+def _streamed_ids(calls: list, invalid: list, tools) -> list:
+    """The parsed calls with the ids their streamed pieces carried (the same calls in the same
+    order, all valid), so a consumer can tell a call it already streamed from a new one."""
+    streamed = tools.streamed()
+    if invalid or len(streamed) != len(calls) or any(n != c.name for (_, n), c in zip(streamed, calls, strict=True)):
+        return calls
+    return [replace(c, id=i) for (i, _), c in zip(streamed, calls, strict=True)]

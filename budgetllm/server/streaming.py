@@ -75,6 +75,8 @@ class ChunkWriter:
         self.include_usage = include_usage
         self.token_ids = token_ids
         self.tool_index = 0
+        self.streamed: dict[int, int] = {}  # engine call index -> wire index of a call sent in pieces
+        self.streamed_ids: set[str] = set()
 
     def _chunk(self, delta: dict[str, Any] | None = None, finish_reason: str | None = None) -> dict[str, Any]:
         return wire.chunk(id=self.id, created=self.created, model=self.model, delta=delta, finish_reason=finish_reason)
@@ -83,11 +85,26 @@ class ChunkWriter:
         # OpenAI's first chunk carries only the role.
         return wire.sse(self._chunk({"role": "assistant", "content": ""}))
 
+    def _piece(self, d: Any) -> dict[str, Any]:
+        """OpenAI's streamed ``delta.tool_calls`` item: index, id, type and name first, then
+        ``function.arguments`` pieces that the client concatenates per index."""
+        if d.index not in self.streamed:
+            self.streamed[d.index] = self.tool_index
+            self.tool_index += 1
+            self.streamed_ids.add(d.id)
+            return {"index": self.streamed[d.index], "id": d.id, "type": "function",
+                    "function": {"name": d.name, "arguments": d.args}}
+        return {"index": self.streamed[d.index], "function": {"arguments": d.args}}
+
     def event(self, ev: StreamEvent) -> list[bytes]:
         if ev.kind == "reasoning" and ev.text:
             return [wire.sse(self._chunk({"reasoning_content": ev.text}))]
         if ev.kind == "text" and ev.text:
             return [wire.sse(self._chunk({"content": ev.text}))]
+        if ev.kind == "tool_call_delta" and ev.tool_delta is not None:
+            return [wire.sse(self._chunk({"tool_calls": [self._piece(ev.tool_delta)]}))]
+        if ev.kind == "tool_call" and isinstance(ev.tool_call, ToolCall) and ev.tool_call.id in self.streamed_ids:
+            return []  # its pieces went out while it was written
         if ev.kind == "tool_call" and isinstance(ev.tool_call, ToolCall):
             # A complete call in one delta (OpenAI clients accumulate per index either way).
             delta = {"tool_calls": [wire.tool_call_to_wire(ev.tool_call, index=self.tool_index)]}

@@ -20,6 +20,7 @@ import math
 from dataclasses import fields
 from typing import Any
 
+from budgetllm.tool_stream import CallDelta
 from budgetllm.types import Generation, InvalidToolCall, KVMemory, Plan, StreamEvent, ToolCall, Usage
 
 _KV_FIELDS = {f.name for f in fields(KVMemory)}
@@ -194,6 +195,7 @@ class StreamAssembler:
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.tool_calls: list[ToolCall] = []
+        self._pieces: dict[int, dict[str, Any]] = {}  # streamed tool calls by index, accumulated
         self.invalid: list[InvalidToolCall] = []
         self.finish_reason = "stop"
         self.model = ""
@@ -215,20 +217,52 @@ class StreamAssembler:
                 self.text.append(delta["content"])
                 out.append(StreamEvent("text", text=delta["content"]))
             for t in delta.get("tool_calls") or []:
-                tc = tool_call_from_wire(t)
-                (self.tool_calls if isinstance(tc, ToolCall) else self.invalid).append(tc)
-                out.append(StreamEvent("tool_call", tool_call=tc))
+                out += self._tool_piece(t)
             for t in delta.get("invalid_tool_calls") or []:
                 tc = invalid_tool_call_from_wire(t)
                 self.invalid.append(tc)
                 out.append(StreamEvent("tool_call", tool_call=tc))
             if choice.get("finish_reason"):
+                out += self._streamed_calls()
                 self.finish_reason = choice["finish_reason"]
             self.prompt_token_ids = choice.get("prompt_token_ids") or self.prompt_token_ids
             self.token_ids = choice.get("token_ids") or self.token_ids
         return out
 
+    def _tool_piece(self, t: dict[str, Any]) -> list[StreamEvent]:
+        """One ``delta.tool_calls`` item: a whole call (its arguments complete: a "tool_call" event
+        now), or a piece of the call of its index, as OpenAI streams them (id and name first, then
+        argument text: a "tool_call_delta" event; the call is parsed when the choice finishes)."""
+        i = t.get("index", len(self._pieces))
+        fn = t.get("function") or {}
+        args = fn.get("arguments")
+        if i not in self._pieces and _whole(args):
+            self._pieces[i] = None  # done
+            tc = tool_call_from_wire(t)
+            (self.tool_calls if isinstance(tc, ToolCall) else self.invalid).append(tc)
+            return [StreamEvent("tool_call", tool_call=tc)]
+        first = self._pieces.get(i) is None
+        acc = self._pieces.get(i) or {"id": t.get("id", ""), "function": {"name": fn.get("name") or "", "arguments": ""}}
+        self._pieces[i] = acc
+        piece = args if isinstance(args, str) else ""
+        acc["function"]["arguments"] += piece
+        return [StreamEvent("tool_call_delta", tool_delta=CallDelta(
+            i, piece, acc["function"]["name"] if first else None, acc["id"] if first else None))]
+
+    def _streamed_calls(self) -> list[StreamEvent]:
+        """The calls that came in pieces, parsed (the engine's order: after the text, before the
+        end). With an invalid call in the answer the server sent every valid call whole instead."""
+        acc = [self._pieces[i] for i in sorted(self._pieces) if self._pieces[i] is not None]
+        self._pieces.clear()
+        if self.invalid:
+            return []
+        calls = [tool_call_from_wire(d) for d in acc]
+        for tc in calls:
+            (self.tool_calls if isinstance(tc, ToolCall) else self.invalid).append(tc)
+        return [StreamEvent("tool_call", tool_call=tc) for tc in calls]
+
     def done(self) -> StreamEvent:
+        self._streamed_calls()  # a stream without a finish_reason: its calls still count
         gen = Generation(
             text="".join(self.text),
             reasoning="".join(self.reasoning),
@@ -241,3 +275,15 @@ class StreamAssembler:
             model=self.model,
         )
         return StreamEvent("done", generation=gen)
+
+
+def _whole(args: Any) -> bool:
+    """Arguments that are a complete JSON object (a call sent in one piece)."""
+    if isinstance(args, dict):
+        return True
+    if not isinstance(args, str) or not args.strip():
+        return False
+    try:
+        return isinstance(json.loads(args), dict)
+    except json.JSONDecodeError:
+        return False

@@ -1,8 +1,10 @@
 """budgetllm StreamEvents -> LangChain ChatGenerationChunks, and the message they add up to.
 
 One running block index across reasoning, text and tool-call blocks (LangChain's v1 content
-blocks need it); tool calls come after all text; the last chunk carries usage (reasoning inside
-``output_tokens``), the KV-memory record, the budget plan and timing.
+blocks need it); a tool call streams as ``tool_call_chunks`` while it is written (name first,
+then argument text), and a call that did not stream comes whole after all text; the last chunk
+carries usage (reasoning inside ``output_tokens``), the KV-memory record, the budget plan and
+timing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class ChunkBuilder:
         self.reasoning = ""
         self.calls: list[ToolCall | InvalidToolCall] = []
         self.generation: Generation | None = None
+        self.streamed: dict[int, int] = {}  # engine call index -> chunk index of a call streamed in pieces
+        self.streamed_ids: set[str] = set()
 
     def _bump(self, block: str) -> None:
         if block != self.block:
@@ -49,12 +53,25 @@ class ChunkBuilder:
         self.text += delta
         return ChatGenerationChunk(message=AIMessageChunk(content=delta))
 
+    def _tool_piece(self, d: Any) -> ChatGenerationChunk:
+        """A piece of a call being written: its name and id first, then argument text (LangChain
+        concatenates the ``args`` of chunks with one ``index``)."""
+        if d.index not in self.streamed:
+            self.index += 1
+            self.block = "tool_call_chunk"
+            self.streamed[d.index] = self.index
+            self.streamed_ids.add(d.id)
+        chunk = tool_call_chunk(name=d.name, args=d.args, id=d.id, index=self.streamed[d.index])
+        return ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[chunk]))
+
     def on_event(self, event: StreamEvent) -> Iterator[ChatGenerationChunk]:
         kind = event.kind
         if kind == "reasoning" and event.text:
             yield self._reasoning(event.text)
         elif kind == "text" and event.text:
             yield self._text(event.text)
+        elif kind == "tool_call_delta" and event.tool_delta is not None:
+            yield self._tool_piece(event.tool_delta)
         elif kind == "tool_call" and event.tool_call is not None:
             self.calls.append(event.tool_call)
         elif kind == "done":
@@ -72,6 +89,8 @@ class ChunkBuilder:
             yield self._text(gen.text[len(self.text):])
         calls = self.calls or [*gen.tool_calls, *gen.invalid_tool_calls]
         for call in calls:
+            if call.id in self.streamed_ids:  # its pieces went out while it was written
+                continue
             self.index += 1
             self.block = "tool_call_chunk"
             # An invalid call's raw text keeps its markup, so it never parses as arguments.

@@ -170,7 +170,9 @@ class Scheduler:
     def schedule(self) -> Batch | None:
         """The next batch, or None when there is nothing to run."""
         admit = True
-        for _ in range(len(self.running) + 2):
+        tries = len(self.running) + 2  # a kept state released does not count: there may be many
+        while tries > 0:
+            tries -= 1
             decoders = [s for s in self.running if s.is_decoding]
             wants_prefill = bool(self.waiting) or any(s.is_prefilling for s in self.running)
             if wants_prefill and not (self._last_kind == "prefill" and decoders):
@@ -187,6 +189,7 @@ class Scheduler:
             if not any(s.is_prefilling for s in self.running):
                 return None  # nothing runnable
             if self._evict_parked():
+                tries += 1
                 continue
             # Only prefills are running and none of them got pages: free some for the oldest.
             if len(self.running) > 1:
@@ -195,7 +198,10 @@ class Scheduler:
                 self.preempt(self.running[-1])
                 admit = False
                 continue
-            return self._lone_prefill(self.running[0])
+            batch = self._lone_prefill(self.running[0])
+            if batch is not None:
+                return batch
+            admit = True  # it failed: its pages are back, a queued request may run now
         return None
 
     def _lone_prefill(self, s: Sequence) -> Batch | None:

@@ -80,15 +80,34 @@ class Scheduler:
         if seq.status is SeqStatus.RUNNING:
             self.running.remove(seq)
             if keep and self.prefix.enabled and seq.num_cached and seq.cache_key is not None:
-                kept = Sequence(seq.token_ids[:seq.num_cached], 0, cache_key=seq.cache_key)
-                self.bm.transfer(seq, kept)
-                self._keep(kept)
+                if not self._hand_over_to_twin(seq):
+                    kept = Sequence(seq.token_ids[:seq.num_cached], 0, cache_key=seq.cache_key)
+                    self.bm.transfer(seq, kept)
+                    self._keep(kept)
             else:
                 self._release(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason
+
+    def _hand_over_to_twin(self, seq: Sequence) -> bool:
+        """``seq`` ends in the step that kept its prompt state (a 1-token call): the twin's fork is
+        still queued and would copy the very state ``seq`` ends with. The twin takes ``seq``'s slot
+        instead and the fork is dropped (no copy, no host sync on the call's path)."""
+        ops = self.device_ops
+        for i in range(len(ops) - 1, -1, -1):
+            op = ops[i]
+            if op[0] != "fork" or op[1] != seq.slot or op[3] != seq.num_cached:
+                continue
+            twin = next((e.state for e in self.prefix.entries() if e.state.slot == op[2]), None)
+            if twin is None or any(o[1] in (op[1], op[2]) for o in ops[i + 1:]):
+                return False
+            del ops[i]
+            self.bm.release(twin)  # its slot was never filled on the device
+            self.bm.transfer(seq, twin)
+            return True
+        return False
 
     def preempt(self, seq: Sequence) -> None:
         """Recompute later: drop the cache, put the sequence at the head of the queue."""
@@ -180,6 +199,8 @@ class Scheduler:
                 if batch is not None:
                     self._last_kind = "prefill"
                     return batch
+                # a request adopted from a kept state may have one token left: it decodes
+                decoders = [s for s in self.running if s.is_decoding]
             if decoders:
                 batch = self._schedule_decode()
                 if batch is not None:

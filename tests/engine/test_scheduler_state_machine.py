@@ -261,3 +261,45 @@ def test_a_failed_lone_prefill_lets_the_queue_run():
     assert batch is not None and batch.seqs == [small]
     assert big.status is SeqStatus.FINISHED and big.finish_reason == "error"
     assert [f[0] for f in sched.failed] == [big] and isinstance(sched.failed[0][1], PoolExhaustedError)
+
+
+def test_a_request_adopted_with_one_token_left_decodes():
+    """Found by a random run after the two fixes above: a request admitted on top of a kept state
+    with one token to feed is a decoder, but its chunk's pages were not there (the kept state had
+    evicted more than expected), so the prefill pass adopted it without a batch and schedule()
+    returned None (it only looked for decoders before admitting)."""
+    geo = PoolGeometry(total_pages=30, num_slots=2, rows_per_seq=3, page_size=4, window=5)
+    sched = Scheduler(BlockManager(geo), max_prefill_tokens=16, prefix=PrefixTree(30, max_entries=1), max_running=1)
+    kept = Sequence(list(range(32)), 0, cache_key="k")
+    sched.bm.assign_slot(kept)
+    sched.bm.sync(kept, 3, 12)  # 32 tokens in 3 pages: its rows evicted most of them
+    sched._keep(kept)
+    s = Sequence(list(range(32)) + [99], 1, cache_key="k")
+    sched.add(s)
+    batch = sched.schedule()
+    assert batch is not None and batch.kind == "decode" and batch.seqs == [s]
+    assert s.reused == 32 and sched.device_ops == [("fork", kept.slot, s.slot, 32)]
+
+
+def test_a_one_token_call_keeps_its_state_without_a_fork():
+    """A request that ends in the step that cached its prompt: its prompt-state twin takes its slot
+    (no copy-on-write fork queued, no release), and a follow-up reuses it."""
+    geo = PoolGeometry(total_pages=60, num_slots=3, rows_per_seq=3, page_size=4, window=5)
+    sched = Scheduler(BlockManager(geo), max_prefill_tokens=64, prefix=PrefixTree(60, max_entries=2), max_running=1)
+    dev = AllocatorModel(60, 3, 3, 4, 5)
+    a = Sequence(list(range(20)), 1, cache_key="k")
+    sched.add(a)
+    batch = sched.schedule()
+    assert sched.after_step(batch, dev.run(batch, 0.5)) == [a] and sched.device_ops[0][0] == "fork"
+    assert sched.bm.free_pages == 60 - 2 * a.pages_held  # the twin counts its pages in full
+    slot = a.slot
+    sched.finish(a, "stop", keep=True)
+    assert sched.device_ops == [] and len(sched.prefix) == 1
+    (kept,) = [e.state for e in sched.prefix.entries()]
+    assert kept.slot == slot and kept.token_ids == list(range(20)) and sched.bm.free_pages == 60 - kept.pages_held
+    b = Sequence(list(range(20)) + [5, 6], 1, cache_key="k")
+    sched.add(b)
+    batch = sched.schedule()
+    assert b.reused == 20 and batch.chunks == [2] and sched.device_ops == [("fork", slot, b.slot, 20)]
+    dev.apply(sched.device_ops)
+    dev.check()

@@ -63,6 +63,9 @@ class Scheduler:
     page_bytes: int = 1  # bytes of one page: the prefix tree is bounded in bytes
     max_running: int | None = None  # sequences running at once (default: every slot)
     num_preemptions: int = 0
+    # requests that start with the same >= min_shared tokens as a running prefill wait for its state
+    # there (kept on the way) and continue from a twin: concurrent prompts share their prefix's pages
+    min_shared: int = 32
     _last_kind: str = "decode"
 
     # -- requests ---------------------------------------------------------------------------
@@ -267,6 +270,8 @@ class Scheduler:
             s = self.waiting[0]
             if len(self.running) >= (self.max_running or bm.geo.num_slots):
                 break
+            if self._wait_for_shared_prefix(s, seqs, chunks):
+                break
             if len(self.prefix) and self._start_from_kept(s, promised):  # continue a kept state
                 self.waiting.popleft()
                 s.status = SeqStatus.RUNNING
@@ -290,6 +295,32 @@ class Scheduler:
             self.running.append(s)
             take(s, n, need)
         return Batch("prefill", seqs, chunks) if seqs else None
+
+    def _wait_for_shared_prefix(self, s: Sequence, seqs: list, chunks: list) -> bool:
+        """Whether ``s`` waits for a running prefill that shares its first tokens: that one keeps a
+        state where the two part (its chunk in this batch stops there), and ``s`` is admitted on a
+        twin of it next (``_start_from_kept``). A state cannot be rolled back, so only a prefill
+        still short of the shared length is waited for."""
+        if not self.prefix.enabled or s.cache_key is None or len(s.token_ids) <= self.min_shared:
+            return False
+        head = s.token_ids[:self.min_shared]
+        for r in self.running:
+            if r.cache_key != s.cache_key or not r.is_prefilling or r.token_ids[:self.min_shared] != head:
+                continue
+            n = min(len(s.token_ids) - 1, r.num_prompt)
+            a, b = s.token_ids[:n], r.token_ids[:n]
+            shared = n if a == b else next(i for i in range(n) if a[i] != b[i])
+            if shared < self.min_shared or shared <= r.num_cached:
+                continue
+            if self.prefix.has(s.token_ids[:shared], s.cache_key):
+                return False  # already kept: admitted on it now
+            if shared not in r.keep_at:
+                r.keep_at = tuple(sorted((*r.keep_at, shared)))
+            if r in seqs:  # its chunk in this batch stops at the shared length
+                i = seqs.index(r)
+                chunks[i] = min(chunks[i], shared - r.num_cached)
+            return True
+        return False
 
     def _chunk(self, s: Sequence, budget: int) -> int:
         """Tokens of ``s`` to prefill now: a chunk ends at the next point where a state is kept."""

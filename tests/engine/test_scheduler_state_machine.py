@@ -303,3 +303,53 @@ def test_a_one_token_call_keeps_its_state_without_a_fork():
     assert b.reused == 20 and batch.chunks == [2] and sched.device_ops == [("fork", slot, b.slot, 20)]
     dev.apply(sched.device_ops)
     dev.check()
+
+
+def test_concurrent_prompts_share_their_common_prefix():
+    """Two requests with the same 40-token system prompt arrive together: the first one's chunk stops
+    at 40 and keeps a state there, the second waits for it and continues from a copy-on-write twin
+    (pages shared on the device), the first goes on from 40. Every page comes back at the end."""
+    geo = PoolGeometry(total_pages=200, num_slots=5, rows_per_seq=3, page_size=4, window=5)
+    sched = Scheduler(BlockManager(geo), max_prefill_tokens=128, prefix=PrefixTree(200, max_entries=3))
+    dev = AllocatorModel(200, 5, 3, 4, 5)
+    system = list(range(1000, 1040))
+    a, b = Sequence(system + [1, 2, 3], 2, cache_key="k"), Sequence(system + [7, 8], 2, cache_key="k")
+    sched.add(a)
+    sched.add(b)
+    batch = sched.schedule()
+    assert batch.seqs == [a] and batch.chunks == [40] and list(sched.waiting) == [b] and a.keep_at == (40,)
+    sched.after_step(batch, dev.run(batch, 0.0))
+    assert [op[0] for op in sched.device_ops] == ["fork"] and sched.prefix.has(system, "k")
+    dev.apply(sched.device_ops)
+    batch = sched.schedule()  # a's last 3 tokens and b on a twin of the state at 40
+    assert batch.seqs == [a, b] and batch.chunks == [3, 2] and b.reused == b.num_cached == 40
+    dev.apply(sched.device_ops)
+    assert sum(n > 1 for n in dev.holders.values()) > 0  # b's rows share the system prompt's pages
+    for _ in range(10):
+        ready = sched.after_step(batch, dev.run(batch, 0.0))
+        for s in ready:
+            sched.finish(s, "stop") if len(s.token_ids) - s.num_prompt >= 1 else s.append_token(5)
+        dev.apply(sched.device_ops)
+        batch = sched.schedule()
+        if batch is None:
+            break
+    assert not sched.has_work
+    while sched._evict_parked():
+        pass
+    dev.apply(sched.device_ops)
+    dev.check()
+    assert len(dev.free) == 200 and sched.bm.free_pages == 200
+
+
+def test_a_prefill_past_the_shared_length_is_not_waited_for():
+    geo = PoolGeometry(total_pages=200, num_slots=5, rows_per_seq=3, page_size=4, window=5)
+    sched = Scheduler(BlockManager(geo), max_prefill_tokens=128, prefix=PrefixTree(200, max_entries=3))
+    system = list(range(1000, 1040))
+    a = Sequence(system + [1, 2, 3], 2, cache_key="k")
+    sched.add(a)
+    sched.schedule()  # a's whole prompt in one chunk: nobody to share with yet
+    a.num_cached = 43
+    b = Sequence(system + [7, 8], 2, cache_key="k")
+    sched.add(b)
+    batch = sched.schedule()
+    assert b in batch.seqs and b.reused == 0 and a.keep_at == ()

@@ -307,9 +307,13 @@ class Scheduler:
         for r in self.running:
             if r.cache_key != s.cache_key or not r.is_prefilling or r.token_ids[:self.min_shared] != head:
                 continue
-            n = min(len(s.token_ids) - 1, r.num_prompt)
-            a, b = s.token_ids[:n], r.token_ids[:n]
-            shared = n if a == b else next(i for i in range(n) if a[i] != b[i])
+            lo, hi = self.min_shared, min(len(s.token_ids) - 1, r.num_prompt)
+            if hi < lo:
+                continue
+            while lo < hi:  # the common length, by slice comparisons (C speed, also on 32K prompts)
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if s.token_ids[:mid] == r.token_ids[:mid] else (lo, mid - 1)
+            shared = lo
             if shared < self.min_shared or shared <= r.num_cached:
                 continue
             if self.prefix.has(s.token_ids[:shared], s.cache_key):

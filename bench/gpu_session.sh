@@ -6,6 +6,8 @@
 #   call 2 (carry .device/smol.part.ab .device/whl):  bash bench/gpu_session.sh tests
 #   call 3 (carry .device/whl, and .device/smol.part.ab on a fresh machine after a 'kernels' call):
 #                                                     bash bench/gpu_session.sh bench
+#   agent loop, full mode + the call profile (after a 'kernels' call on the same machine; carry
+#   .device/smol.part.ab .device/whl; ~4 minutes):      bash bench/gpu_session.sh agent
 set -u
 phase=$1
 export PYTHONPATH=/tmp/site:$PWD:$PWD/integrations:$PWD/integrations/ray PYTHONUNBUFFERED=1
@@ -32,4 +34,9 @@ case $phase in
     timeout 200 python3 -m budgetllm.cli bench --only agent --quick --out $OUT/r 2>&1 | tail -30
     timeout 120 python3 -m budgetllm.benchmarks.constrained --out $OUT/r/constrained-h200.json 2>&1 | tail -15
     timeout 150 python3 bench/soak.py --clients 64 --seconds 90 --out $OUT/r/soak-h200.json 2>&1 | tail -15 ;;
+  agent)
+    smol; mkdir -p $OUT/r
+    head
+    timeout 300 python3 -m budgetllm.cli bench --only agent --out $OUT/r 2>&1 | tail -30
+    timeout 150 python3 bench/profile_gpu_call.py --out $OUT/r 2>&1 | tail -60 ;;
 esac

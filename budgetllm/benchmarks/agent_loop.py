@@ -34,15 +34,26 @@ def _ids(g: torch.Generator, n: int, vocab: int) -> list[int]:
 
 
 def run_loop(backend, loaded, history: int, steps: int, answer_tokens: int = 64, cr: float = 8,
-             seed: int = 0, hf=None) -> dict:
-    """One scripted agent conversation on ``backend`` (``hf``: also time HF's prefill per turn)."""
+             seed: int = 0, hf=None, turn_tokens: int | None = None) -> dict:
+    """One scripted agent conversation on ``backend`` (``hf``: also time HF's prefill per turn).
+
+    ``turn_tokens`` None: a 1K system prompt and turns that grow the history to ``history`` in
+    ``steps`` (big tool results: each turn adds ~history/steps). ``turn_tokens`` given (the full
+    mode, a realistic agent): the first prompt is the long context an agent has built by then
+    (system prompt, tool schemas, earlier work) and every later turn adds ``turn_tokens``: the
+    previous answer re-rendered, a 32-token tool call and a tool result of the rest, so the last
+    prompt is ``history`` tokens and a reused turn prefills a few hundred tokens."""
     g = torch.Generator().manual_seed(seed)
     vocab = loaded.config.vocab_size
-    system = 1024  # a system prompt with tool schemas
-    per_turn = max(64, (history - system) // max(1, steps - 1) - answer_tokens - 32)  # the last prompt ~ history
+    if turn_tokens is None:
+        system = 1024  # a system prompt with tool schemas
+        per_turn = max(64, (history - system) // max(1, steps - 1) - answer_tokens - 32)  # the last prompt ~ history
+    else:
+        per_turn = max(1, turn_tokens - answer_tokens - 32)  # the tool result (answer + call + result added)
+        system = history - (steps - 1) * (answer_tokens + 32 + per_turn)
     prompt = _ids(g, system, vocab)
     turns, t_loop = [], time.perf_counter()
-    prev_history = 0
+    prev_history = prev_prompt = 0
     for i in range(steps):
         req = make_request(loaded, len(prompt), answer_tokens, cr, seed=i, prompt=list(prompt),
                            window=backend.window)
@@ -51,12 +62,13 @@ def run_loop(backend, loaded, history: int, steps: int, answer_tokens: int = 64,
         seconds = time.perf_counter() - t0
         st = backend.pool_stats()
         row = {"turn": i + 1, "prompt_tokens": len(prompt), "history_tokens": prev_history,
-               "cached_tokens": req.cached_tokens, "ttft_s": req.prefill_seconds, "seconds": seconds,
+               "cached_tokens": req.cached_tokens, "prefilled_tokens": len(prompt) - req.cached_tokens,
+               "added_tokens": len(prompt) - prev_prompt, "ttft_s": req.prefill_seconds, "seconds": seconds,
                "pages_used": st["pages_used"], "prefix_pages": st.get("prefix_pages", 0)}
         if hf is not None:
             row["hf_ttft_s"] = hf_ttft(hf, prompt)
         turns.append(row)
-        prev_history = len(prompt) + len(answer)
+        prev_history, prev_prompt = len(prompt) + len(answer), len(prompt)
         prompt = prompt + answer[:-2] + MARKUP + _ids(g, 32, vocab) + _ids(g, per_turn, vocab)
     return {"turns": turns, "seconds": time.perf_counter() - t_loop}
 
@@ -80,7 +92,10 @@ def loop_summary(reuse: dict, fresh: dict) -> dict:
     speed = [f["ttft_s"] / max(r["ttft_s"], 1e-9) for r, f in later]
     hf = [r["hf_ttft_s"] / max(r["ttft_s"], 1e-9) for r, _ in later if "hf_ttft_s" in r]
     last = later[-1] if later else None
+    tail = speed[-3:]  # the last turns: the longest histories
     return {"history_served_min": min(served, default=None),
+            "ttft_speedup_last3_median": statistics.median(tail) if tail else None,
+            "prefilled_tokens_per_turn": [r["prefilled_tokens"] for r in reuse["turns"]],
             "ttft_speedup_median": statistics.median(speed) if speed else None,
             "ttft_speedup_last": speed[-1] if speed else None,
             "ttft_last_s": last[0]["ttft_s"] if last else None,

@@ -25,13 +25,17 @@ import torch
 from budgetllm.engine.rules import DENSE, RowRule
 from budgetllm.kernels import release_rows
 
-BUCKETS = (16, 32, 64, 128, 256)
+# up to 2K tokens: an agent turn (a few hundred tokens on a kept state) and a 1K-token prompt run
+# graphed too (1088: a 1,024-token prompt pads 64 tokens, not 1,024)
+BUCKETS = (16, 32, 64, 128, 256, 512, 1088, 2048)
 
 
 class PrefillGraphs:
     def __init__(self, runner, scratch: int, warm: int, buckets=BUCKETS, emulate: bool = False):
         self.r, self.scratch, self.warm = runner, scratch, warm
-        self.buckets, self.emulate = list(buckets), emulate
+        # a bucket's scratch chunk is a row of T tokens: no bucket beyond the pool's context
+        self.buckets = [b for b in buckets if b <= runner.max_context] or [min(buckets)]
+        self.emulate = emulate
         T, dev = max(buckets), runner.device
         pin = dev.type == "cuda"
         # one int64 buffer: ids [T] | pos [T] | code [T] | sinks [T] | period [T] | slots [2] | cu [3] | last [1] | inc [2]
@@ -45,12 +49,13 @@ class PrefillGraphs:
         self.logits = torch.zeros(1, runner.model.vocab, dtype=torch.float32, device=dev)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         lay = runner.layout
-        self.scratch_pages = lay.rows_per_seq * (math.ceil(T / lay.page_size) + 1)
+        self.scratch_pages = lay.rows_per_seq * (math.ceil(T / lay.page_size) + 1)  # the largest bucket's
 
     def reserve_pages(self, n: int) -> int:
-        """Free pages a graphed chunk of ``n`` tokens needs at most (its own rows + the scratch rows)."""
-        lay = self.r.layout
-        return self.scratch_pages + lay.rows_per_seq * (math.ceil(n / lay.page_size) + 1)
+        """Free pages a graphed chunk of ``n`` tokens needs at most: its own rows + the scratch rows
+        (the T - n padding tokens of its bucket, dense)."""
+        lay, T = self.r.layout, self.bucket_for(n) or max(self.buckets)
+        return lay.rows_per_seq * (math.ceil((T - n) / lay.page_size) + math.ceil(n / lay.page_size) + 2)
 
     def bucket_for(self, n: int) -> int | None:
         i = bisect.bisect_right(self.buckets, n)  # T > n: the scratch chunk is never empty

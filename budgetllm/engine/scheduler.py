@@ -63,6 +63,9 @@ class Scheduler:
     page_bytes: int = 1  # bytes of one page: the prefix tree is bounded in bytes
     max_running: int | None = None  # sequences running at once (default: every slot)
     num_preemptions: int = 0
+    # requests that start with the same >= min_shared tokens as a running prefill wait for its state
+    # there (kept on the way) and continue from a twin: concurrent prompts share their prefix's pages
+    min_shared: int = 32
     _last_kind: str = "decode"
 
     # -- requests ---------------------------------------------------------------------------
@@ -80,15 +83,34 @@ class Scheduler:
         if seq.status is SeqStatus.RUNNING:
             self.running.remove(seq)
             if keep and self.prefix.enabled and seq.num_cached and seq.cache_key is not None:
-                kept = Sequence(seq.token_ids[:seq.num_cached], 0, cache_key=seq.cache_key)
-                self.bm.transfer(seq, kept)
-                self._keep(kept)
+                if not self._hand_over_to_twin(seq):
+                    kept = Sequence(seq.token_ids[:seq.num_cached], 0, cache_key=seq.cache_key)
+                    self.bm.transfer(seq, kept)
+                    self._keep(kept)
             else:
                 self._release(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason
+
+    def _hand_over_to_twin(self, seq: Sequence) -> bool:
+        """``seq`` ends in the step that kept its prompt state (a 1-token call): the twin's fork is
+        still queued and would copy the very state ``seq`` ends with. The twin takes ``seq``'s slot
+        instead and the fork is dropped (no copy, no host sync on the call's path)."""
+        ops = self.device_ops
+        for i in range(len(ops) - 1, -1, -1):
+            op = ops[i]
+            if op[0] != "fork" or op[1] != seq.slot or op[3] != seq.num_cached:
+                continue
+            twin = next((e.state for e in self.prefix.entries() if e.state.slot == op[2]), None)
+            if twin is None or any(o[1] in (op[1], op[2]) for o in ops[i + 1:]):
+                return False
+            del ops[i]
+            self.bm.release(twin)  # its slot was never filled on the device
+            self.bm.transfer(seq, twin)
+            return True
+        return False
 
     def preempt(self, seq: Sequence) -> None:
         """Recompute later: drop the cache, put the sequence at the head of the queue."""
@@ -170,7 +192,9 @@ class Scheduler:
     def schedule(self) -> Batch | None:
         """The next batch, or None when there is nothing to run."""
         admit = True
-        for _ in range(len(self.running) + 2):
+        tries = len(self.running) + 2  # a kept state released does not count: there may be many
+        while tries > 0:
+            tries -= 1
             decoders = [s for s in self.running if s.is_decoding]
             wants_prefill = bool(self.waiting) or any(s.is_prefilling for s in self.running)
             if wants_prefill and not (self._last_kind == "prefill" and decoders):
@@ -178,6 +202,8 @@ class Scheduler:
                 if batch is not None:
                     self._last_kind = "prefill"
                     return batch
+                # a request adopted from a kept state may have one token left: it decodes
+                decoders = [s for s in self.running if s.is_decoding]
             if decoders:
                 batch = self._schedule_decode()
                 if batch is not None:
@@ -187,6 +213,7 @@ class Scheduler:
             if not any(s.is_prefilling for s in self.running):
                 return None  # nothing runnable
             if self._evict_parked():
+                tries += 1
                 continue
             # Only prefills are running and none of them got pages: free some for the oldest.
             if len(self.running) > 1:
@@ -195,7 +222,10 @@ class Scheduler:
                 self.preempt(self.running[-1])
                 admit = False
                 continue
-            return self._lone_prefill(self.running[0])
+            batch = self._lone_prefill(self.running[0])
+            if batch is not None:
+                return batch
+            admit = True  # it failed: its pages are back, a queued request may run now
         return None
 
     def _lone_prefill(self, s: Sequence) -> Batch | None:
@@ -240,6 +270,8 @@ class Scheduler:
             s = self.waiting[0]
             if len(self.running) >= (self.max_running or bm.geo.num_slots):
                 break
+            if self._wait_for_shared_prefix(s, seqs, chunks):
+                break
             if len(self.prefix) and self._start_from_kept(s, promised):  # continue a kept state
                 self.waiting.popleft()
                 s.status = SeqStatus.RUNNING
@@ -263,6 +295,36 @@ class Scheduler:
             self.running.append(s)
             take(s, n, need)
         return Batch("prefill", seqs, chunks) if seqs else None
+
+    def _wait_for_shared_prefix(self, s: Sequence, seqs: list, chunks: list) -> bool:
+        """Whether ``s`` waits for a running prefill that shares its first tokens: that one keeps a
+        state where the two part (its chunk in this batch stops there), and ``s`` is admitted on a
+        twin of it next (``_start_from_kept``). A state cannot be rolled back, so only a prefill
+        still short of the shared length is waited for."""
+        if not self.prefix.enabled or s.cache_key is None or len(s.token_ids) <= self.min_shared:
+            return False
+        head = s.token_ids[:self.min_shared]
+        for r in self.running:
+            if r.cache_key != s.cache_key or not r.is_prefilling or r.token_ids[:self.min_shared] != head:
+                continue
+            lo, hi = self.min_shared, min(len(s.token_ids) - 1, r.num_prompt)
+            if hi < lo:
+                continue
+            while lo < hi:  # the common length, by slice comparisons (C speed, also on 32K prompts)
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if s.token_ids[:mid] == r.token_ids[:mid] else (lo, mid - 1)
+            shared = lo
+            if shared < self.min_shared or shared <= r.num_cached:
+                continue
+            if self.prefix.has(s.token_ids[:shared], s.cache_key):
+                return False  # already kept: admitted on it now
+            if shared not in r.keep_at:
+                r.keep_at = tuple(sorted((*r.keep_at, shared)))
+            if r in seqs:  # its chunk in this batch stops at the shared length
+                i = seqs.index(r)
+                chunks[i] = min(chunks[i], shared - r.num_cached)
+            return True
+        return False
 
     def _chunk(self, s: Sequence, budget: int) -> int:
         """Tokens of ``s`` to prefill now: a chunk ends at the next point where a state is kept."""

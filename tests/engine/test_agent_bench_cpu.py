@@ -34,3 +34,27 @@ def test_scripted_loop_and_burst(tiny_dir):
         assert t["prefix_pages"] > 0 and t["hf_ttft_s"] > 0
     s = loop_summary(runs[None], runs[0])
     assert 0.9 < s["history_served_min"] < 1.0
+
+
+def test_full_mode_turns_add_a_few_hundred_tokens(tiny_dir):
+    """The full mode's realistic agent: the first prompt is the long context, every later turn adds
+    ``turn_tokens`` (answer, tool call, tool result) and prefills only those on top of the kept state;
+    the rows and the summary say how many tokens each turn prefilled."""
+    from budgetllm.benchmarks.agent_loop import loop_summary, run_loop
+    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.models.loading import load_model
+
+    loaded = load_model(str(tiny_dir("qwen2")), device="cpu", dtype=torch.float32, progress=False)
+    runs = {}
+    for prefix in (None, 0):
+        backend = PagedBackend(loaded, max_seqs=3, page_size=4, num_pages=800, cuda_graphs=False, max_context=1400,
+                               max_prefill_tokens=512, window=16, prefix_cache=prefix)
+        runs[prefix] = run_loop(backend, loaded, history=1200, steps=4, answer_tokens=4, turn_tokens=60)
+        backend.close()
+    reuse, fresh = runs[None]["turns"], runs[0]["turns"]
+    assert [t["prompt_tokens"] for t in reuse] == [1020, 1080, 1140, 1200]
+    assert [t["added_tokens"] for t in reuse[1:]] == [60, 60, 60]
+    assert [t["prefilled_tokens"] for t in reuse] == [1020, 60, 60, 60]  # the previous prompt's kept state
+    assert [t["prefilled_tokens"] for t in fresh] == [t["prompt_tokens"] for t in fresh]
+    s = loop_summary(runs[None], runs[0])
+    assert s["prefilled_tokens_per_turn"] == [1020, 60, 60, 60] and s["ttft_speedup_last3_median"] > 0

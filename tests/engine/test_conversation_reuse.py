@@ -123,3 +123,29 @@ def test_clearing_the_kept_states_returns_every_page(llms):
         total = backend.pool_stats()["pages_total"]
         assert backend.pool_stats()["pages_free"] == total == backend.device_free_pages_now()
         assert int(backend.runner.refs.abs().sum()) == 0
+
+
+def test_concurrent_prompts_with_one_system_prompt_stay_exact(llms):
+    """Two calls with the same long system prompt at once (the second may wait for the first one's
+    state at their common prefix and continue from a twin, engine/scheduler.py): both equal a
+    from-scratch run, and every page comes back once the kept states are cleared."""
+    import threading
+
+    from tests.engine.enginelib import run_concurrently
+
+    ref, scratch, paged, _ = llms
+    system = {"role": "system", "content": "Shared rules for every tool call: " + "be brief and exact; " * 6}
+    msgs = [[system, {"role": "user", "content": f"Task {i}."}] for i in range(2)]
+    got, errors = run_concurrently(lambda i: paged.generate(msgs[i], compression=8, max_tokens=4), 2)
+    assert not errors, errors
+    for i in range(2):
+        _same(got[i], scratch.generate(msgs[i], compression=8, max_tokens=4))
+    backend = paged.backend
+    backend.clear_prefix_cache()
+    for _ in range(200):
+        if backend.pool_stats()["parked"] == 0:
+            break
+        threading.Event().wait(0.02)
+    threading.Event().wait(0.1)
+    total = backend.pool_stats()["pages_total"]
+    assert backend.pool_stats()["pages_free"] == total == backend.device_free_pages_now()

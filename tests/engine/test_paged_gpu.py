@@ -321,7 +321,8 @@ def test_small_prefill_chunks_run_in_cuda_graphs(tiny_dir):
     try:
         runner = paged.backend.runner
         assert runner.prefill_graphs is not None, runner.prefill_graph_error
-        for prompt in ("Hi.", PROMPT, PROMPT * 6):  # buckets 16/32 and a chunk past the largest bucket
+        # buckets 16/32/128 and the 1K-class buckets (512, 1088: ~650 and ~1,000 tokens)
+        for prompt in ("Hi.", PROMPT, PROMPT * 6, PROMPT * 50, PROMPT * 77):
             got = paged.generate(prompt, compression=8, max_tokens=8)
             want = eager.generate(prompt, compression=8, max_tokens=8)
             assert got.token_ids == want.token_ids == ref.generate(prompt, compression=8, max_tokens=8).token_ids

@@ -17,10 +17,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("OMP_NUM_THREADS"):
-    # pytest-xdist (pyproject addopts: -n 2): one torch thread per worker, so the workers do not fight
-    # over the cores (budgetllm.models.threads: idle waiting of a second thread costs far more than it gains).
+    # pytest-xdist (pyproject addopts: -n auto): one torch thread per worker on 2 cores, so the workers do
+    # not fight over them (budgetllm.models.threads: a second thread's idle waiting costs more than it gains).
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject addopts): two workers on a CPU machine of 2 cores or more (CI: 2 cores;
+    the suite is mostly single-threaded Python), none (a serial run) with CUDA, where GPU tests share
+    one device and read its free memory. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` or ``-n N`` override."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if torch.cuda.is_available() or cores < 2 else 2
 
 
 def pytest_sessionstart(session):

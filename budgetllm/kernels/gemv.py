@@ -100,6 +100,19 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
                 NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GLU: tl.constexpr,
                 OUT_F32: tl.constexpr, IEEE: tl.constexpr, ACCURATE_EXP: tl.constexpr, DOT: tl.constexpr,
                 PAIR: tl.constexpr, PDL: tl.constexpr):
+    gemv_program(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, s_rm, s_ym,
+                 M_PAD, BLOCK_N, BLOCK_K, SPLIT_K, NORM, HAS_BIAS, HAS_RES, GLU, OUT_F32, IEEE, ACCURATE_EXP, DOT,
+                 PAIR, PDL)
+
+
+@triton.jit
+def gemv_program(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, s_rm, s_ym,
+                 M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                 NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GLU: tl.constexpr,
+                 OUT_F32: tl.constexpr, IEEE: tl.constexpr, ACCURATE_EXP: tl.constexpr, DOT: tl.constexpr,
+                 PAIR: tl.constexpr, PDL: tl.constexpr):
+    """One program of ``gemv_kernel``; returns whether it wrote its column block's outputs (without
+    split-K every program does; with it, the last to arrive): ``kernels/qkv_store.py`` goes on from there."""
     i_n, i_k = tl.program_id(0), tl.program_id(1)
     if PDL:
         gdc_launch_dependents()
@@ -159,6 +172,7 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
     if SPLIT_K == 1 and not PAIR:
         _epilogue(acc, acc2, bias, res, y, o_m, o_n, m_m, m_n, s_rm, s_ym, N,
                   HAS_BIAS, HAS_RES, GLU, OUT_F32, ACCURATE_EXP, dt)
+        fin = i_k == 0
     else:
         # partials [SPLIT_K, NB, 2 (gate, up), M_PAD, BLOCK_N] fp32
         o_t = tl.arange(0, BLOCK_N)
@@ -172,7 +186,8 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
                 tl.store(part + base + M_PAD * BLOCK_N + tile, acc2)
         tl.debug_barrier()  # every thread's partial is written before the counter moves
         arrived = tl.atomic_add(cnt + i_n, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K * (1 + PAIR) - 1:  # the last program of this column block reduces, in a fixed order
+        fin = arrived == SPLIT_K * (1 + PAIR) - 1
+        if fin:  # the last program of this column block reduces, in a fixed order
             tl.debug_barrier()
             acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
             acc2 = tl.zeros([M_PAD, BLOCK_N], tl.float32)
@@ -184,6 +199,7 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
             tl.store(cnt + i_n, 0)  # ready for the next call
             _epilogue(acc, acc2, bias, res, y, o_m, o_n, m_m, m_n, s_rm, s_ym, N,
                       HAS_BIAS, HAS_RES, GLU, OUT_F32, ACCURATE_EXP, dt)
+    return fin
 
 
 class GemvWorkspace:
@@ -194,6 +210,8 @@ class GemvWorkspace:
     def __init__(self, device: torch.device | str, partial_floats: int = 1 << 21, counters: int = 1 << 14):
         self.part = torch.empty(partial_floats, dtype=torch.float32, device=device)
         self.cnt = torch.zeros(counters, dtype=torch.int32, device=device)
+        # per-head and per-KV-group arrival counters of the fused QKV epilogue (kernels/qkv_store.py)
+        self.hcnt = torch.zeros(1024, dtype=torch.int32, device=device)
 
 
 FMA_ROWS = 4  # up to this many rows: fp32 FMAs (no tensor cores, no shared memory); above: tl.dot

@@ -114,7 +114,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tenso
 
 def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: torch.Tensor, scale: float,
                            num_splits: int | None = None, block_n: int | None = None, balanced: bool = False,
-                           pdl: bool = False) -> torch.Tensor:
+                           pdl: bool = False, reduce_cnt=None) -> torch.Tensor:
     B, Hq, D = q.shape
     H = kv.block_tables.shape[2]
     G = Hq // H
@@ -221,3 +221,15 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias=None, residual=None, norm=Non
     if residual is not None:
         y = y + residual
     return y.float() if out_f32 else y
+
+
+def qkv_store(x, w, bias, norm, cos, sin_signed, pos, num_q_heads: int, num_kv_heads: int, head_dim: int, kv: PagedKV,
+              layer: int, slot_ids, evict_base, qk_norm=None, eps: float = 1e-6, borrowed=None, decide=None, ws=None,
+              plan=None, pdl: bool = False) -> torch.Tensor:
+    """kernels/qkv_store.py: the three ops it fuses, one after the other."""
+    qkv = gemv(x, w, bias=bias, norm=norm)
+    q, k, _, dec = qkv_rope(qkv, cos, sin_signed, pos, num_q_heads, num_kv_heads, head_dim, qk_norm=qk_norm, eps=eps,
+                            borrowed=borrowed, decide=decide)
+    v = qkv[:, (num_q_heads + num_kv_heads) * head_dim:].reshape(-1, num_kv_heads, head_dim)
+    store_decode_kv(kv, k, v, evict_base if dec is None else dec, layer, slot_ids)
+    return q

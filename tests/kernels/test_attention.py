@@ -68,6 +68,31 @@ def test_balanced_decode_attention_on_uneven_heads(num_splits, block_n, dtype, s
     assert relerr(out, exp) < TOL[dtype] and relerr(out, plain) < TOL[dtype]
 
 
+@pytest.mark.parametrize(("num_splits", "balanced", "dtype", "seed"), [
+    (3, False, torch.float32, 1), (5, True, torch.float32, 2), (4, False, torch.float16, 3),
+    (6, True, torch.float16, 4), (1, False, torch.float32, 5),
+])
+def test_reduce_inside_the_attention_kernel_equals_the_reduce_kernel(num_splits, balanced, dtype, seed):
+    """``reduce_cnt``: the last program of each (sequence, KV head) combines the partials itself. Same
+    partials, same combine function, same order: bit-identical to the two-kernel path (no tolerance;
+    fp16 included), and within TOL of the float64 reference (fresh random rows, one empty, uneven heads)."""
+    H, G, D = 4, 3, 16
+    kv = make_kv(D=D, H=H, S=6, L=1, dtype=dtype, window=5, seed=seed, MAXP=40)
+    slots, lens = [3, 0, 5], [97, 0, 41]
+    _fill(kv, slots, lens, seed * 10, dtype, p_evict=0.3)
+    kv.row_lens[0, 3] = (kv.row_lens[0, 3].cpu() * torch.tensor([1.0, 0.1, 0.0, 0.6])).to(torch.int32).to(DEVICE)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(3, H * G, D, generator=g).to(dtype).to(DEVICE)
+    sl = torch.tensor(slots, dtype=torch.int32, device=DEVICE)
+    cnt = torch.zeros(3 * H, dtype=torch.int32, device=DEVICE)
+    kw = dict(num_splits=num_splits, block_n=16, balanced=balanced)
+    for _ in range(2):  # the counters are back at zero after a call
+        fused = paged_decode_attention(q, kv, 0, sl, D**-0.5, reduce_cnt=cnt, **kw)
+        two = paged_decode_attention(q, kv, 0, sl, D**-0.5, **kw)
+        assert torch.equal(fused, two) and int(cnt.abs().sum()) == 0
+    assert relerr(fused, ref.paged_decode_attention(q, kv, 0, sl, D**-0.5)) < TOL[dtype]
+
+
 @pytest.mark.parametrize(("window", "lens", "chunk", "dtype", "seed"), [
     (5, [0, 0, 0], [29, 1, 17], torch.float32, 1),          # first prefill, empty rows
     (7, [12, 3, 0], [20, 9, 6], torch.float32, 2),          # chunked prefill on top of old rows

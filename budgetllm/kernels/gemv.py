@@ -82,13 +82,16 @@ def _x_tile(x, nw, rstd, o_m, m_m, o_k, m_k, s_xm, NORM: tl.constexpr, dt: tl.co
 
 @triton.jit
 def _mac(acc, b_x, b_w, DOT: tl.constexpr, IEEE: tl.constexpr):
-    """acc += b_x @ b_w.T: a 16-row tl.dot, or (few rows) fp32 FMAs into a [M_PAD, BLOCK_N, BLOCK_K]
-    accumulator reduced over K once, after the loop."""
-    if DOT:
+    """acc += b_x @ b_w.T: (DOT 1) a 16-row tl.dot, or (few rows) fp32 FMAs into (DOT 0) a
+    [M_PAD, BLOCK_N, BLOCK_K] accumulator reduced over K once, after the loop, or (DOT 2, a plan's
+    ``red``) a [M_PAD, BLOCK_N] one reduced every iteration (fewer registers, more shuffles)."""
+    if DOT == 1:
         if IEEE:
             acc += tl.dot(b_x, tl.trans(b_w), input_precision="ieee")
         else:
             acc += tl.dot(b_x, tl.trans(b_w))
+    elif DOT == 2:
+        acc += tl.sum(b_x.to(tl.float32)[:, None, :] * b_w.to(tl.float32)[None, :, :], 2)
     else:
         acc += b_x.to(tl.float32)[:, None, :] * b_w.to(tl.float32)[None, :, :]
     return acc
@@ -148,7 +151,7 @@ def gemv_program(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm,
                           other=0.0).to(tl.float32)
             ss += tl.sum(b_x * b_x, 1)
         rstd = tl.math.rsqrt(tl.math.div_rn(ss, K * 1.0) + eps)
-    if DOT:
+    if DOT != 0:
         acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
         acc2 = tl.zeros([M_PAD, BLOCK_N], tl.float32)
     else:
@@ -166,7 +169,7 @@ def gemv_program(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm,
         acc = _mac(acc, b_x, tl.load(p_w + o_k[None, :], mask=m_w, other=0.0), DOT, IEEE)
         if GLU and not PAIR:
             acc2 = _mac(acc2, b_x, tl.load(p_w + N * K + o_k[None, :], mask=m_w, other=0.0), DOT, IEEE)
-    if not DOT:
+    if DOT == 0:
         acc = tl.sum(acc, 2)
         acc2 = tl.sum(acc2, 2)
     if SPLIT_K == 1 and not PAIR:
@@ -222,6 +225,12 @@ def m_pad(M: int) -> int:
     return triton.next_power_of_2(max(M, 1)) if M <= FMA_ROWS else MAX_ROWS
 
 
+def mode(mp: int, red: list) -> int:
+    """The kernel's DOT constexpr: 1 tl.dot (more than 4 rows), else FMAs, 2 when the plan's optional
+    6th entry ``red`` asks for a per-iteration reduction, 0 for the 3-D accumulator."""
+    return 1 if mp > FMA_ROWS else 2 if red and red[0] else 0
+
+
 def plan_for(N: int, K: int, M: int, itemsize: int, sms: int) -> tuple[int, int, int, int, int]:
     """The CUDA plan ``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)``, from the plan sweep of
     bench/decode_floor.py on an H200 (bench/results/decode_floor-h200.json, "best_plans"): at one row
@@ -263,7 +272,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         glu: return ``silu(x @ gate.T) * (x @ up.T)`` (each product rounded to the dtype first).
         out_f32: float32 output (of the product rounded to w's dtype), else w's dtype.
         ws: split-K scratch (needed when the plan splits K; made on the fly otherwise).
-        plan: ``gemv_plan``'s tuple, to override it (tests, tuning).
+        plan: ``gemv_plan``'s tuple, to override it (tests, tuning); an optional 6th entry ``red``
+            (FMA path): reduce the products over K every iteration instead of once at the end.
         pdl: launch with programmatic dependent launch (CUDA, Hopper).
         glu_pairs: with ``glu``, stream the gate and the up rows in separate programs (one weight
             stream each, as a plain GEMM of 2N rows) that meet through the split-K partials; the
@@ -288,7 +298,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
     y = torch.empty(M, N, dtype=torch.float32 if out_f32 else w.dtype, device=x.device)
     if M == 0:
         return y
-    bn, bk, split, warps, stages = plan or gemv_plan(N, K, x.device, M, w.element_size())
+    bn, bk, split, warps, stages, *red = plan or gemv_plan(N, K, x.device, M, w.element_size())
     mp = m_pad(M)
     k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
     split = triton.cdiv(K, k_split)  # no empty splits
@@ -305,6 +315,6 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
         M_PAD=mp, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, NORM=norm is not None, HAS_BIAS=bias is not None,
         HAS_RES=residual is not None, GLU=glu, OUT_F32=out_f32, IEEE=w.dtype == torch.float32, PAIR=pair,
-        ACCURATE_EXP=_accurate_exp(), DOT=mp > FMA_ROWS, num_warps=warps, num_stages=stages, enable_fp_fusion=False, **pdl_args(pdl),
+        ACCURATE_EXP=_accurate_exp(), DOT=mode(mp, red), num_warps=warps, num_stages=stages, enable_fp_fusion=False, **pdl_args(pdl),
     )
     return y

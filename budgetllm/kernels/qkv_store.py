@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from budgetllm.kernels.fused_decoder import rope_head
-from budgetllm.kernels.gemv import FMA_ROWS, MAX_ROWS, GemvWorkspace, gemv_plan, gemv_program, m_pad
+from budgetllm.kernels.gemv import FMA_ROWS, MAX_ROWS, GemvWorkspace, gemv_plan, gemv_program, m_pad, mode
 from budgetllm.kernels.paged_kv import PagedKV, as_int8_flags
 from budgetllm.kernels.pdl import pdl_args
 from budgetllm.kernels.store_kv import store_token
@@ -127,7 +127,7 @@ def qkv_store(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, norm:
     ev = dec if dec is not None else as_int8_flags(evict_base).contiguous()
     if qk_norm is not None:
         assert qk_norm.shape == (Hq + H, D) and qk_norm.dtype == w.dtype
-    bn, bk, split, warps, stages = head_plan(plan or gemv_plan(N, K, dev, M, w.element_size()), D)[:5]
+    bn, bk, split, warps, stages, *red = head_plan(plan or gemv_plan(N, K, dev, M, w.element_size()), D)
     k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
     split = triton.cdiv(K, k_split)
     nb = triton.cdiv(N, bn)
@@ -145,7 +145,7 @@ def qkv_store(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, norm:
         kv.row_lens[layer], kv.ring[layer], kv.free_stack, kv.alloc_state, kv.slot_oom, kv.num_pages,
         kv.block_tables.shape[3], kv.window + 1,
         M_PAD=m_pad(M), BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None,
-        IEEE=w.dtype == torch.float32, DOT=False, D=D, BLOCK_D=triton.next_power_of_2(D),
+        IEEE=w.dtype == torch.float32, DOT=mode(1, red), D=D, BLOCK_D=triton.next_power_of_2(D),
         QK_NORM=qk_norm is not None, BORROWED=borrowed is not None, DECIDE=decide is not None,
         LOGITS_IN=lg_in is not None, PAGE=kv.page_size, num_warps=warps, num_stages=stages,
         enable_fp_fusion=False, **pdl_args(pdl),

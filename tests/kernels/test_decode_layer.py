@@ -52,3 +52,38 @@ def test_graph_buckets_choose_the_path_by_batch_size(tiny_llm):
     r = _runner(tiny_llm("llama").loaded, True)
     assert r.fast.takes(1) and r.fast.takes(4)
     assert not r.fast.takes(5) and not r.fast.takes(0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dms", [None, "borrowed"])
+def test_five_launch_layer_equals_eight_launch_layer_bf16_in_graphs(dms):
+    """The Qwen2.5-1.5B shape (random bf16 weights) on the H200, CUDA graphs and PDL: the 5-launch layer
+    (qkv_store, attention with its reduce inside) gives bit-identical logits and KV rows to the 8-launch
+    layer over 6 steps of 2 rows (same device functions, same plans: no tolerance). The float32 twin
+    against the cuBLAS path is the interpreter test above."""
+    from budgetllm.engine.cuda_graphs import DecodeGraphs
+    from budgetllm.engine.decode_layer import DecodeLayers
+    from budgetllm.models.testing import random_model
+
+    loaded = random_model("qwen2.5-1.5b", dms=dms)
+    runners = []
+    for fused in (True, False):
+        r = ModelRunner(loaded, RunnerConfig(max_seqs=2, page_size=16, num_pages=2000, max_context=1024, window=16,
+                                             prefill_buckets=()))
+        r.fast = DecodeLayers(r.model, r.device, pdl=True, fuse_qkv=fused, fuse_reduce=fused)
+        r.graphs = DecodeGraphs(r, r.buckets)
+        r.graphs.capture()
+        runners.append(r)
+    rule = RowRule(THRESHOLD, thr=0.0) if dms else RowRule(FORCED, period=3)
+    rules = [rule, RowRule(FORCED, period=2)]
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 1000, (n,), generator=g).tolist() for n in (300, 77)]
+    for r in runners:
+        for s, toks in enumerate(prompts):
+            r.prefill([(s, toks, 0, rules[s])], [False])
+    toks = [5, 6]
+    for _ in range(6):
+        lf, l8 = (r.decode([(s, t, rules[s]) for s, t in enumerate(toks)]).clone() for r in runners)
+        assert torch.equal(lf, l8)
+        assert torch.equal(runners[0].kv.row_lens, runners[1].kv.row_lens)
+        toks = lf.argmax(-1).tolist()

@@ -127,3 +127,59 @@ def test_head_plan_narrows_the_column_block_to_divide_the_head():
     assert head_plan((256, 512, 1, 8, 1), 128)[0] == 128
     assert head_plan((16, 512, 1, 8, 1), 80) == (16, 512, 1, 8, 1)
     assert head_plan((32, 512, 1, 8, 1), 80)[0] == 16
+
+
+# -- real sizes on the GPU (bf16): still bit for bit against the three kernels, also under PDL in a graph
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 4])
+@pytest.mark.parametrize("red", [False, True])
+def test_fused_bf16_real_sizes_in_a_cuda_graph_with_pdl(M, red):
+    """The Qwen2.5-1.5B layer (12 q heads, 2 KV heads, D 128, hidden 1536), the default plan (or the
+    same with the per-iteration reduction): replayed with PDL, bit-identical to the three kernels."""
+    from budgetllm.kernels.gemv import gemv_plan
+
+    global Hq, H, D, K
+    saved = (Hq, H, D, K)
+    Hq, H, D, K = 12, 2, 128, 1536
+    try:
+        a = _case(5 + M, M, torch.bfloat16, "borrowed")
+        kv_f = make_kv(D=D, H=H, L=2, S=5, P=400, PAGE=16, MAXP=16, window=16, dtype=torch.bfloat16, seed=M)
+        sl = torch.arange(M, dtype=torch.int32, device=DEVICE)
+        kv_f.seq_pos[sl.long()] = torch.tensor([37, 3, 16, 90][:M], dtype=torch.int32, device=DEVICE)
+        kv_u = clone(kv_f)
+        plan = gemv_plan((Hq + 2 * H) * D, K, torch.device(DEVICE), M)
+        plan = (*plan, 1) if red else plan
+        ws = GemvWorkspace(DEVICE)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            q_f = _run(qkv_store, a, kv_f, sl, ws=ws, plan=plan, pdl=True)
+        for _ in range(3):
+            g.replay()
+            q_u = _run(_unfused, a, kv_u, sl, plan=head_plan(plan, D))
+            torch.cuda.synchronize()
+            assert torch.equal(q_f, q_u)
+            assert_same_rows(kv_f, kv_u, layers=[1], slots=sl.tolist())
+            for kv in (kv_f, kv_u):
+                kv.seq_pos[sl.long()] += 1
+        assert int(ws.hcnt.abs().sum()) == 0
+    finally:
+        Hq, H, D, K = saved
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("splits", [17, 64])
+def test_attention_reduce_inside_the_kernel_bf16_real_sizes(splits):
+    """The 1.5B attention (2 KV heads, G 6, D 128) over ~3K-entry rows: bit-identical to the reduce kernel."""
+    from budgetllm.kernels import paged_decode_attention
+
+    kv = make_kv(D=128, H=2, L=1, S=3, P=1200, PAGE=16, MAXP=400, window=16, dtype=torch.bfloat16, seed=3)
+    _, k, v, dec = random_tokens(3000, 2, 128, torch.bfloat16, 4, p_evict=0.1)
+    store_prefill_kv(kv, k, v, dec, 0, torch.tensor([1], dtype=torch.int32, device=DEVICE))
+    q = torch.randn(1, 12, 128, device=DEVICE).to(torch.bfloat16)
+    sl = torch.tensor([1], dtype=torch.int32, device=DEVICE)
+    cnt = torch.zeros(8, dtype=torch.int32, device=DEVICE)
+    for balanced in (False, True):
+        two = paged_decode_attention(q, kv, 0, sl, 128 ** -0.5, num_splits=splits, balanced=balanced)
+        fused = paged_decode_attention(q, kv, 0, sl, 128 ** -0.5, num_splits=splits, balanced=balanced, reduce_cnt=cnt,
+                                       pdl=True)
+        assert torch.equal(fused, two) and int(cnt.abs().sum()) == 0

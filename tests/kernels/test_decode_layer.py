@@ -54,6 +54,24 @@ def test_graph_buckets_choose_the_path_by_batch_size(tiny_llm):
     assert not r.fast.takes(5) and not r.fast.takes(0)
 
 
+def test_thresholds_are_written_per_slot_when_its_rule_changes(tiny_llm):
+    """The per-(layer, KV head) thresholds live per slot on the device (``thr_slot``), written when a
+    slot decodes under a new rule (admission), not re-staged every step."""
+    r = _runner(tiny_llm("qwen3", "borrowed").loaded, True)
+    L, H = r.model.num_layers, r.model.H
+    grid = tuple(tuple(0.25 * (li * H + h) - 1 for h in range(H)) for li in range(L))
+    a, b = RowRule(THRESHOLD, thr=grid), RowRule(THRESHOLD, thr=-0.5)
+    r.fill_decode([(1, 5, a)], 1)
+    assert torch.equal(r.thr_slot[:, 1].cpu(), torch.tensor(grid, dtype=torch.float64))
+    assert r.thr_rule[1] is a and r.thr_rule[0] is None and float(r.thr_slot[:, 0].abs().sum()) == 0.0
+    r.fill_decode([(0, 5, b), (1, 6, b)], 2)  # slot 1 changes its rule
+    assert bool((r.thr_slot[:, :2] == -0.5).all())
+    b2 = RowRule(THRESHOLD, thr=-0.5)  # an equal rule: kept, no copy needed
+    r.thr_host[1].fill_(7.0)  # would show if slot 1 were copied again
+    r.fill_decode([(1, 7, b2)], 1)
+    assert bool((r.thr_slot[:, 1] == -0.5).all()) and r.thr_rule[1] is b2
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dms", [None, "borrowed"])
 def test_five_launch_layer_equals_eight_launch_layer_bf16_in_graphs(dms):

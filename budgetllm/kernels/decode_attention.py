@@ -83,8 +83,8 @@ def decode_attention_kernel(q, k_pool, v_pool, block_tables, row_lens, slot_ids,
                 tl.debug_barrier()
                 tl.store(c, 0)  # ready for the next call (CUDA-graph replays)
                 for g in range(G):
-                    reduce_head(part_o, part_ml, out, i_b, i_h * G + g, ns_h, H * G, D, NSP, s_ob, s_oh,
-                                BLOCK_S, BLOCK_D)
+                    reduce_head(part_o, part_ml, out, i_b, i_h * G + g, ns_h, n, H * G, D, NSP, s_ob, s_oh,
+                                BLOCK_S, BLOCK_D, BLOCK_N)
     else:
         b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
         tl.store(out + i_b * s_ob + (i_h * G + o_g)[:, None] * s_oh + o_d[None, :],
@@ -114,17 +114,21 @@ def decode_reduce_kernel(part_o, part_ml, out, slot_ids, row_lens, Hq, H, G, D, 
         ns = tl.sum(tl.where(o_h == i_hq // G, b_sp, 0), 0)
     else:
         ns = NS
-    reduce_head(part_o, part_ml, out, i_b, i_hq, ns, Hq, D, NSP, s_ob, s_oh, BLOCK_S, BLOCK_D)
+    n = tl.load(row_lens + tl.load(slot_ids + i_b) * H + i_hq // G)
+    reduce_head(part_o, part_ml, out, i_b, i_hq, ns, n, Hq, D, NSP, s_ob, s_oh, BLOCK_S, BLOCK_D, BLOCK_N)
 
 
 @triton.jit
-def reduce_head(part_o, part_ml, out, i_b, i_hq, ns, Hq, D, NSP, s_ob, s_oh,
-                BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Combine the ns partials (max, sum, out) of query head i_hq of batch row i_b; loads through L2
-    (``.cg``): in the fused kernel other programs wrote them."""
+def reduce_head(part_o, part_ml, out, i_b, i_hq, ns, n, Hq, D, NSP, s_ob, s_oh,
+                BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Combine the partials (max, sum, out) of query head i_hq of batch row i_b, whose row (length n)
+    was cut into ns splits; loads through L2 (``.cg``): in the fused kernel other programs wrote them.
+    Splits past the row's end (their partial is max -1e30, sum 0, out 0: what a masked load gives)
+    are not read, so a short row in a long-capacity plan reads only its used partials."""
     o_s = tl.arange(0, BLOCK_S)
     o_d = tl.arange(0, BLOCK_D)
-    m_s = o_s < ns
+    chunk = tl.cdiv(tl.cdiv(n, ns), BLOCK_N) * BLOCK_N  # as the attention programs cut the row
+    m_s = o_s < tl.minimum(ns, tl.cdiv(n, tl.maximum(chunk, 1)))
     base = (i_b * Hq + i_hq) * NSP + o_s
     b_m = tl.load(part_ml + base * 2, mask=m_s, other=-1e30, cache_modifier=".cg")
     b_l = tl.load(part_ml + base * 2 + 1, mask=m_s, other=0.0, cache_modifier=".cg")

@@ -69,7 +69,7 @@ def sweep_part(bw: float, budget: float, out: list, best: dict, per_mat_s: float
         x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
         nw = torch.rand(K, device="cuda", dtype=torch.bfloat16) + 0.5
         kw = {"norm": (nw, 1e-6), "glu": True} if glu else {"norm": (nw, 1e-6), "out_f32": True}
-        times = {"cublas_linear": graph_us([lambda w=w: F.linear(x, w) for w in ws_])}
+        times = {"cublas_linear": graph_us([lambda w=w, x=x: F.linear(x, w) for w in ws_])}
         t_end = time.perf_counter() + per_mat_s
         tried = cands = candidates(N, K, sms)
         for i, plan in enumerate(cands):
@@ -77,7 +77,8 @@ def sweep_part(bw: float, budget: float, out: list, best: dict, per_mat_s: float
                 tried = cands[:i]
                 break
             try:
-                times[str(plan)] = graph_us([lambda w=w, plan=plan: gemv(x, w, ws=ws, plan=plan, **kw) for w in ws_])
+                times[str(plan)] = graph_us([lambda w=w, x=x, kw=kw, plan=plan: gemv(x, w, ws=ws, plan=plan, **kw)
+                                              for w in ws_])
             except Exception as e:  # noqa: BLE001 - e.g. out of resources for one plan
                 times[str(plan)] = None
                 print(name, plan, repr(e)[:160], flush=True)
@@ -85,7 +86,8 @@ def sweep_part(bw: float, budget: float, out: list, best: dict, per_mat_s: float
         bname = min(ok, key=ok.get)
         plan = tuple(int(t) for t in bname[1:-1].split(","))
         best[(N, K, glu, 1)] = plan
-        times["best_pdl"] = graph_us([lambda w=w: gemv(x, w, ws=ws, plan=plan, pdl=True, **kw) for w in ws_])
+        times["best_pdl"] = graph_us([lambda w=w, x=x, kw=kw, plan=plan: gemv(x, w, ws=ws, plan=plan, pdl=True, **kw)
+                                       for w in ws_])
         row = {"mat": name, "N": N, "K": K, "bytes": nbytes, "tried": len(tried), "of": len(cands),
                "default_plan": str(cands[0]), "best_plan": bname,
                "us": {k: (round(v, 2) if v is not None else None) for k, v in times.items()},

@@ -28,13 +28,13 @@ from budgetllm.engine.rules import ALWAYS, THRESHOLD, RowRule, step_decisions
 from budgetllm.engine.scheduler import SlotStats
 from budgetllm.kernels import (
     dms_prefill_attention,
-    num_free_pages,
     paged_decode_attention,
     store_decode_kv,
     store_prefill_kv,
 )
 from budgetllm.kernels.decode_attention import default_num_splits
 from budgetllm.kernels.prefill_attention import compact_unflagged
+from budgetllm.kernels.step_stats import slot_stats
 from budgetllm.models.loading import LoadedModel
 from budgetllm.models.modules import FusedModel
 
@@ -172,19 +172,14 @@ class ModelRunner:
                 x, h = m.attention_out(li, x, o)
                 x, h = m.mlp(li, x, h)
             self.logits_buf[:bs] = m.logits(h)
-        kv.seq_pos[slots_l] = kv.seq_pos[slots_l] + inc
         self.read_buf[:bs] = self.logits_buf[:bs].argmax(-1)
-        self.compute_stats()
+        self.compute_stats(advance=(slots, inc))  # and seq_pos[slots] += inc
 
-    def compute_stats(self) -> None:
+    def compute_stats(self, advance: tuple | None = None) -> None:
         """Per slot: pages held (rows have no holes: ceil(len / PAGE) each), live entries, overflow flag;
-        and the free-page count, into one static buffer (inside the decode graph: no extra launches)."""
-        S, PAGE, kv = self.pool.num_slots, self.cfg.page_size, self.kv
-        lens = kv.row_lens[:, :S]
-        self.stats_buf[:S] = ((lens + PAGE - 1) // PAGE).sum(dim=(0, 2))
-        self.stats_buf[S:2 * S] = lens.sum(dim=(0, 2))
-        self.stats_buf[2 * S:3 * S] = kv.slot_oom[:S]
-        self.stats_buf[3 * S:] = num_free_pages(kv)
+        and the free-page count, into one static buffer (inside the decode graph), in one launch
+        (``kernels/step_stats.py``; ``advance`` = (slots, inc): the step's ``seq_pos += inc`` too)."""
+        slot_stats(self.kv, self.pool.num_slots, self.cfg.page_size, self.stats_buf, advance)
 
     def fill_decode(self, rows: list[tuple[int, int, RowRule]], bs: int) -> None:
         """Stage (slot, token, rule) rows and ``bs - len(rows)`` padding rows into the static buffers

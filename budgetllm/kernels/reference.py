@@ -233,3 +233,15 @@ def qkv_store(x, w, bias, norm, cos, sin_signed, pos, num_q_heads: int, num_kv_h
     v = qkv[:, (num_q_heads + num_kv_heads) * head_dim:].reshape(-1, num_kv_heads, head_dim)
     store_decode_kv(kv, k, v, evict_base if dec is None else dec, layer, slot_ids)
     return q
+
+
+def slot_stats(kv: PagedKV, num_slots: int, page_size: int, out: torch.Tensor, advance=None) -> None:
+    """kernels/step_stats.py: the torch ops it replaces."""
+    S, lens = num_slots, kv.row_lens[:, :num_slots].long()
+    out[:S] = ((lens + page_size - 1) // page_size).sum(dim=(0, 2))
+    out[S:2 * S] = lens.sum(dim=(0, 2))
+    out[2 * S:3 * S] = kv.slot_oom[:S]
+    out[3 * S] = num_free_pages(kv)[0]
+    if advance is not None:
+        slots, inc = advance
+        kv.seq_pos[slots.long()] = kv.seq_pos[slots.long()] + inc

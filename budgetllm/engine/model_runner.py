@@ -24,7 +24,7 @@ from budgetllm.engine.decode_layer import DecodeLayers
 from budgetllm.engine.gpu_sampler import GPUSampler, SamplingBatch
 from budgetllm.engine.prefill_graphs import BUCKETS as PREFILL_BUCKETS
 from budgetllm.engine.prefill_graphs import PrefillGraphs
-from budgetllm.engine.rules import ALWAYS, THRESHOLD, RowRule, step_decisions
+from budgetllm.engine.rules import ALWAYS, FORCED, THRESHOLD, WINDOW, RowRule, step_decisions
 from budgetllm.engine.scheduler import SlotStats
 from budgetllm.kernels import (
     dms_prefill_attention,
@@ -34,9 +34,12 @@ from budgetllm.kernels import (
 )
 from budgetllm.kernels.decode_attention import default_num_splits
 from budgetllm.kernels.prefill_attention import compact_unflagged
+from budgetllm.kernels.step_inputs import step_inputs
 from budgetllm.kernels.step_stats import slot_stats
 from budgetllm.models.loading import LoadedModel
 from budgetllm.models.modules import FusedModel
+
+STEP_CODES = (WINDOW, ALWAYS, FORCED, THRESHOLD)  # the rule codes kernels/step_inputs.py decides with
 
 
 @dataclass
@@ -157,10 +160,9 @@ class ModelRunner:
         m, kv = self.model, self.kv
         ib = self.ibuf[:, :bs]
         ids, slots, inc = ib[0], ib[1], ib[2]
-        slots_l = slots.long()
-        pos = kv.seq_pos[slots_l].long()
-        base, uses_thr = step_decisions(pos, ib[3], ib[4], ib[5], m.H)
-        decide = (self.thr_slot.index_select(1, slots_l), base, uses_thr)
+        # positions, step_decisions and each row's thresholds in one launch (kernels/step_inputs.py)
+        pos, base, uses_thr, thr = step_inputs(self.ibuf, bs, kv.seq_pos, self.thr_slot, m.H, STEP_CODES)
+        decide = (thr, base, uses_thr)
         if self.fast is not None and self.fast.takes(bs):  # chosen per bucket, at capture time
             self.logits_buf[:bs] = self.fast.step(ids, pos, slots, base, decide, kv, num_splits)
         else:

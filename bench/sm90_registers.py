@@ -26,16 +26,19 @@ from budgetllm.kernels.decode_attention import decode_attention_kernel, decode_r
 from budgetllm.kernels.fused_decoder import qkv_rope_kernel  # noqa: E402
 from budgetllm.kernels.gemv import gemv_kernel  # noqa: E402
 from budgetllm.kernels.qkv_store import qkv_store_kernel  # noqa: E402
+from budgetllm.kernels.step_inputs import step_inputs_kernel  # noqa: E402
+from budgetllm.kernels.step_stats import slot_stats_kernel  # noqa: E402
 from budgetllm.kernels.store_kv import store_decode_kv_kernel  # noqa: E402
 
-INTS = {"M", "N", "K", "K_SPLIT", "s_xm", "s_rm", "s_ym", "Hq", "H", "G", "P", "MAXP", "W1", "D", "NS", "NSP",
+INTS = {"s_i", "B", "S", "S_ALL", "LH", "NUM_PAGES", "WINDOW", "ALWAYS", "FORCED", "THRESHOLD", "M", "N", "K", "K_SPLIT", "s_xm", "s_rm", "s_ym", "Hq", "H", "G", "P", "MAXP", "W1", "D", "NS", "NSP",
         "s_qb", "s_qh", "s_ob", "s_oh", "s_row", "s_kb", "s_kh", "s_vb", "s_vh", "s_eb"}
 FLOATS = {"eps", "qk_eps", "scale", "offset", "sm_scale"}
 PTR = {"pos": "*i64", "slot_ids": "*i32", "seq_pos": "*i32", "cnt": "*i32", "hcnt": "*i32", "part": "*fp32",
        "block_tables": "*i32", "row_lens": "*i32", "ring": "*i32", "free_stack": "*i32", "alloc_state": "*i32",
        "slot_oom": "*i8", "slot_pos": "*i32", "slot_flag": "*i8", "dec": "*i8", "ev": "*i8", "base": "*i8",
        "uses_thr": "*i8", "thr": "*fp64", "logits": "*fp32", "logits_in": "*fp32", "part_o": "*fp32",
-       "part_ml": "*fp32", "evict_prev": "*i8"}
+       "part_ml": "*fp32", "evict_prev": "*i8", "ibuf": "*i32", "thr_slot": "*fp64", "uses": "*i8", "out": "*i64",
+       "inc": "*i32"}
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
@@ -82,6 +85,8 @@ def main() -> None:
     print("qkv_rope", registers(qkv_rope_kernel, dict(D=128, BLOCK_D=128, QK_NORM=True, BORROWED=True, DECIDE=True,
                                                       LOGITS_IN=False, PDL=True)))
     print("store", registers(store_decode_kv_kernel, dict(PAGE=16, BLOCK_D=128, PDL=True)))
+    print("step_inputs", registers(step_inputs_kernel, dict(BLOCK_H=2, BLOCK=64), 1))
+    print("slot_stats", registers(slot_stats_kernel, dict(PAGE=16, BLOCK=64), 1))
 
 
 if __name__ == "__main__":

@@ -1,29 +1,18 @@
 """Skinny GEMM (M <= 16 rows) of the decode step, with the neighbouring work of a decoder layer fused in.
 
-At small batch a decode step reads every weight once and does almost no arithmetic per byte, so a
-layer's time is its weight bytes over bandwidth plus one launch and one tail per kernel. ``gemv``
-streams ``W [N, K]`` (nn.Linear layout) once, in ``[BLOCK_N, BLOCK_K]`` tiles across a grid of
-``(N / BLOCK_N, SPLIT_K)`` programs, and fuses:
-
-* prologue ``norm``: HF RMSNorm of the raw residual stream ``x`` (each program computes the row's
-  rstd itself: ``x`` is a few KB), so ``residual add -> RMSNorm -> GEMM`` needs no norm kernel;
-* epilogue ``bias``, ``residual`` (``y = round(round(x @ W.T + b) + residual)``, torch's roundings of
-  ``F.linear`` then ``+``), ``glu`` (``W = [gate; up]``: ``silu(gate) * up`` as ``silu_mul`` rounds it;
-  by default the gate rows and the up rows are streamed by separate programs that meet in the
-  split-K partials, ``GLU_PAIRS``)
-  and ``out_f32`` (the LM head's float32 logits of the dtype-rounded product);
-* split-K in ONE launch: each program writes an fp32 partial; the last program of a column block
-  (an acq_rel counter) sums the partials in a fixed order (deterministic), runs the epilogue and
-  resets the counter for the next call (CUDA-graph replays).
-
-Up to 4 rows the products are fp32 FMAs into a ``[rows, BLOCK_N, BLOCK_K]`` accumulator reduced once
-at the end (no tensor cores, no shared memory: many loads in flight per thread); 5 to 16 rows use
-``tl.dot`` on a 16-row tile (rows past M masked), IEEE fp32 for fp32 inputs.
-Results equal the torch ops up to the order of the K sum (``kernels.reference.gemv`` is the twin).
-
-With ``pdl=True`` (Hopper, CUDA) the kernel is launched with programmatic dependent launch: it lets
-the next kernel launch at once and waits (``griddepcontrol.wait``) for the previous one before it
-reads anything that kernel wrote, so launch latency and the previous kernel's tail overlap.
+At small batch a step reads every weight once with almost no arithmetic per byte: a layer costs its
+weight bytes over bandwidth plus a launch and a tail per kernel. ``gemv`` streams ``W [N, K]`` once in
+``[BLOCK_N, BLOCK_K]`` tiles over ``(N / BLOCK_N, SPLIT_K)`` programs and fuses: prologue ``norm`` (HF
+RMSNorm of the raw residual stream, each program computing the row's rstd); epilogue ``bias``,
+``residual`` (torch's roundings of ``F.linear`` then ``+``), ``glu`` (``W = [gate; up]`` ->
+``silu(gate) * up`` as ``silu_mul`` rounds it; gate and up rows in separate programs that meet in the
+split-K partials, ``GLU_PAIRS``) and ``out_f32``; split-K in ONE launch (fp32 partials, the last
+program of a column block, an acq_rel counter, sums them in a fixed order and resets the counter).
+Up to 4 rows: fp32 FMAs into a ``[rows, BLOCK_N, BLOCK_K]`` accumulator reduced once (or, plan entry
+``red``, a ``[rows, BLOCK_N]`` one reduced every iteration: fewer registers); 5-16 rows: ``tl.dot`` on
+a 16-row tile. Results equal the torch ops up to the K-sum order (twin: ``reference.gemv``). ``pdl``:
+programmatic dependent launch (Hopper), the first weight tile loaded before waiting on the previous
+kernel. ``gemv_program`` is also the GEMM of ``kernels/qkv_store.py``.
 """
 
 from __future__ import annotations
@@ -39,9 +28,7 @@ from budgetllm.kernels.pdl import HAS_PDL, gdc_launch_dependents, gdc_wait, pdl_
 __all__ = ["FMA_ROWS", "GLU_PAIRS", "HAS_PDL", "MAX_ROWS", "GemvWorkspace", "gemv", "gemv_plan", "m_pad", "plan_for"]
 
 MAX_ROWS = 16  # one 16-row tl.dot tile; larger batches stay on cuBLAS
-# gate and up rows in separate programs (see gemv's glu_pairs): on the H200, 1.5B gate/up at one row
-# 23.2 vs 25.1 us with PDL, SmolLM2's equal (bench/results/decode_floor-run3-h200.json)
-GLU_PAIRS = True
+GLU_PAIRS = True  # gemv's glu_pairs: 1.5B gate/up 23.2 vs 25.1 us on the H200 (results/decode_floor-run3-h200.json)
 
 
 @triton.jit
@@ -82,9 +69,8 @@ def _x_tile(x, nw, rstd, o_m, m_m, o_k, m_k, s_xm, NORM: tl.constexpr, dt: tl.co
 
 @triton.jit
 def _mac(acc, b_x, b_w, DOT: tl.constexpr, IEEE: tl.constexpr):
-    """acc += b_x @ b_w.T: (DOT 1) a 16-row tl.dot, or (few rows) fp32 FMAs into (DOT 0) a
-    [M_PAD, BLOCK_N, BLOCK_K] accumulator reduced over K once, after the loop, or (DOT 2, a plan's
-    ``red``) a [M_PAD, BLOCK_N] one reduced every iteration (fewer registers, more shuffles)."""
+    """acc += b_x @ b_w.T: (DOT 1) a 16-row tl.dot; fp32 FMAs into (DOT 0) a [M_PAD, BLOCK_N, BLOCK_K]
+    accumulator reduced after the loop, or (DOT 2, ``red``) a [M_PAD, BLOCK_N] one reduced every iteration."""
     if DOT == 1:
         if IEEE:
             acc += tl.dot(b_x, tl.trans(b_w), input_precision="ieee")
@@ -207,8 +193,7 @@ def gemv_program(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm,
 
 class GemvWorkspace:
     """Split-K scratch of ``gemv``: fp32 partials and per-column-block arrival counters (zero between
-    calls: the last program of a block resets its counter). Calls on one stream may share one
-    workspace (a kernel finishes before the next reads it, also under PDL: see the module doc)."""
+    calls: the last program resets each). Calls on one stream may share one (also under PDL)."""
 
     def __init__(self, device: torch.device | str, partial_floats: int = 1 << 21, counters: int = 1 << 14):
         self.part = torch.empty(partial_floats, dtype=torch.float32, device=device)
@@ -226,18 +211,15 @@ def m_pad(M: int) -> int:
 
 
 def mode(mp: int, red: list) -> int:
-    """The kernel's DOT constexpr: 1 tl.dot (more than 4 rows), else FMAs, 2 when the plan's optional
-    6th entry ``red`` asks for a per-iteration reduction, 0 for the 3-D accumulator."""
+    """The kernel's DOT constexpr: 1 tl.dot (> 4 rows), 2 FMAs reduced every iteration (``red``), 0 FMAs."""
     return 1 if mp > FMA_ROWS else 2 if red and red[0] else 0
 
 
 def plan_for(N: int, K: int, M: int, itemsize: int, sms: int) -> tuple[int, int, int, int, int]:
-    """The CUDA plan ``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)``, from the plan sweep of
-    bench/decode_floor.py on an H200 (bench/results/decode_floor-h200.json, "best_plans"): at one row
-    narrow outputs (QKV, o, down, SmolLM2's MLP) ran fastest with 8 rows x 1024 bf16 per tile, 8 warps,
-    no pipelining; wide ones (the 1.5B gate/up, LM heads) with 16 x 512, 4 warps, 3 stages. K is
-    split until there are about two programs per SM (at most one split per 1024 of K). Tiles shrink
-    with the row count (accumulator registers) and with wider dtypes (the same bytes per tile)."""
+    """The CUDA plan ``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)``, from the H200 sweep of
+    bench/decode_floor.py (results/decode_floor-h200.json): at one row narrow outputs 8 x 1024 bf16, 8 warps,
+    1 stage; wide ones (1.5B gate/up, LM heads) 16 x 512, 4 warps, 3 stages; K split to ~2 programs per SM
+    (at most one split per 1024 of K); tiles shrink with rows (registers) and wider dtypes (same bytes)."""
     target = 2 * sms
     if M <= FMA_ROWS:
         wide = triton.cdiv(N, 8) >= 4 * sms
@@ -271,16 +253,14 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         norm: ``(weight [K], eps)``: x is first HF-RMSNorm-ed (x * rstd rounded, then * weight rounded).
         glu: return ``silu(x @ gate.T) * (x @ up.T)`` (each product rounded to the dtype first).
         out_f32: float32 output (of the product rounded to w's dtype), else w's dtype.
-        ws: split-K scratch (needed when the plan splits K; made on the fly otherwise).
+        ws: split-K scratch (made on the fly if None).
         plan: ``gemv_plan``'s tuple, to override it (tests, tuning); an optional 6th entry ``red``
             (FMA path): reduce the products over K every iteration instead of once at the end.
         pdl: launch with programmatic dependent launch (CUDA, Hopper).
-        glu_pairs: with ``glu``, stream the gate and the up rows in separate programs (one weight
-            stream each, as a plain GEMM of 2N rows) that meet through the split-K partials; the
-            second to arrive applies silu * up. None: ``GLU_PAIRS``.
+        glu_pairs: with ``glu``, gate and up rows in separate programs that meet through the split-K
+            partials (the second applies silu * up). None: ``GLU_PAIRS``.
 
-    Returns:
-        ``[M, N]`` contiguous.
+    Returns ``[M, N]`` contiguous.
     """
     M, K = x.shape
     N = w.shape[0] // 2 if glu else w.shape[0]

@@ -59,7 +59,7 @@ def candidates(N: int, K: int, sms: int) -> list[tuple]:
 
 def sweep_part(bw: float, budget: float, out: list, best: dict, per_mat_s: float = 25.0) -> None:
     """Per GEMM: cuBLAS (``F.linear``), the default plan, then candidates until ``per_mat_s`` passes."""
-    ws = GemvWorkspace("cuda")
+    ws = GemvWorkspace("cuda")  # the engine's size: a plan that does not fit it fails here too (None)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for name, (N, K, glu) in SWEEP_MATS.items():
         rows_w = 2 * N if glu else N

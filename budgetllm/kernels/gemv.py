@@ -286,7 +286,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
     pair = bool(glu and (GLU_PAIRS if glu_pairs is None else glu_pairs))
     if split > 1 or pair:
         ws = ws or GemvWorkspace(x.device, split * nb * 2 * MAX_ROWS * bn, nb)
-        if ws.part.numel() < split * nb * 2 * MAX_ROWS * bn or ws.cnt.numel() < nb:
+        if ws.part.numel() < split * nb * 2 * mp * bn or ws.cnt.numel() < nb:
             raise ValueError("gemv workspace too small for this shape")
     part, cnt = (ws.part, ws.cnt) if split > 1 or pair else (y, y)
     gemv_kernel[(nb * (2 if pair else 1), split)](

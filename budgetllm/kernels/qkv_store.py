@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from budgetllm.kernels.fused_decoder import rope_head
-from budgetllm.kernels.gemv import FMA_ROWS, MAX_ROWS, GemvWorkspace, gemv_plan, gemv_program, m_pad, mode
+from budgetllm.kernels.gemv import FMA_ROWS, GemvWorkspace, gemv_plan, gemv_program, m_pad, mode
 from budgetllm.kernels.paged_kv import PagedKV, as_int8_flags
 from budgetllm.kernels.pdl import pdl_args
 from budgetllm.kernels.store_kv import store_token
@@ -131,7 +131,7 @@ def qkv_store(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, norm:
     k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
     split = triton.cdiv(K, k_split)
     nb = triton.cdiv(N, bn)
-    if ws.part.numel() < split * nb * 2 * MAX_ROWS * bn or ws.cnt.numel() < nb:
+    if ws.part.numel() < split * nb * 2 * m_pad(M) * bn or ws.cnt.numel() < nb:
         raise ValueError("gemv workspace too small for this shape")
 
     def _or(t):  # unused pointer arguments (their constexpr branch is compiled out)

@@ -150,6 +150,8 @@ def test_fused_bf16_real_sizes_in_a_cuda_graph_with_pdl(M, red):
         plan = gemv_plan((Hq + 2 * H) * D, K, torch.device(DEVICE), M)
         plan = (*plan, 1) if red else plan
         ws = GemvWorkspace(DEVICE)
+        _run(qkv_store, a, clone(kv_f), sl, ws=ws, plan=plan, pdl=True)  # compile and load before capturing
+        torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             q_f = _run(qkv_store, a, kv_f, sl, ws=ws, plan=plan, pdl=True)

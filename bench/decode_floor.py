@@ -6,10 +6,13 @@ One script for one GPU call, time-boxed (``--budget`` seconds; each part checks 
 2. ``kernels``: each GEMM of a layer at batch 1 and 16, cuBLAS (``F.linear`` alone) vs the fused
    ``gemv`` (with its norm / residual / silu epilogue), CUDA-graph replays over weight copies that
    exceed the L2 three times, so every call streams its weights from HBM;
+   ``sweep``: a wider, time-boxed plan sweep of the two GEMMs that lose to cuBLAS (bench/gemv_sweep.py),
+   whose best plans the step part then uses;
 3. ``steps``: the graph-replayed decode step and the engine step (replay + the one readback) of
-   random-weight models (SmolLM2-135M and Qwen2.5-1.5B shapes, bf16) with the cuBLAS path, the
-   small-batch path, and the small-batch path with programmatic dependent launch; logits of one
-   step from the same state compared between the paths; kernels per step (eager, profiler);
+   random-weight models (SmolLM2-135M and Qwen2.5-1.5B shapes, bf16) with the cuBLAS path and the
+   small-batch path in 8, 6 and 5 launches per layer (``set_variant``), with programmatic dependent
+   launch; logits of one step from the same state compared between the paths; kernels per step
+   (eager, profiler);
 4. ``attention``: the 28 decode-attention launches of a Qwen2.5-1.5B step at 32K, CR 8, uniform
    rows vs the uneven per-head pattern of SmolLM2's trained adapter on real text (scaled to the
    shape: bench/results/smollm2_head_kept.json), plain vs balanced splits.
@@ -35,6 +38,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.decode_floor_attention import T0, attention_part, graph_us, left  # noqa: E402
+from bench.gemv_sweep import sweep_part  # noqa: E402
 from bench.profile_decode import fill, kernel_table  # noqa: E402
 from budgetllm.engine.cuda_graphs import DecodeGraphs  # noqa: E402
 from budgetllm.engine.decode_layer import DecodeLayers  # noqa: E402
@@ -132,14 +136,16 @@ def kernels_part(bw: float, budget: float, out: list, best: dict, mats: str | No
 
 
 def set_variant(runner: ModelRunner, variant: str, best: dict, capture: bool = True) -> None:
-    pairs = "pairs" in variant
-    plans = dict(best)
-    if pairs:  # the gate/up plans swept with separate gate and up programs
+    """Variants: "cublas"; "l8_pdl" (gemv + qkv_rope + store + attention + reduce + 3 gemv per layer),
+    "l6_pdl" (qkv_store: QKV, RoPE, decision and store in one launch), "l5_pdl" (and the attention's
+    reduce inside the attention kernel), "_default": ``plan_for``'s plans even when a sweep ran."""
+    plans = {} if "default" in variant else {k: v for k, v in best.items() if k[0] != "pairs"}
+    if "default" not in variant:  # the gate/up plans swept with separate gate and up programs (the default)
         plans.update({(N, K, True, m): p for (tag, N, K, m), p in
                       ((k, v) for k, v in best.items() if k[0] == "pairs")})
     runner.fast = None if variant == "cublas" else DecodeLayers(
         runner.model, runner.device, pdl="pdl" in variant, plans=plans, max_rows=16 if "16" in variant else 4,
-        glu_pairs=pairs)
+        fuse_qkv="l5" in variant or "l6" in variant, fuse_reduce="l5" in variant)
     if not capture:
         return
     runner.graphs = None
@@ -214,7 +220,8 @@ def steps_part(bw: float, budget: float, out: list, best: dict, plan=STEP_POINTS
             kv_bytes = int(runner.kv.row_lens[:, :batch].sum()) * m.D * 2 * 2
             point = {"shape": shape, "batch": batch, "context": ctx, "compression": cr, "weight_bytes": wbytes,
                      "kv_bytes": kv_bytes, "floor_ms": round((wbytes + kv_bytes) / bw * 1e3, 4)}
-            variants = ["cublas", "gemv", "gemv_pdl", "gemv_pdl_pairs"] + (["gemv16"] if batch > 4 else [])
+            variants = ["cublas", "l8_pdl", "l5_pdl"] if ctx > 1024 or batch > 4 else \
+                ["cublas", "l8_pdl", "l6_pdl", "l5_pdl"] + (["l5_pdl_default"] if best else [])
             logits = {}
             for variant in variants:  # every path from the same state, before any timing
                 set_variant(runner, variant, best, capture=False)
@@ -236,8 +243,8 @@ def steps_part(bw: float, budget: float, out: list, best: dict, plan=STEP_POINTS
             ref = logits["cublas"].double()
             point["logits_rel_err_vs_cublas"] = {v: float((lg.double() - ref).norm() / ref.norm())
                                                  for v, lg in logits.items() if v != "cublas"}
-            if "gemv_pdl" in logits:
-                point["pdl_bit_identical"] = bool(torch.equal(logits["gemv_pdl"], logits["gemv"]))
+            # the fused kernels run the same device functions with the same plans: identical logits
+            point["l5_bit_identical_to_l8"] = bool(torch.equal(logits["l5_pdl"], logits["l8_pdl"]))
             print(json.dumps(point), flush=True)
             out.append(point)
             runner.graphs = None
@@ -257,9 +264,11 @@ if __name__ == "__main__":
     ap.add_argument("--points", default=None, help="step points, e.g. qwen2.5-1.5b:1x1024x1,smollm2-135m:1x1024x1")
     ap.add_argument("--mats", default=None, help="kernel part: only these GEMMs, e.g. gate_up,lm_head")
     ap.add_argument("--rows", default="1,16", help="kernel part: row counts")
+    ap.add_argument("--commit", default="unknown", help="the commit measured (written into the JSON)")
     a = ap.parse_args()
     res = {"card": torch.cuda.get_device_name(0), "triton": triton.__version__, "torch": torch.__version__,
-           "has_pdl": HAS_PDL, "kernels": [], "steps": [], "attention": []}
+           "has_pdl": HAS_PDL, "kernels": [], "sweep": [], "steps": [], "attention": [],
+           "commit": a.commit, "argv": sys.argv[1:]}
     from budgetllm.benchmarks.baselines import measured_bandwidth
 
     res["copy_graph_bytes_s"] = ceiling()
@@ -267,7 +276,8 @@ if __name__ == "__main__":
     print("bandwidth", round(bw / 1e12, 3), "TB/s; graphed copy", round(res["copy_graph_bytes_s"] / 1e12, 3), flush=True)
     parts = a.parts.split(",")
     best: dict = {}
-    for name, fn in (("kernels", kernels_part), ("steps", steps_part), ("attention", attention_part)):
+    for name, fn in (("kernels", kernels_part), ("sweep", sweep_part), ("steps", steps_part),
+                     ("attention", attention_part)):
         if name in parts:
             try:
                 extra = [best] if name != "attention" else []
@@ -275,6 +285,8 @@ if __name__ == "__main__":
                     extra.append(parse_points(a.points))
                 if name == "kernels":
                     extra += [a.mats, tuple(int(r) for r in a.rows.split(","))]
+                if name == "sweep":
+                    extra = [best]
                 fn(bw, a.budget, res[name], *extra)
             except Exception as e:  # noqa: BLE001 - keep what the other parts measured
                 import traceback

@@ -3,13 +3,17 @@
 At batch 1 a decode step used to cost ~2 ms whatever the model: 13 kernels per layer (cuBLAS GEMV
 shapes with split-K reduces, norms, silu, ...), each paying a launch and a tail. Here a layer is
 
-1. ``gemv`` (residual stream x -> RMSNorm -> QKV GEMM + bias),
-2. ``qkv_rope`` (q/k norm, DMS logits and decisions, RoPE),
-3. ``store_decode_kv`` (store-and-evict), 4. ``paged_decode_attention`` (+ its split-K reduce;
+1. ``qkv_store`` (residual stream x -> RMSNorm -> QKV GEMM + bias -> q/k norm, DMS logits and
+   decisions, RoPE -> store-and-evict of the new K/V; kernels/qkv_store.py),
+2. ``paged_decode_attention`` (its split-K reduce in the same launch, ``reduce_cnt``;
    ``balanced=True`` shares the splits out over the KV heads by row length),
-5. ``gemv`` (o-proj + bias + residual add: the new x),
-6. ``gemv`` (x -> RMSNorm -> gate/up GEMM -> silu * up),
-7. ``gemv`` (down-proj + residual add: the next layer's x),
+3. ``gemv`` (o-proj + bias + residual add: the new x),
+4. ``gemv`` (x -> RMSNorm -> gate/up GEMM -> silu * up),
+5. ``gemv`` (down-proj + residual add: the next layer's x),
+
+(``fuse_qkv=False`` / ``fuse_reduce=False``: the 8-launch layer of before, gemv + qkv_rope +
+store_decode_kv and a separate reduce kernel; kept for measurement and for the per-layer borrowed
+variant, whose decision is made outside a kernel),
 
 and the step ends with ``gemv`` (final RMSNorm -> LM head, float32 logits). The RMSNorms moved into
 the GEMMs' prologues, so no separate norm kernels remain; each GEMM streams its weight matrix at
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 
 from budgetllm.kernels import paged_decode_attention, store_decode_kv
 from budgetllm.kernels.gemv import FMA_ROWS, HAS_PDL, MAX_ROWS, GemvWorkspace, gemv, m_pad
+from budgetllm.kernels.qkv_store import qkv_store
 from budgetllm.models.modules import FusedModel
 
 
@@ -39,7 +44,8 @@ class DecodeLayers:
     """Runs one decode step of ``model`` over the paged cache with the fused skinny-GEMM kernels."""
 
     def __init__(self, model: FusedModel, device: torch.device, pdl: bool = False, balanced: bool = False,
-                 max_rows: int = FMA_ROWS, plans: dict | None = None, glu_pairs: bool | None = None):
+                 max_rows: int = FMA_ROWS, plans: dict | None = None, glu_pairs: bool | None = None,
+                 fuse_qkv: bool = True, fuse_reduce: bool = True):
         self.m = model
         self.ws = GemvWorkspace(device)
         self.pdl = bool(pdl and HAS_PDL and device.type == "cuda")
@@ -49,11 +55,24 @@ class DecodeLayers:
         self.max_rows = min(max_rows, MAX_ROWS)  # larger buckets keep cuBLAS
         self.plans = plans or {}  # (N, K, glu, M_PAD) -> gemv plan (tuning); else gemv_plan's
         self.glu_pairs = glu_pairs  # gemv's glu_pairs (None: its default)
+        # 5 launches per layer: QKV + RoPE + decision + store in one kernel (kernels/qkv_store.py; the
+        # per-layer borrowed variant decides outside a kernel: 3 launches there), the attention's split
+        # reduce inside the attention kernel (its counters: zero between calls)
+        self.fuse_qkv = fuse_qkv and not (model.borrowed and model.dms.alpha_per == "layer")
+        self.reduce_cnt = torch.zeros(MAX_ROWS * model.H, dtype=torch.int32, device=device) if fuse_reduce else None
 
     def _gemv(self, x: torch.Tensor, w: torch.Tensor, glu: bool = False, **kw) -> torch.Tensor:
         N = w.shape[0] // 2 if glu else w.shape[0]
         plan = self.plans.get((N, w.shape[1], glu, m_pad(x.shape[0])))
         return gemv(x, w, glu=glu, ws=self.ws, pdl=self.pdl, plan=plan, glu_pairs=self.glu_pairs, **kw)
+
+    def _qkv_store(self, li: int, L, x, pos, decide, kv, slots, base) -> torch.Tensor:
+        m = self.m
+        borrowed, kdec = m.rope_args(li, x, decide)
+        plan = self.plans.get((L.qkv_w.shape[0], L.qkv_w.shape[1], False, m_pad(x.shape[0])))
+        return qkv_store(x, L.qkv_w, L.qkv_b, (L.in_norm, m.eps), m.cos, m.sin_signed, pos, m.Hq, m.H, m.D, kv, li,
+                         slots, base, qk_norm=L.qk_norm, eps=m.eps, borrowed=borrowed, decide=kdec, ws=self.ws,
+                         plan=plan, pdl=self.pdl)
 
     @staticmethod
     def supports(model: FusedModel) -> bool:
@@ -70,11 +89,14 @@ class DecodeLayers:
         m, pdl, gemv_ = self.m, self.pdl, self._gemv
         x = F.embedding(ids, m.embed_w)
         for li, L in enumerate(m.layers):
-            qkv = gemv_(x, L.qkv_w, bias=L.qkv_b, norm=(L.in_norm, m.eps))
-            q, k, v, dec = m.rope_decide(li, qkv, x, pos, decide, pdl=pdl)
-            store_decode_kv(kv, k, v, base if dec is None else dec, li, slots, pdl=pdl)
+            if self.fuse_qkv:
+                q = self._qkv_store(li, L, x, pos, decide, kv, slots, base)
+            else:
+                qkv = gemv_(x, L.qkv_w, bias=L.qkv_b, norm=(L.in_norm, m.eps))
+                q, k, v, dec = m.rope_decide(li, qkv, x, pos, decide, pdl=pdl)
+                store_decode_kv(kv, k, v, base if dec is None else dec, li, slots, pdl=pdl)
             o = paged_decode_attention(q, kv, li, slots, m.scale, num_splits=num_splits, balanced=self.balanced,
-                                       pdl=pdl)
+                                       pdl=pdl, reduce_cnt=self.reduce_cnt)
             x = gemv_(o.reshape(o.shape[0], -1), L.o_w, bias=L.o_b, residual=x)
             act = gemv_(x, L.gate_up_w, norm=(L.post_norm, m.eps), glu=True)
             x = gemv_(act, L.down_w, residual=x)

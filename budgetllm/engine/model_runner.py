@@ -2,9 +2,10 @@
 steps, CUDA graphs, sampling and the one readback per step.
 
 Decode inputs live in static device buffers (``ibuf`` int32 [6, maxbs]: token ids, slots, seq_pos
-increment, rule code, sinks, period; ``thr`` float64 [layers, maxbs, KV heads]: each row's threshold
-per (layer, KV head)) filled by one async copy from pinned
-host memory, so a step is: copy in -> graph replay (or eager) -> sample on GPU -> one readback of
+increment, rule code, sinks, period) filled by one async copy from pinned host memory; each slot's
+threshold per (layer, KV head) (``thr_slot`` float64 [layers, slots, KV heads]) is written once, when
+a rule first decodes in that slot (admission), and gathered by slot inside the step,
+so a step is: copy in -> graph replay (or eager) -> sample on GPU -> one readback of
 (sampled tokens, pages and live entries per slot, overflow flags, free pages). Positions are read
 from ``kv.seq_pos`` on the GPU; row lengths and block tables never leave the GPU.
 """
@@ -23,19 +24,22 @@ from budgetllm.engine.decode_layer import DecodeLayers
 from budgetllm.engine.gpu_sampler import GPUSampler, SamplingBatch
 from budgetllm.engine.prefill_graphs import BUCKETS as PREFILL_BUCKETS
 from budgetllm.engine.prefill_graphs import PrefillGraphs
-from budgetllm.engine.rules import ALWAYS, THRESHOLD, RowRule, step_decisions
+from budgetllm.engine.rules import ALWAYS, FORCED, THRESHOLD, WINDOW, RowRule, step_decisions
 from budgetllm.engine.scheduler import SlotStats
 from budgetllm.kernels import (
     dms_prefill_attention,
-    num_free_pages,
     paged_decode_attention,
     store_decode_kv,
     store_prefill_kv,
 )
 from budgetllm.kernels.decode_attention import default_num_splits
 from budgetllm.kernels.prefill_attention import compact_unflagged
+from budgetllm.kernels.step_inputs import step_inputs
+from budgetllm.kernels.step_stats import slot_stats
 from budgetllm.models.loading import LoadedModel
 from budgetllm.models.modules import FusedModel
+
+STEP_CODES = (WINDOW, ALWAYS, FORCED, THRESHOLD)  # the rule codes kernels/step_inputs.py decides with
 
 
 @dataclass
@@ -104,7 +108,8 @@ class ModelRunner:
         self.pad_slots = list(range(self.pool.padding_slot0, self.pool.padding_slot0 + pad))
         maxbs = cfg.max_seqs
         self.ibuf = torch.zeros(6, maxbs, dtype=torch.int32, device=self.device)
-        self.thr = torch.zeros(c.num_hidden_layers, maxbs, m.H, dtype=torch.float64, device=self.device)
+        S_all = self.pool.num_slots  # sequence, prefix and padding slots
+        self.thr_slot = torch.zeros(c.num_hidden_layers, S_all, m.H, dtype=torch.float64, device=self.device)
         self.logits_buf = torch.zeros(maxbs, m.vocab, dtype=torch.float32, device=self.device)
         # one readback buffer: greedy tokens of the decode step [maxbs] (argmax inside the graph),
         # then per-slot pages / live entries / overflow flags and the free-page count
@@ -113,8 +118,11 @@ class ModelRunner:
         self.stats_buf = self.read_buf[maxbs:]
         pin = self.device.type == "cuda"
         self.ibuf_host = torch.zeros(6, maxbs, dtype=torch.int32, pin_memory=pin)
-        self.thr_host = torch.zeros(c.num_hidden_layers, maxbs, m.H, dtype=torch.float64, pin_memory=pin)
-        self.ibuf_np, self.thr_np = self.ibuf_host.numpy(), self.thr_host.numpy()
+        # per-slot staging of thresholds: a slot's pinned row is rewritten only when its rule changes,
+        # and between two fills of a slot lies the step's readback, so its last async copy has finished
+        self.thr_host = torch.zeros(S_all, c.num_hidden_layers, m.H, dtype=torch.float64, pin_memory=pin)
+        self.thr_rule: list = [None] * S_all  # the rule whose thresholds thr_slot[:, slot] holds
+        self.ibuf_np = self.ibuf_host.numpy()
         self.sampler = GPUSampler(self.device, cfg.seed)
         use_fast = cfg.small_batch_gemv if cfg.small_batch_gemv is not None else self.device.type == "cuda"
         self.fast = DecodeLayers(m, self.device, cfg.decode_pdl) if use_fast and DecodeLayers.supports(m) else None
@@ -152,10 +160,9 @@ class ModelRunner:
         m, kv = self.model, self.kv
         ib = self.ibuf[:, :bs]
         ids, slots, inc = ib[0], ib[1], ib[2]
-        slots_l = slots.long()
-        pos = kv.seq_pos[slots_l].long()
-        base, uses_thr = step_decisions(pos, ib[3], ib[4], ib[5], m.H)
-        decide = (self.thr[:, :bs], base, uses_thr)
+        # positions, step_decisions and each row's thresholds in one launch (kernels/step_inputs.py)
+        pos, base, uses_thr, thr = step_inputs(self.ibuf, bs, kv.seq_pos, self.thr_slot, m.H, STEP_CODES)
+        decide = (thr, base, uses_thr)
         if self.fast is not None and self.fast.takes(bs):  # chosen per bucket, at capture time
             self.logits_buf[:bs] = self.fast.step(ids, pos, slots, base, decide, kv, num_splits)
         else:
@@ -167,33 +174,36 @@ class ModelRunner:
                 x, h = m.attention_out(li, x, o)
                 x, h = m.mlp(li, x, h)
             self.logits_buf[:bs] = m.logits(h)
-        kv.seq_pos[slots_l] = kv.seq_pos[slots_l] + inc
         self.read_buf[:bs] = self.logits_buf[:bs].argmax(-1)
-        self.compute_stats()
+        self.compute_stats(advance=(slots, inc))  # and seq_pos[slots] += inc
 
-    def compute_stats(self) -> None:
+    def compute_stats(self, advance: tuple | None = None) -> None:
         """Per slot: pages held (rows have no holes: ceil(len / PAGE) each), live entries, overflow flag;
-        and the free-page count, into one static buffer (inside the decode graph: no extra launches)."""
-        S, PAGE, kv = self.pool.num_slots, self.cfg.page_size, self.kv
-        lens = kv.row_lens[:, :S]
-        self.stats_buf[:S] = ((lens + PAGE - 1) // PAGE).sum(dim=(0, 2))
-        self.stats_buf[S:2 * S] = lens.sum(dim=(0, 2))
-        self.stats_buf[2 * S:3 * S] = kv.slot_oom[:S]
-        self.stats_buf[3 * S:] = num_free_pages(kv)
+        and the free-page count, into one static buffer (inside the decode graph), in one launch
+        (``kernels/step_stats.py``; ``advance`` = (slots, inc): the step's ``seq_pos += inc`` too)."""
+        slot_stats(self.kv, self.pool.num_slots, self.cfg.page_size, self.stats_buf, advance)
 
     def fill_decode(self, rows: list[tuple[int, int, RowRule]], bs: int) -> None:
         """Stage (slot, token, rule) rows and ``bs - len(rows)`` padding rows into the static buffers
-        (numpy views of pinned memory: per-element torch indexing would cost ~1 ms per step)."""
-        h, t = self.ibuf_np, self.thr_np
+        (numpy views of pinned memory: per-element torch indexing would cost ~1 ms per step). A slot's
+        thresholds are copied only when its rule changes (admission); padding rows never read theirs."""
+        h = self.ibuf_np
         for i, (slot, tok, r) in enumerate(rows):
             h[:, i] = (tok, slot, 1, r.code, r.sinks, r.period)
-            t[:, i] = r.thr_grid(t.shape[0], t.shape[2]).numpy()
+            if self.thr_rule[slot] is not r:
+                self.stage_thresholds(slot, r)
         for j, i in enumerate(range(len(rows), bs)):
             h[:, i] = (0, self.pad_slots[j], 0, ALWAYS, 0, 1)
-            t[:, i] = 0.0
-        # whole buffers: contiguous pinned -> device copies stay asynchronous (a few hundred bytes)
+        # whole buffer: a contiguous pinned -> device copy stays asynchronous (a few hundred bytes)
         self.ibuf.copy_(self.ibuf_host, non_blocking=True)
-        self.thr.copy_(self.thr_host, non_blocking=True)
+
+    def stage_thresholds(self, slot: int, rule: RowRule) -> None:
+        """Write ``rule``'s [layers, KV heads] thresholds into ``thr_slot[:, slot]`` (async, pinned)."""
+        L, _, H = self.thr_slot.shape
+        if self.thr_rule[slot] is None or self.thr_rule[slot] != rule:
+            self.thr_host[slot] = rule.thr_grid(L, H)
+            self.thr_slot[:, slot].copy_(self.thr_host[slot], non_blocking=True)
+        self.thr_rule[slot] = rule
 
     @torch.inference_mode()
     def decode(self, rows: list[tuple[int, int, RowRule]]) -> torch.Tensor:

@@ -3,7 +3,8 @@
 One program per (sequence, KV head, split): the G query heads of the group share the row, so the
 K/V tile is loaded once and multiplied with the [G_PAD, D] query tile (tl.dot, G padded to 16).
 With num_splits > 1 each program covers a contiguous range of the row and a second kernel
-combines the partial (max, sum, out). No host reads: CUDA-graph friendly for a fixed num_splits.
+combines the partial (max, sum, out), or (``reduce_cnt``) the last program of each row does, in the
+same launch. No host reads: CUDA-graph friendly for a fixed num_splits.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def decode_attention_kernel(q, k_pool, v_pool, block_tables, row_lens, slot_ids, out, part_o, part_ml,
+def decode_attention_kernel(q, k_pool, v_pool, block_tables, row_lens, slot_ids, out, part_o, part_ml, cnt,
                             sm_scale, H, G, D, MAXP, NS, NSP, s_qb, s_qh, s_ob, s_oh,
                             PAGE: tl.constexpr, G_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                             SPLIT: tl.constexpr, IEEE: tl.constexpr, BALANCE: tl.constexpr, H_PAD: tl.constexpr,
-                            PDL: tl.constexpr):
+                            FUSE: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
     pdl_enter(PDL)
     i_b, i_h, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     s = tl.load(slot_ids + i_b)
@@ -74,6 +75,16 @@ def decode_attention_kernel(q, k_pool, v_pool, block_tables, row_lens, slot_ids,
         tl.store(part_o + base[:, None] * D + o_d[None, :], b_acc, mask=m_out)
         tl.store(part_ml + base * 2, b_m, mask=m_g)
         tl.store(part_ml + base * 2 + 1, b_l, mask=m_g)
+        if FUSE:  # the last of the row's ns_h programs combines its G heads (the reduce kernel's work)
+            tl.debug_barrier()  # every thread's partial is written before the counter moves
+            c = cnt + i_b * H + i_h
+            arrived = tl.atomic_add(c, 1, sem="acq_rel", scope="gpu")
+            if arrived == ns_h - 1:
+                tl.debug_barrier()
+                tl.store(c, 0)  # ready for the next call (CUDA-graph replays)
+                for g in range(G):
+                    reduce_head(part_o, part_ml, out, i_b, i_h * G + g, ns_h, n, H * G, D, NSP, s_ob, s_oh,
+                                BLOCK_S, BLOCK_D, BLOCK_N)
     else:
         b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
         tl.store(out + i_b * s_ob + (i_h * G + o_g)[:, None] * s_oh + o_d[None, :],
@@ -97,19 +108,33 @@ def decode_reduce_kernel(part_o, part_ml, out, slot_ids, row_lens, Hq, H, G, D, 
                          H_PAD: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
     pdl_enter(PDL)
     i_b, i_hq = tl.program_id(0), tl.program_id(1)
-    o_s = tl.arange(0, BLOCK_S)
-    o_d = tl.arange(0, BLOCK_D)
     if BALANCE:
         o_h = tl.arange(0, H_PAD)
         b_n, b_sp = _split_plan(row_lens, tl.load(slot_ids + i_b), H, NS, o_h, H_PAD, BLOCK_N)
-        m_s = o_s < tl.sum(tl.where(o_h == i_hq // G, b_sp, 0), 0)
+        ns = tl.sum(tl.where(o_h == i_hq // G, b_sp, 0), 0)
     else:
-        m_s = o_s < NS
+        ns = NS
+    n = tl.load(row_lens + tl.load(slot_ids + i_b) * H + i_hq // G)
+    reduce_head(part_o, part_ml, out, i_b, i_hq, ns, n, Hq, D, NSP, s_ob, s_oh, BLOCK_S, BLOCK_D, BLOCK_N)
+
+
+@triton.jit
+def reduce_head(part_o, part_ml, out, i_b, i_hq, ns, n, Hq, D, NSP, s_ob, s_oh,
+                BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Combine the partials (max, sum, out) of query head i_hq of batch row i_b, whose row (length n)
+    was cut into ns splits; loads through L2 (``.cg``): in the fused kernel other programs wrote them.
+    Splits past the row's end (their partial is max -1e30, sum 0, out 0: what a masked load gives)
+    are not read, so a short row in a long-capacity plan reads only its used partials."""
+    o_s = tl.arange(0, BLOCK_S)
+    o_d = tl.arange(0, BLOCK_D)
+    chunk = tl.cdiv(tl.cdiv(n, ns), BLOCK_N) * BLOCK_N  # as the attention programs cut the row
+    m_s = o_s < tl.minimum(ns, tl.cdiv(n, tl.maximum(chunk, 1)))
     base = (i_b * Hq + i_hq) * NSP + o_s
-    b_m = tl.load(part_ml + base * 2, mask=m_s, other=-1e30)
-    b_l = tl.load(part_ml + base * 2 + 1, mask=m_s, other=0.0)
+    b_m = tl.load(part_ml + base * 2, mask=m_s, other=-1e30, cache_modifier=".cg")
+    b_l = tl.load(part_ml + base * 2 + 1, mask=m_s, other=0.0, cache_modifier=".cg")
     # [BLOCK_S, BLOCK_D]
-    b_o = tl.load(part_o + base[:, None] * D + o_d[None, :], mask=m_s[:, None] & (o_d < D)[None, :], other=0.0)
+    b_o = tl.load(part_o + base[:, None] * D + o_d[None, :], mask=m_s[:, None] & (o_d < D)[None, :], other=0.0,
+                  cache_modifier=".cg")
     m_all = tl.max(b_m, 0)
     w = tl.math.exp2(b_m - m_all)
     l_all = tl.sum(b_l * w, 0)
@@ -126,7 +151,7 @@ def default_num_splits(batch: int, num_kv_heads: int, max_row_len: int, device: 
 
 def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: torch.Tensor, scale: float,
                            num_splits: int | None = None, block_n: int | None = None, balanced: bool = False,
-                           pdl: bool = False) -> torch.Tensor:
+                           pdl: bool = False, reduce_cnt: torch.Tensor | None = None) -> torch.Tensor:
     """Decode attention of one query token per sequence over its paged rows.
 
     Args:
@@ -141,6 +166,10 @@ def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: t
             to their row lengths (uneven DMS rows: the longest head no longer sets the time), read on
             the device; otherwise every head gets ``num_splits`` programs.
         pdl: launch with programmatic dependent launch (``kernels/pdl.py``).
+        reduce_cnt: int32 zeros, at least ``B * H`` (left zero after each call): with splits, the last
+            program of each (sequence, KV head) combines the partials of its G query heads inside the
+            same launch (an acq_rel arrival counter, fixed order: the same sums as the reduce kernel);
+            None: a second kernel combines them.
 
     Returns:
         ``[B, Hq, D]`` in q's dtype; rows of length 0 give zeros. Accumulation in fp32; fp32 inputs
@@ -166,14 +195,17 @@ def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: t
     part_ml = torch.empty(B, Hq, nsp, 2, dtype=torch.float32, device=q.device) if split else out
     BLOCK_D, H_PAD = triton.next_power_of_2(D), triton.next_power_of_2(H)
     slot_ids, row_lens = slot_ids.contiguous(), kv.row_lens[layer]
+    fuse = split and reduce_cnt is not None
+    if fuse:
+        assert reduce_cnt.dtype == torch.int32 and reduce_cnt.numel() >= B * H and reduce_cnt.device == q.device
     decode_attention_kernel[(B, H, num_splits)](
         q, kv.k_pool, kv.v_pool, kv.block_tables[layer], row_lens, slot_ids, out, part_o,
-        part_ml, scale * _LOG2E, H, G, D, MAXP, num_splits, nsp, q.stride(0), q.stride(1), out.stride(0),
-        out.stride(1), PAGE=kv.page_size, G_PAD=max(16, triton.next_power_of_2(G)), BLOCK_N=block_n,
-        BLOCK_D=BLOCK_D, SPLIT=split, IEEE=q.dtype == torch.float32, BALANCE=balanced, H_PAD=H_PAD, num_warps=4,
-        **pdl_args(pdl),
+        part_ml, reduce_cnt if fuse else slot_ids, scale * _LOG2E, H, G, D, MAXP, num_splits, nsp, q.stride(0),
+        q.stride(1), out.stride(0), out.stride(1), PAGE=kv.page_size, G_PAD=max(16, triton.next_power_of_2(G)),
+        BLOCK_N=block_n, BLOCK_D=BLOCK_D, SPLIT=split, IEEE=q.dtype == torch.float32, BALANCE=balanced, H_PAD=H_PAD,
+        FUSE=fuse, BLOCK_S=triton.next_power_of_2(nsp), num_warps=4, **pdl_args(pdl),
     )
-    if split:
+    if split and not fuse:
         decode_reduce_kernel[(B, Hq)](
             part_o, part_ml, out, slot_ids, row_lens, Hq, H, G, D, num_splits, nsp, out.stride(0), out.stride(1),
             BLOCK_S=triton.next_power_of_2(nsp), BLOCK_D=BLOCK_D, BALANCE=balanced, H_PAD=H_PAD, BLOCK_N=block_n,

@@ -145,15 +145,27 @@ def qkv_rope_kernel(qkv, cos, sin, pos, qk_w, q_out, k_out, logits, thr, base, u
                     DECIDE: tl.constexpr, LOGITS_IN: tl.constexpr, PDL: tl.constexpr):
     # one program per (token, q-or-k head j); j < Hq are q heads, the rest k heads
     pdl_enter(PDL)
-    i_n, j = tl.program_id(0), tl.program_id(1)
+    rope_head(qkv, cos, sin, pos, qk_w, q_out, k_out, logits, thr, base, uses_thr, logits_in, dec,
+              tl.program_id(0), tl.program_id(1), s_row, Hq, H, G, eps, scale, offset,
+              D, BLOCK_D, QK_NORM, BORROWED, DECIDE, LOGITS_IN)
+
+
+@triton.jit
+def rope_head(qkv, cos, sin, pos, qk_w, q_out, k_out, logits, thr, base, uses_thr, logits_in, dec,
+              i_n, j, s_row, Hq, H, G, eps, scale, offset,
+              D: tl.constexpr, BLOCK_D: tl.constexpr, QK_NORM: tl.constexpr, BORROWED: tl.constexpr,
+              DECIDE: tl.constexpr, LOGITS_IN: tl.constexpr):
+    """Token i_n, q-or-k head j: the body of ``qkv_rope_kernel`` (also the epilogue of the fused QKV
+    GEMM of ``kernels/qkv_store.py``, which calls it once the head's columns are written: qkv is read
+    through L2 (``.cg``), other programs wrote it)."""
     dt = qkv.dtype.element_ty
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < D
     # torch.roll(x, D/2)[i] = x[(i + D/2) % D]: loading the rolled row again is cheaper than a shuffle
     o_r = (o_d + D // 2) % D
     p_x = qkv + i_n.to(tl.int64) * s_row + j * D
-    b_x = tl.load(p_x + o_d, mask=m_d, other=0.0).to(tl.float32)
-    b_xr = tl.load(p_x + o_r, mask=m_d, other=0.0).to(tl.float32)
+    b_x = tl.load(p_x + o_d, mask=m_d, other=0.0, cache_modifier=".cg").to(tl.float32)
+    b_xr = tl.load(p_x + o_r, mask=m_d, other=0.0, cache_modifier=".cg").to(tl.float32)
     if QK_NORM:  # Qwen3: per-head RMSNorm over D; rstd is per head, so the rolled copy shares it
         rstd = _rstd(b_x, D, eps)
         b_x = _norm_scale(b_x, rstd, tl.load(qk_w + j * D + o_d, mask=m_d, other=0.0), dt).to(tl.float32)

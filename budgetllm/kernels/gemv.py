@@ -1,29 +1,18 @@
 """Skinny GEMM (M <= 16 rows) of the decode step, with the neighbouring work of a decoder layer fused in.
 
-At small batch a decode step reads every weight once and does almost no arithmetic per byte, so a
-layer's time is its weight bytes over bandwidth plus one launch and one tail per kernel. ``gemv``
-streams ``W [N, K]`` (nn.Linear layout) once, in ``[BLOCK_N, BLOCK_K]`` tiles across a grid of
-``(N / BLOCK_N, SPLIT_K)`` programs, and fuses:
-
-* prologue ``norm``: HF RMSNorm of the raw residual stream ``x`` (each program computes the row's
-  rstd itself: ``x`` is a few KB), so ``residual add -> RMSNorm -> GEMM`` needs no norm kernel;
-* epilogue ``bias``, ``residual`` (``y = round(round(x @ W.T + b) + residual)``, torch's roundings of
-  ``F.linear`` then ``+``), ``glu`` (``W = [gate; up]``: ``silu(gate) * up`` as ``silu_mul`` rounds it;
-  by default the gate rows and the up rows are streamed by separate programs that meet in the
-  split-K partials, ``GLU_PAIRS``)
-  and ``out_f32`` (the LM head's float32 logits of the dtype-rounded product);
-* split-K in ONE launch: each program writes an fp32 partial; the last program of a column block
-  (an acq_rel counter) sums the partials in a fixed order (deterministic), runs the epilogue and
-  resets the counter for the next call (CUDA-graph replays).
-
-Up to 4 rows the products are fp32 FMAs into a ``[rows, BLOCK_N, BLOCK_K]`` accumulator reduced once
-at the end (no tensor cores, no shared memory: many loads in flight per thread); 5 to 16 rows use
-``tl.dot`` on a 16-row tile (rows past M masked), IEEE fp32 for fp32 inputs.
-Results equal the torch ops up to the order of the K sum (``kernels.reference.gemv`` is the twin).
-
-With ``pdl=True`` (Hopper, CUDA) the kernel is launched with programmatic dependent launch: it lets
-the next kernel launch at once and waits (``griddepcontrol.wait``) for the previous one before it
-reads anything that kernel wrote, so launch latency and the previous kernel's tail overlap.
+At small batch a step reads every weight once with almost no arithmetic per byte: a layer costs its
+weight bytes over bandwidth plus a launch and a tail per kernel. ``gemv`` streams ``W [N, K]`` once in
+``[BLOCK_N, BLOCK_K]`` tiles over ``(N / BLOCK_N, SPLIT_K)`` programs and fuses: prologue ``norm`` (HF
+RMSNorm of the raw residual stream, each program computing the row's rstd); epilogue ``bias``,
+``residual`` (torch's roundings of ``F.linear`` then ``+``), ``glu`` (``W = [gate; up]`` ->
+``silu(gate) * up`` as ``silu_mul`` rounds it; gate and up rows in separate programs that meet in the
+split-K partials, ``GLU_PAIRS``) and ``out_f32``; split-K in ONE launch (fp32 partials, the last
+program of a column block, an acq_rel counter, sums them in a fixed order and resets the counter).
+Up to 4 rows: fp32 FMAs into a ``[rows, BLOCK_N, BLOCK_K]`` accumulator reduced once (or, plan entry
+``red``, a ``[rows, BLOCK_N]`` one reduced every iteration: fewer registers); 5-16 rows: ``tl.dot`` on
+a 16-row tile. Results equal the torch ops up to the K-sum order (twin: ``reference.gemv``). ``pdl``:
+programmatic dependent launch (Hopper), the first weight tile loaded before waiting on the previous
+kernel. ``gemv_program`` is also the GEMM of ``kernels/qkv_store.py``.
 """
 
 from __future__ import annotations
@@ -39,9 +28,7 @@ from budgetllm.kernels.pdl import HAS_PDL, gdc_launch_dependents, gdc_wait, pdl_
 __all__ = ["FMA_ROWS", "GLU_PAIRS", "HAS_PDL", "MAX_ROWS", "GemvWorkspace", "gemv", "gemv_plan", "m_pad", "plan_for"]
 
 MAX_ROWS = 16  # one 16-row tl.dot tile; larger batches stay on cuBLAS
-# gate and up rows in separate programs (see gemv's glu_pairs): on the H200, 1.5B gate/up at one row
-# 23.2 vs 25.1 us with PDL, SmolLM2's equal (bench/results/decode_floor-run3-h200.json)
-GLU_PAIRS = True
+GLU_PAIRS = True  # gemv's glu_pairs: 1.5B gate/up 23.2 vs 25.1 us on the H200 (results/decode_floor-run3-h200.json)
 
 
 @triton.jit
@@ -82,13 +69,15 @@ def _x_tile(x, nw, rstd, o_m, m_m, o_k, m_k, s_xm, NORM: tl.constexpr, dt: tl.co
 
 @triton.jit
 def _mac(acc, b_x, b_w, DOT: tl.constexpr, IEEE: tl.constexpr):
-    """acc += b_x @ b_w.T: a 16-row tl.dot, or (few rows) fp32 FMAs into a [M_PAD, BLOCK_N, BLOCK_K]
-    accumulator reduced over K once, after the loop."""
-    if DOT:
+    """acc += b_x @ b_w.T: (DOT 1) a 16-row tl.dot; fp32 FMAs into (DOT 0) a [M_PAD, BLOCK_N, BLOCK_K]
+    accumulator reduced after the loop, or (DOT 2, ``red``) a [M_PAD, BLOCK_N] one reduced every iteration."""
+    if DOT == 1:
         if IEEE:
             acc += tl.dot(b_x, tl.trans(b_w), input_precision="ieee")
         else:
             acc += tl.dot(b_x, tl.trans(b_w))
+    elif DOT == 2:
+        acc += tl.sum(b_x.to(tl.float32)[:, None, :] * b_w.to(tl.float32)[None, :, :], 2)
     else:
         acc += b_x.to(tl.float32)[:, None, :] * b_w.to(tl.float32)[None, :, :]
     return acc
@@ -100,6 +89,19 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
                 NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GLU: tl.constexpr,
                 OUT_F32: tl.constexpr, IEEE: tl.constexpr, ACCURATE_EXP: tl.constexpr, DOT: tl.constexpr,
                 PAIR: tl.constexpr, PDL: tl.constexpr):
+    gemv_program(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, s_rm, s_ym,
+                 M_PAD, BLOCK_N, BLOCK_K, SPLIT_K, NORM, HAS_BIAS, HAS_RES, GLU, OUT_F32, IEEE, ACCURATE_EXP, DOT,
+                 PAIR, PDL)
+
+
+@triton.jit
+def gemv_program(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, s_rm, s_ym,
+                 M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                 NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, GLU: tl.constexpr,
+                 OUT_F32: tl.constexpr, IEEE: tl.constexpr, ACCURATE_EXP: tl.constexpr, DOT: tl.constexpr,
+                 PAIR: tl.constexpr, PDL: tl.constexpr):
+    """One program of ``gemv_kernel``; returns whether it wrote its column block's outputs (without
+    split-K every program does; with it, the last to arrive): ``kernels/qkv_store.py`` goes on from there."""
     i_n, i_k = tl.program_id(0), tl.program_id(1)
     if PDL:
         gdc_launch_dependents()
@@ -135,7 +137,7 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
                           other=0.0).to(tl.float32)
             ss += tl.sum(b_x * b_x, 1)
         rstd = tl.math.rsqrt(tl.math.div_rn(ss, K * 1.0) + eps)
-    if DOT:
+    if DOT != 0:
         acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
         acc2 = tl.zeros([M_PAD, BLOCK_N], tl.float32)
     else:
@@ -153,12 +155,13 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
         acc = _mac(acc, b_x, tl.load(p_w + o_k[None, :], mask=m_w, other=0.0), DOT, IEEE)
         if GLU and not PAIR:
             acc2 = _mac(acc2, b_x, tl.load(p_w + N * K + o_k[None, :], mask=m_w, other=0.0), DOT, IEEE)
-    if not DOT:
+    if DOT == 0:
         acc = tl.sum(acc, 2)
         acc2 = tl.sum(acc2, 2)
     if SPLIT_K == 1 and not PAIR:
         _epilogue(acc, acc2, bias, res, y, o_m, o_n, m_m, m_n, s_rm, s_ym, N,
                   HAS_BIAS, HAS_RES, GLU, OUT_F32, ACCURATE_EXP, dt)
+        fin = i_k == 0
     else:
         # partials [SPLIT_K, NB, 2 (gate, up), M_PAD, BLOCK_N] fp32
         o_t = tl.arange(0, BLOCK_N)
@@ -172,7 +175,8 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
                 tl.store(part + base + M_PAD * BLOCK_N + tile, acc2)
         tl.debug_barrier()  # every thread's partial is written before the counter moves
         arrived = tl.atomic_add(cnt + i_n, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K * (1 + PAIR) - 1:  # the last program of this column block reduces, in a fixed order
+        fin = arrived == SPLIT_K * (1 + PAIR) - 1
+        if fin:  # the last program of this column block reduces, in a fixed order
             tl.debug_barrier()
             acc = tl.zeros([M_PAD, BLOCK_N], tl.float32)
             acc2 = tl.zeros([M_PAD, BLOCK_N], tl.float32)
@@ -184,16 +188,18 @@ def gemv_kernel(x, w, bias, res, nw, y, part, cnt, M, N, K, K_SPLIT, eps, s_xm, 
             tl.store(cnt + i_n, 0)  # ready for the next call
             _epilogue(acc, acc2, bias, res, y, o_m, o_n, m_m, m_n, s_rm, s_ym, N,
                       HAS_BIAS, HAS_RES, GLU, OUT_F32, ACCURATE_EXP, dt)
+    return fin
 
 
 class GemvWorkspace:
     """Split-K scratch of ``gemv``: fp32 partials and per-column-block arrival counters (zero between
-    calls: the last program of a block resets its counter). Calls on one stream may share one
-    workspace (a kernel finishes before the next reads it, also under PDL: see the module doc)."""
+    calls: the last program resets each). Calls on one stream may share one (also under PDL)."""
 
     def __init__(self, device: torch.device | str, partial_floats: int = 1 << 21, counters: int = 1 << 14):
         self.part = torch.empty(partial_floats, dtype=torch.float32, device=device)
         self.cnt = torch.zeros(counters, dtype=torch.int32, device=device)
+        # per-head and per-KV-group arrival counters of the fused QKV epilogue (kernels/qkv_store.py)
+        self.hcnt = torch.zeros(1024, dtype=torch.int32, device=device)
 
 
 FMA_ROWS = 4  # up to this many rows: fp32 FMAs (no tensor cores, no shared memory); above: tl.dot
@@ -204,13 +210,16 @@ def m_pad(M: int) -> int:
     return triton.next_power_of_2(max(M, 1)) if M <= FMA_ROWS else MAX_ROWS
 
 
+def mode(mp: int, red: list) -> int:
+    """The kernel's DOT constexpr: 1 tl.dot (> 4 rows), 2 FMAs reduced every iteration (``red``), 0 FMAs."""
+    return 1 if mp > FMA_ROWS else 2 if red and red[0] else 0
+
+
 def plan_for(N: int, K: int, M: int, itemsize: int, sms: int) -> tuple[int, int, int, int, int]:
-    """The CUDA plan ``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)``, from the plan sweep of
-    bench/decode_floor.py on an H200 (bench/results/decode_floor-h200.json, "best_plans"): at one row
-    narrow outputs (QKV, o, down, SmolLM2's MLP) ran fastest with 8 rows x 1024 bf16 per tile, 8 warps,
-    no pipelining; wide ones (the 1.5B gate/up, LM heads) with 16 x 512, 4 warps, 3 stages. K is
-    split until there are about two programs per SM (at most one split per 1024 of K). Tiles shrink
-    with the row count (accumulator registers) and with wider dtypes (the same bytes per tile)."""
+    """The CUDA plan ``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)``, from the H200 sweep of
+    bench/decode_floor.py (results/decode_floor-h200.json): at one row narrow outputs 8 x 1024 bf16, 8 warps,
+    1 stage; wide ones (1.5B gate/up, LM heads) 16 x 512, 4 warps, 3 stages; K split to ~2 programs per SM
+    (at most one split per 1024 of K); tiles shrink with rows (registers) and wider dtypes (same bytes)."""
     target = 2 * sms
     if M <= FMA_ROWS:
         wide = triton.cdiv(N, 8) >= 4 * sms
@@ -244,15 +253,14 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         norm: ``(weight [K], eps)``: x is first HF-RMSNorm-ed (x * rstd rounded, then * weight rounded).
         glu: return ``silu(x @ gate.T) * (x @ up.T)`` (each product rounded to the dtype first).
         out_f32: float32 output (of the product rounded to w's dtype), else w's dtype.
-        ws: split-K scratch (needed when the plan splits K; made on the fly otherwise).
-        plan: ``gemv_plan``'s tuple, to override it (tests, tuning).
+        ws: split-K scratch (made on the fly if None).
+        plan: ``gemv_plan``'s tuple, to override it (tests, tuning); an optional 6th entry ``red``
+            (FMA path): reduce the products over K every iteration instead of once at the end.
         pdl: launch with programmatic dependent launch (CUDA, Hopper).
-        glu_pairs: with ``glu``, stream the gate and the up rows in separate programs (one weight
-            stream each, as a plain GEMM of 2N rows) that meet through the split-K partials; the
-            second to arrive applies silu * up. None: ``GLU_PAIRS``.
+        glu_pairs: with ``glu``, gate and up rows in separate programs that meet through the split-K
+            partials (the second applies silu * up). None: ``GLU_PAIRS``.
 
-    Returns:
-        ``[M, N]`` contiguous.
+    Returns ``[M, N]`` contiguous.
     """
     M, K = x.shape
     N = w.shape[0] // 2 if glu else w.shape[0]
@@ -270,7 +278,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
     y = torch.empty(M, N, dtype=torch.float32 if out_f32 else w.dtype, device=x.device)
     if M == 0:
         return y
-    bn, bk, split, warps, stages = plan or gemv_plan(N, K, x.device, M, w.element_size())
+    bn, bk, split, warps, stages, *red = plan or gemv_plan(N, K, x.device, M, w.element_size())
     mp = m_pad(M)
     k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk
     split = triton.cdiv(K, k_split)  # no empty splits
@@ -278,7 +286,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
     pair = bool(glu and (GLU_PAIRS if glu_pairs is None else glu_pairs))
     if split > 1 or pair:
         ws = ws or GemvWorkspace(x.device, split * nb * 2 * MAX_ROWS * bn, nb)
-        if ws.part.numel() < split * nb * 2 * MAX_ROWS * bn or ws.cnt.numel() < nb:
+        if ws.part.numel() < split * nb * 2 * mp * bn or ws.cnt.numel() < nb:
             raise ValueError("gemv workspace too small for this shape")
     part, cnt = (ws.part, ws.cnt) if split > 1 or pair else (y, y)
     gemv_kernel[(nb * (2 if pair else 1), split)](
@@ -287,6 +295,6 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias: torch.Tensor | None = None, 
         x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
         M_PAD=mp, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, NORM=norm is not None, HAS_BIAS=bias is not None,
         HAS_RES=residual is not None, GLU=glu, OUT_F32=out_f32, IEEE=w.dtype == torch.float32, PAIR=pair,
-        ACCURATE_EXP=_accurate_exp(), DOT=mp > FMA_ROWS, num_warps=warps, num_stages=stages, enable_fp_fusion=False, **pdl_args(pdl),
+        ACCURATE_EXP=_accurate_exp(), DOT=mode(mp, red), num_warps=warps, num_stages=stages, enable_fp_fusion=False, **pdl_args(pdl),
     )
     return y

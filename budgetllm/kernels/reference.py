@@ -114,7 +114,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tenso
 
 def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: torch.Tensor, scale: float,
                            num_splits: int | None = None, block_n: int | None = None, balanced: bool = False,
-                           pdl: bool = False) -> torch.Tensor:
+                           pdl: bool = False, reduce_cnt=None) -> torch.Tensor:
     B, Hq, D = q.shape
     H = kv.block_tables.shape[2]
     G = Hq // H
@@ -221,3 +221,40 @@ def gemv(x: torch.Tensor, w: torch.Tensor, *, bias=None, residual=None, norm=Non
     if residual is not None:
         y = y + residual
     return y.float() if out_f32 else y
+
+
+def qkv_store(x, w, bias, norm, cos, sin_signed, pos, num_q_heads: int, num_kv_heads: int, head_dim: int, kv: PagedKV,
+              layer: int, slot_ids, evict_base, qk_norm=None, eps: float = 1e-6, borrowed=None, decide=None, ws=None,
+              plan=None, pdl: bool = False) -> torch.Tensor:
+    """kernels/qkv_store.py: the three ops it fuses, one after the other."""
+    qkv = gemv(x, w, bias=bias, norm=norm)
+    q, k, _, dec = qkv_rope(qkv, cos, sin_signed, pos, num_q_heads, num_kv_heads, head_dim, qk_norm=qk_norm, eps=eps,
+                            borrowed=borrowed, decide=decide)
+    v = qkv[:, (num_q_heads + num_kv_heads) * head_dim:].reshape(-1, num_kv_heads, head_dim)
+    store_decode_kv(kv, k, v, evict_base if dec is None else dec, layer, slot_ids)
+    return q
+
+
+def slot_stats(kv: PagedKV, num_slots: int, page_size: int, out: torch.Tensor, advance=None) -> None:
+    """kernels/step_stats.py: the torch ops it replaces."""
+    S, lens = num_slots, kv.row_lens[:, :num_slots].long()
+    out[:S] = ((lens + page_size - 1) // page_size).sum(dim=(0, 2))
+    out[S:2 * S] = lens.sum(dim=(0, 2))
+    out[2 * S:3 * S] = kv.slot_oom[:S]
+    out[3 * S] = num_free_pages(kv)[0]
+    if advance is not None:
+        slots, inc = advance
+        kv.seq_pos[slots.long()] = kv.seq_pos[slots.long()] + inc
+
+
+def step_inputs(ibuf, bs: int, seq_pos, thr_slot, num_kv_heads: int, codes):
+    """kernels/step_inputs.py: the torch ops it replaces (the formula of ``engine.rules.step_decisions``;
+    the kernel test checks both)."""
+    WINDOW, ALWAYS, FORCED, THRESHOLD = codes
+    ib = ibuf[:, :bs]
+    slots = ib[1].long()
+    pos = seq_pos[slots].long()
+    k, c, sinks, period = (pos - 1)[:, None], ib[3][:, None], ib[4][:, None], ib[5][:, None]
+    out = torch.where(c == WINDOW, k >= sinks, c == ALWAYS)
+    out = torch.where(c == FORCED, k % period.clamp(min=1) != 0, out)
+    return pos, out.expand(bs, num_kv_heads).contiguous(), c == THRESHOLD, thr_slot.index_select(1, slots)

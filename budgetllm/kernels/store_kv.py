@@ -23,12 +23,23 @@ def store_decode_kv_kernel(k_new, v_new, evict_prev, slot_ids, seq_pos, k_pool, 
                            H, P, MAXP, W1, D, s_kb, s_kh, s_vb, s_vh, s_eb,
                            PAGE: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
     pdl_enter(PDL)
-    i_b, i_h = tl.program_id(0), tl.program_id(1)
+    store_token(k_new, v_new, evict_prev, slot_ids, seq_pos, k_pool, v_pool, slot_pos, slot_flag, block_tables,
+                row_lens, ring, free_stack, alloc_state, slot_oom, tl.program_id(0), tl.program_id(1),
+                H, P, MAXP, W1, D, s_kb, s_kh, s_vb, s_vh, s_eb, PAGE, BLOCK_D)
+
+
+@triton.jit
+def store_token(k_new, v_new, evict_prev, slot_ids, seq_pos, k_pool, v_pool, slot_pos, slot_flag, block_tables,
+                row_lens, ring, free_stack, alloc_state, slot_oom, i_b, i_h,
+                H, P, MAXP, W1, D, s_kb, s_kh, s_vb, s_vh, s_eb, PAGE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Batch row i_b, KV head i_h: the body of ``store_decode_kv_kernel`` (also the tail of the fused
+    QKV GEMM of ``kernels/qkv_store.py``: the new K/V and the decision are read through L2, ``.cg``,
+    since other programs of that kernel wrote them)."""
     s = tl.load(slot_ids + i_b)
     p = tl.load(seq_pos + s)
     row = s * H + i_h
     n = tl.load(row_lens + row)
-    ev = tl.load(evict_prev + i_b * s_eb + i_h).to(tl.int8)
+    ev = tl.load(evict_prev + i_b * s_eb + i_h, cache_modifier=".cg").to(tl.int8)
     # 1. the decision of token p is the flag of token p-1
     has_prev = p >= 1
     j_prev = tl.load(ring + row * W1 + (p - 1 + W1) % W1, mask=has_prev, other=0)
@@ -62,8 +73,8 @@ def store_decode_kv_kernel(k_new, v_new, evict_prev, slot_ids, seq_pos, k_pool, 
     slot = pg * PAGE + idx % PAGE
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < tl.where(ok, D, 0)  # (scalar & vector bools: interpreter bug, fold into the compare)
-    b_k = tl.load(k_new + i_b * s_kb + i_h * s_kh + o_d, mask=m_d)
-    b_v = tl.load(v_new + i_b * s_vb + i_h * s_vh + o_d, mask=m_d)
+    b_k = tl.load(k_new + i_b * s_kb + i_h * s_kh + o_d, mask=m_d, cache_modifier=".cg")
+    b_v = tl.load(v_new + i_b * s_vb + i_h * s_vh + o_d, mask=m_d, cache_modifier=".cg")
     tl.store(k_pool + slot.to(tl.int64) * D + o_d, b_k.to(k_pool.dtype.element_ty), mask=m_d)
     tl.store(v_pool + slot.to(tl.int64) * D + o_d, b_v.to(v_pool.dtype.element_ty), mask=m_d)
     tl.store(slot_pos + slot, p, mask=ok)

@@ -120,10 +120,7 @@ class FusedModel:
         Hq, H, D = self.Hq, self.H, self.D
         v = qkv[:, (Hq + H) * D:].view(-1, H, D)
         s = self.dms
-        # the adapter reads the residual stream (its own norm, float32)
-        logits_in = s.adapter_logits(x, L.alpha) if self.adapter else None
-        borrowed = (self.G, float(s.alpha_scale), float(s.alpha_offset)) if self.borrowed else None
-        has_logits = self.borrowed or self.adapter
+        borrowed, kernel_decide = self.rope_args(li, x, decide)
         if decide is not None:
             decide = (decide[0][li] if decide[0].dim() == 3 else decide[0], *decide[1:])
         if self.borrowed and s.alpha_per == "layer" and decide is not None:
@@ -134,9 +131,21 @@ class FusedModel:
             thr = thr if thr.dim() == 2 else thr[:, None]
             return q, k, v, torch.where(uses.reshape(-1, 1), s.per_layer(lg) > thr, base).to(torch.int8)
         q, k, _, dec = qkv_rope(qkv, self.cos, self.sin_signed, pos, Hq, H, D, qk_norm=L.qk_norm, eps=self.eps,
-                                borrowed=borrowed,
-                                decide=(*decide, logits_in) if decide is not None and has_logits else None, pdl=pdl)
+                                borrowed=borrowed, decide=kernel_decide, pdl=pdl)
         return q, k, v, dec
+
+    def rope_args(self, li: int, x: torch.Tensor, decide: tuple | None):
+        """``(borrowed, decide)`` arguments of ``qkv_rope`` (and of the fused ``kernels.qkv_store``) for
+        layer ``li``: ``decide`` is None when the layer's decisions need no logits (then the step's
+        base decisions apply); the adapter's logits are computed here from the residual stream ``x``
+        (its own norm, float32). The per-layer borrowed variant decides outside the kernel
+        (:meth:`rope_decide`)."""
+        s = self.dms
+        borrowed = (self.G, float(s.alpha_scale), float(s.alpha_offset)) if self.borrowed else None
+        if decide is None or not (self.borrowed or self.adapter):
+            return borrowed, None
+        logits_in = s.adapter_logits(x, self.layers[li].alpha) if self.adapter else None
+        return borrowed, (decide[0][li] if decide[0].dim() == 3 else decide[0], *decide[1:], logits_in)
 
     def attention_out(self, li: int, x: torch.Tensor, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """o [N, Hq, D] -> (x + o_proj(o), its post-attention norm)."""

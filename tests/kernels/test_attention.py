@@ -7,7 +7,12 @@ from kvtestlib import DEVICE, clone, flags_of, make_kv, random_tokens, relerr
 from budgetllm.kernels import dms_prefill_attention, paged_decode_attention, store_decode_kv, store_prefill_kv
 from budgetllm.kernels import reference as ref
 
-TOL = {torch.float32: 1e-4, torch.float16: 5e-3}  # bf16 only on GPU: the interpreter has no bf16 dot
+# bf16 only on GPU: the interpreter has no bf16 dot. Why these tolerances (relative norm error against
+# the float64 reference): float32, the kernel's softmax runs in exp2 of (q.k * scale * log2 e) with fp32
+# sums in another order (and ex2.approx on the GPU): ~1e-6 per entry, 1e-4 with room; float16, q, K, V,
+# the probabilities fed to the P.V dot and the output are rounded to 11 mantissa bits (2^-11 = 5e-4
+# relative each), which compound to ~1e-3: 5e-3. The float32 cases are the exact twins of the fp16 ones.
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3}
 
 
 def _fill(kv, slots, lens, seed, dtype, layer=0, p_evict=0.6):
@@ -66,6 +71,31 @@ def test_balanced_decode_attention_on_uneven_heads(num_splits, block_n, dtype, s
     exp = ref.paged_decode_attention(q, kv, 0, sl, D**-0.5)
     assert torch.equal(out[2], torch.zeros_like(out[2])) and torch.equal(out[0, 2 * G:3 * G], torch.zeros_like(out[0, :G]))
     assert relerr(out, exp) < TOL[dtype] and relerr(out, plain) < TOL[dtype]
+
+
+@pytest.mark.parametrize(("num_splits", "balanced", "dtype", "seed"), [
+    (3, False, torch.float32, 1), (5, True, torch.float32, 2), (4, False, torch.float16, 3),
+    (6, True, torch.float16, 4), (1, False, torch.float32, 5),
+])
+def test_reduce_inside_the_attention_kernel_equals_the_reduce_kernel(num_splits, balanced, dtype, seed):
+    """``reduce_cnt``: the last program of each (sequence, KV head) combines the partials itself. Same
+    partials, same combine function, same order: bit-identical to the two-kernel path (no tolerance;
+    fp16 included), and within TOL of the float64 reference (fresh random rows, one empty, uneven heads)."""
+    H, G, D = 4, 3, 16
+    kv = make_kv(D=D, H=H, S=6, L=1, dtype=dtype, window=5, seed=seed, MAXP=40)
+    slots, lens = [3, 0, 5], [97, 0, 41]
+    _fill(kv, slots, lens, seed * 10, dtype, p_evict=0.3)
+    kv.row_lens[0, 3] = (kv.row_lens[0, 3].cpu() * torch.tensor([1.0, 0.1, 0.0, 0.6])).to(torch.int32).to(DEVICE)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(3, H * G, D, generator=g).to(dtype).to(DEVICE)
+    sl = torch.tensor(slots, dtype=torch.int32, device=DEVICE)
+    cnt = torch.zeros(3 * H, dtype=torch.int32, device=DEVICE)
+    kw = dict(num_splits=num_splits, block_n=16, balanced=balanced)
+    for _ in range(2):  # the counters are back at zero after a call
+        fused = paged_decode_attention(q, kv, 0, sl, D**-0.5, reduce_cnt=cnt, **kw)
+        two = paged_decode_attention(q, kv, 0, sl, D**-0.5, **kw)
+        assert torch.equal(fused, two) and int(cnt.abs().sum()) == 0
+    assert relerr(fused, ref.paged_decode_attention(q, kv, 0, sl, D**-0.5)) < TOL[dtype]
 
 
 @pytest.mark.parametrize(("window", "lens", "chunk", "dtype", "seed"), [

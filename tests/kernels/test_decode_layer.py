@@ -52,3 +52,56 @@ def test_graph_buckets_choose_the_path_by_batch_size(tiny_llm):
     r = _runner(tiny_llm("llama").loaded, True)
     assert r.fast.takes(1) and r.fast.takes(4)
     assert not r.fast.takes(5) and not r.fast.takes(0)
+
+
+def test_thresholds_are_written_per_slot_when_its_rule_changes(tiny_llm):
+    """The per-(layer, KV head) thresholds live per slot on the device (``thr_slot``), written when a
+    slot decodes under a new rule (admission), not re-staged every step."""
+    r = _runner(tiny_llm("qwen3", "borrowed").loaded, True)
+    L, H = r.model.num_layers, r.model.H
+    grid = tuple(tuple(0.25 * (li * H + h) - 1 for h in range(H)) for li in range(L))
+    a, b = RowRule(THRESHOLD, thr=grid), RowRule(THRESHOLD, thr=-0.5)
+    r.fill_decode([(1, 5, a)], 1)
+    assert torch.equal(r.thr_slot[:, 1].cpu(), torch.tensor(grid, dtype=torch.float64))
+    assert r.thr_rule[1] is a and r.thr_rule[0] is None and float(r.thr_slot[:, 0].abs().sum()) == 0.0
+    r.fill_decode([(0, 5, b), (1, 6, b)], 2)  # slot 1 changes its rule
+    assert bool((r.thr_slot[:, :2] == -0.5).all())
+    b2 = RowRule(THRESHOLD, thr=-0.5)  # an equal rule: kept, no copy needed
+    r.thr_host[1].fill_(7.0)  # would show if slot 1 were copied again
+    r.fill_decode([(1, 7, b2)], 1)
+    assert bool((r.thr_slot[:, 1] == -0.5).all()) and r.thr_rule[1] is b2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dms", [None, "borrowed"])
+def test_five_launch_layer_equals_eight_launch_layer_bf16_in_graphs(dms):
+    """The Qwen2.5-1.5B shape (random bf16 weights) on the H200, CUDA graphs and PDL: the 5-launch layer
+    (qkv_store, attention with its reduce inside) gives bit-identical logits and KV rows to the 8-launch
+    layer over 6 steps of 2 rows (same device functions, same plans: no tolerance). The float32 twin
+    against the cuBLAS path is the interpreter test above."""
+    from budgetllm.engine.cuda_graphs import DecodeGraphs
+    from budgetllm.engine.decode_layer import DecodeLayers
+    from budgetllm.models.testing import random_model
+
+    loaded = random_model("qwen2.5-1.5b", dms=dms)
+    runners = []
+    for fused in (True, False):
+        r = ModelRunner(loaded, RunnerConfig(max_seqs=2, page_size=16, num_pages=2000, max_context=1024, window=16,
+                                             prefill_buckets=()))
+        r.fast = DecodeLayers(r.model, r.device, pdl=True, fuse_qkv=fused, fuse_reduce=fused)
+        r.graphs = DecodeGraphs(r, r.buckets)
+        r.graphs.capture()
+        runners.append(r)
+    rule = RowRule(THRESHOLD, thr=0.0) if dms else RowRule(FORCED, period=3)
+    rules = [rule, RowRule(FORCED, period=2)]
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 1000, (n,), generator=g).tolist() for n in (300, 77)]
+    for r in runners:
+        for s, toks in enumerate(prompts):
+            r.prefill([(s, toks, 0, rules[s])], [False])
+    toks = [5, 6]
+    for _ in range(6):
+        lf, l8 = (r.decode([(s, t, rules[s]) for s, t in enumerate(toks)]).clone() for r in runners)
+        assert torch.equal(lf, l8)
+        assert torch.equal(runners[0].kv.row_lens, runners[1].kv.row_lens)
+        toks = lf.argmax(-1).tolist()

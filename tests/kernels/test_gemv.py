@@ -32,8 +32,9 @@ def _case(seed, M, N, K, dtype=torch.float32, glu=False):
             "res": r(M, N), "nw": r(K) + 1.0}
 
 
-# (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): one tile, several tiles, split-K 3 (uneven), split-K 2
-PLANS = [(16, 16, 1, 4, 1), (16, 32, 1, 4, 2), (32, 16, 3, 4, 1), (16, 64, 2, 4, 1)]
+# (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages[, red]): one tile, several tiles, split-K 3 (uneven), split-K 2,
+# split-K 2 with the per-iteration reduction (red)
+PLANS = [(16, 16, 1, 4, 1), (16, 32, 1, 4, 2), (32, 16, 3, 4, 1), (16, 64, 2, 4, 1), (16, 32, 2, 4, 1, 1)]
 
 
 @pytest.mark.parametrize("plan", PLANS)

@@ -1,6 +1,6 @@
 """Retrain the DMS adapter on the model's own long traces and compare it with the shipped one (time-boxed).
 
-    python bench/retrofit_long_traces.py --out DIR [--budget-s 450] [--device cuda]
+    python bench/retrofit_long_traces.py --out DIR [--work DIR] [--quality-out DIR]   (defaults: the H200 run)
 
 One process, five stages, each with a deadline inside the total budget, each writing its results
 before the next starts (a run cut short still leaves them):
@@ -64,7 +64,7 @@ def stage_traces(a, out):
             "seconds": round(time.time() - T0, 1), "split": split}
     save(out / "traces_split.json", info)
     log(f"traces: {info['n']} traces, {info['tokens']} tokens (mean {info['mean']}, max {info['max']})")
-    return traces, split
+    return traces, split, {k: v for k, v in info.items() if k != "split"}
 
 
 def stage_retrain(a, out, traces, split, summary):
@@ -164,10 +164,10 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--backend", default="paged" if torch.cuda.is_available() else "reference",
                     choices=["paged", "reference"], help="the engine that writes the traces (paged: CUDA only)")
-    ap.add_argument("--budget-s", type=float, default=450, help="wall-clock budget of the whole run")
-    ap.add_argument("--traces-until", type=float, default=0.22, help="no new trace starts after this budget share")
-    ap.add_argument("--train-until", type=float, default=0.52)
-    ap.add_argument("--compare-until", type=float, default=0.78)
+    ap.add_argument("--budget-s", type=float, default=430, help="wall-clock budget of the whole run")
+    ap.add_argument("--traces-until", type=float, default=0.2, help="no new trace starts after this budget share")
+    ap.add_argument("--train-until", type=float, default=0.5)
+    ap.add_argument("--compare-until", type=float, default=0.74)
     ap.add_argument("--n-traces", type=int, default=256)
     ap.add_argument("--trace-max-tokens", type=int, default=1024, help="generated tokens per trace")
     ap.add_argument("--min-trace-tokens", type=int, default=1024)
@@ -189,14 +189,14 @@ def main(argv=None):
     ap.add_argument("--copy-filler", type=int, default=500, help="filler sentences between passage and request")
     ap.add_argument("--stride", type=int, default=64, help="TOVA/H2O/random evict every N tokens")
     ap.add_argument("--quality-out", default=None, help="write the shipped adapter's quality table here")
-    ap.add_argument("--quality-args", default="", help="extra args for the quality table (e.g. '--n-text 1')")
+    ap.add_argument("--quality-args", default="--stride 32", help="extra args for the quality table (e.g. '--n-text 1')")
     a = ap.parse_args(argv)
     a.lengths = [int(x) for x in a.lengths.split(",")]
     a.ratios = [float(x) for x in a.ratios.split(",")]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"command": " ".join(sys.argv), "budget_s": a.budget_s}
-    traces, split = stage_traces(a, out)
+    traces, split, summary["traces"] = stage_traces(a, out)
     gc.collect()
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     new = stage_retrain(a, out, traces, split, summary)

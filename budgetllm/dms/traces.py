@@ -26,7 +26,7 @@ KINDS = ("arithmetic", "variable_tracking", "kv_retrieval", "open", "passage_cop
 
 def trace_prompts(n: int, seed: int, *, long_context: bool = True) -> list:
     """Seeded tasks; long_context: big task bodies (thousands of tokens) before the reasoning starts."""
-    sizes = dict(pairs=400, filler=900, hops=6, steps=12, sentences=6) if long_context else {}
+    sizes = dict(pairs=520, filler=1150, hops=6, steps=12, sentences=6) if long_context else {}  # ~5.6K tokens
     return make_tasks(n, seed=seed, kinds=KINDS, **sizes)
 
 

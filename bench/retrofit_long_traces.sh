@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The long-trace retrain of the SmolLM2-135M adapter and its comparison with the shipped one, on ONE H200,
 # time-boxed: bench/retrofit_long_traces.py's defaults are this run (a 430 s budget: traces until 20 %,
-# training until 50 %, comparison until 74 %, then the shipped adapter's quality table); every stage writes
+# training until 55 %, comparison until 78 %, then the shipped adapter's quality table); every stage writes
 # its results before the next starts, and `timeout 560` is the hard stop (the command ends within 9.5 min).
 #
 #   bash bench/retrofit_long_traces.sh [ROOT]      # ROOT: where bench/results/... is written (default .)

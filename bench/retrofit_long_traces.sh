@@ -12,12 +12,13 @@
 #   bench/results/dms_long/adapter/smollm2-135m-instruct-dms.{safetensors,json,history.json}  (~330 KB)
 #   bench/results/dms_long/traces_split.json, run.log
 #   bench/results/quality_smollm2-135m-instruct_<card>.{json,png}   the shipped adapter, script-written
-#   dms_long_work/traces.jsonl                            the traces themselves (megabytes; not for git)
+#   and the traces themselves in ${DMS_WORK:-/tmp/dms_long_work}/traces.jsonl (megabytes; not for git)
 set -uo pipefail
 ROOT=${1:-.}
 RES=$ROOT/bench/results
-mkdir -p "$RES/dms_long" "$ROOT/dms_long_work"
+WORK=${DMS_WORK:-/tmp/dms_long_work}
+mkdir -p "$RES/dms_long" "$WORK"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-timeout 560 python3 bench/retrofit_long_traces.py --out "$RES/dms_long" --work "$ROOT/dms_long_work" \
+timeout 560 python3 bench/retrofit_long_traces.py --out "$RES/dms_long" --work "$WORK" \
     --device cuda --quality-out "$RES" 2>&1 | tee "$RES/dms_long/run.log"
 echo "exit ${PIPESTATUS[0]}; results under $RES"

@@ -99,7 +99,8 @@ def stage_retrain(a, out, traces, split, summary):
                "data": f"{len(fit_rows)} rows of {seq_len} tokens from the fit traces (never trained on or evaluated)",
                "records": records}
     name = a.model or "SmolLM2-135M-Instruct (embedded)"
-    train_sum = {**trainer.summary(), "data": f"{len(train)} self-distillation traces (seed 21), init {a.init}"}
+    data = summary.get("fallback") or f"{len(train)} self-distillation traces (seed 21)"
+    train_sum = {**trainer.summary(), "data": f"{data}; init {a.init}"}
     path = write_adapter(out / "adapter" / f"{a.adapter_name}.safetensors", trainer.adapter_file(name), table,
                          extra={"training": train_sum, "threshold_fit": fit_rec})
     save(out / "adapter" / f"{a.adapter_name}.history.json", trainer.history)

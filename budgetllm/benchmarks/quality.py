@@ -140,7 +140,7 @@ def run_quality(loaded, *, n_text=8, n_tasks=24, text_len=2048, ratios=(2, 4, 8)
            "tasks": {"n": len(items), "mean_tokens": round(sum(len(x[0]) for x in items) / max(1, len(items))),
                      "metrics": {}}}
     res["stride"] = stride
-    res["provenance"] = {"written_by": "bench/quality.py (run_quality), nothing edited by hand",
+    res["provenance"] = {"written_by": "budgetllm.benchmarks.quality.run_quality (budgetllm eval), nothing edited by hand",
                          "evaluation_seeds": {"text": 92, "recall_tasks": 93, "passage_copy": 94},
                          "threshold_fit": loaded.dms.threshold_fit or "no record (a table written before fits were recorded)"}
     res["copy"] = {"n": len(copies), "mean_tokens": round(sum(len(x[0]) for x in copies) / max(1, len(copies))),
@@ -151,6 +151,9 @@ def run_quality(loaded, *, n_text=8, n_tasks=24, text_len=2048, ratios=(2, 4, 8)
     if copies:
         res["copy"]["metrics"] = _run_set(loaded, [x[0] for x in copies], answer_sel, ratios, methods, deadline, log,
                                           answers=True, stride=stride)
+        accs = {f"{m}@{r}": v["accuracy"] for m, per in res["copy"]["metrics"].items() for r, v in per.items()
+                if m in ("dense", "dms") and "accuracy" in v}
+        res["copy"]["ranks_compression"] = {"accuracies": accs, "non_flat": len(set(accs.values())) > 1}
     res["seconds"] = round(time.time() - t0, 1)
     return res
 
@@ -201,14 +204,26 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--device", default=None)
     ap.add_argument("--stride", type=int, default=16, help="baselines evict every N tokens (1: per token)")
+    ap.add_argument("--deadline-s", type=float, default=None, help="skip what is left after this many seconds "
+                    "(the result lists what was skipped)")
     a = ap.parse_args(argv)
+    t_start = time.time()
+    skipped: list[str] = []
+
+    def log(msg):
+        if msg.startswith("deadline"):
+            skipped.append(msg)
+        print(msg, flush=True)
+
     from budgetllm.models import load_model
 
     loaded = load_model(a.model, device=a.device, adapter=a.adapter, progress=False)
     held = json.loads(Path(a.heldout).read_text()) if a.heldout else None
     res = run_quality(loaded, n_text=a.n_text, n_tasks=a.n_tasks, text_len=a.text_len,
                       ratios=tuple(float(x) for x in a.ratios.split(",")), methods=tuple(a.methods.split(",")),
-                      held_stream=held, stride=a.stride, n_copy=a.n_copy)
+                      held_stream=held, stride=a.stride, n_copy=a.n_copy, log=log,
+                      deadline=t_start + a.deadline_s if a.deadline_s else None)
+    res["provenance"]["skipped_at_deadline"] = skipped
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     card = res["device"].replace(" ", "-").lower()

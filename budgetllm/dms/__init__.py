@@ -3,7 +3,8 @@
 Owns: how a decision logit is computed for each variant (docs/retrofit.md), how decisions become
 a visibility mask, a brute-force attention under that mask (the test oracle), threshold calibration
 (``thresholds``: per-(layer, KV head) tables fitted from one dense pass; the engine's per-call rule
-reads them), retrofit training and its data (``train``, ``data``, ``traces``), exports and quality.
+reads them), retrofit training and its data (``train``, ``data``, ``traces``), exports and quality
+(``quality``; ``compare``: two adapters on held-out long text and the rule that adopts a retrained one).
 May use: torch, ``budgetllm.models``. Must not import: policy, accounting, server. The semantics
 (decisions, mask, oracle) and the threshold fit never import the engine; ``measure_compression``,
 ``quality`` and ``traces`` run the engine's inference path and import it lazily.

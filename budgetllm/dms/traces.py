@@ -15,6 +15,7 @@ the long contexts the decisions must handle, and ``min_tokens`` drops traces too
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,23 +26,26 @@ KINDS = ("arithmetic", "variable_tracking", "kv_retrieval", "open", "passage_cop
 
 def trace_prompts(n: int, seed: int, *, long_context: bool = True) -> list:
     """Seeded tasks; long_context: big task bodies (thousands of tokens) before the reasoning starts."""
-    sizes = dict(pairs=400, filler=900, hops=6, steps=12, sentences=6) if long_context else {}
+    sizes = dict(pairs=520, filler=1150, hops=6, steps=12, sentences=6) if long_context else {}  # ~5.6K tokens
     return make_tasks(n, seed=seed, kinds=KINDS, **sizes)
 
 
 def generate_traces(llm, n: int, *, seed: int = 0, max_tokens: int = 16384, thinking_budget: int | None = None,
                     min_tokens: int = 256, concurrency: int = 16, temperature: float = 0.7,
-                    long_context: bool = True, progress: bool = False) -> list[dict]:
+                    long_context: bool = True, progress: bool = False, deadline: float | None = None) -> list[dict]:
     """``n`` traces written by ``llm`` itself at compression 1 (the dense teacher) with thinking on.
 
     max_tokens: generated tokens per trace, capped by what the context leaves after the prompt;
     thinking_budget: reasoning tokens (default: all of max_tokens but a 64-token answer reserve).
+    deadline: a time.time() after which no new call starts (calls in flight finish; a time-boxed run).
     Returns [{"ids", "kind", "tokens", "reasoning_tokens"}] (traces shorter than min_tokens dropped).
     """
     tasks = trace_prompts(n, seed, long_context=long_context)
 
     def one(i_task):
         i, task = i_task
+        if deadline is not None and time.time() > deadline:
+            return None
         prompt_len = len(llm.tokenizer.encode(task.prompt)) + 64  # + the chat template and thinking suffix
         if llm.max_context - prompt_len < 32:  # the task alone fills the context
             return None

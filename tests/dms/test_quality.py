@@ -68,3 +68,25 @@ def test_passage_copy_task_scores_dense_and_every_method(tiny_loaded):
         assert 0.0 <= copy[m]["2"]["token_accuracy"] <= 1.0 and copy[m]["2"]["n"] == 2
     assert 0.0 <= copy["dense"]["1"]["token_accuracy"] <= 1.0
     assert "nothing edited by hand" in res["provenance"]["written_by"]
+
+
+def test_quality_records_what_the_deadline_skipped_and_whether_copy_ranks_ratios(tiny_dir, tmp_path):
+    """A time-boxed run (the GPU script's stage 5) leaves a file that says what it skipped; the copy block
+    says whether accuracy differs between dense and the DMS ratios (the issue's 'not flat' check)."""
+    import json
+
+    from budgetllm.benchmarks import quality as bench_quality
+
+    argv = ["--model", str(tiny_dir("llama", "adapter", window=8)), "--out", str(tmp_path), "--device", "cpu",
+            "--ratios", "2", "--methods", "dms,window", "--n-text", "1", "--n-tasks", "0", "--n-copy", "2",
+            "--text-len", "64"]
+    bench_quality.main(argv + ["--deadline-s", "0.000001"])
+    (path,) = tmp_path.glob("quality_*.json")
+    res = json.loads(path.read_text())
+    assert res["provenance"]["skipped_at_deadline"] and not res["text"]["metrics"].get("window")
+    bench_quality.main(argv)
+    res = json.loads(path.read_text())
+    assert res["provenance"]["skipped_at_deadline"] == [] and "window" in res["text"]["metrics"]
+    ranks = res["copy"]["ranks_compression"]
+    assert set(ranks["accuracies"]) == {"dense@1", "dms@2"}
+    assert ranks["non_flat"] == (len(set(ranks["accuracies"].values())) > 1)

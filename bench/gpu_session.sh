@@ -21,7 +21,7 @@ case $phase in
   kernels)
     mkdir -p /tmp/dev && cp .device/smol.part.aa /tmp/dev/
     { head; timeout 240 python3 -m pytest -m gpu tests/kernels tests/constrain -q -rfE -p no:cacheprovider \
-        tests/engine/test_paged_gpu.py::test_small_prefill_chunks_run_in_cuda_graphs; } 2>&1 | tee $OUT/gpu-tests-kernels.log ;;
+        tests/engine/paged/test_paged_gpu.py::test_small_prefill_chunks_run_in_cuda_graphs; } 2>&1 | tee $OUT/gpu-tests-kernels.log ;;
   tests)
     smol
     { head; timeout 420 python3 -m pytest -m gpu tests --ignore=tests/kernels --continue-on-collection-errors \

@@ -11,8 +11,8 @@ from typing import Any
 
 from budgetllm.accounting.meter import KVMeter, KVShape
 from budgetllm.engine.eviction import EvictionRule
-from budgetllm.engine.generation import GenerationRequest
 from budgetllm.engine.output import CallOutput
+from budgetllm.engine.request import GenerationRequest
 from budgetllm.engine.thinking import ThinkingController
 from budgetllm.errors import InvalidRequestError
 from budgetllm.options import CallOptions, check_option, check_policy_tier, validate_messages
@@ -106,13 +106,13 @@ class LLM:
 
             engine = CPUBackend(loaded, **backend_options)
         elif backend == "reference":
-            from budgetllm.engine.generation import ReferenceBackend
+            from budgetllm.engine.reference.backend import ReferenceBackend
 
             engine = ReferenceBackend(loaded)
         elif backend == "paged":
             if loaded.device.type != "cuda":
                 raise InvalidRequestError("backend", "the paged backend needs a CUDA GPU; use backend='reference'")
-            from budgetllm.engine.paged_backend import PagedBackend
+            from budgetllm.engine.paged.backend import PagedBackend
 
             engine = PagedBackend(loaded, **backend_options)
         else:

@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 
 def test_scripted_loop_and_burst(tiny_dir):
     from budgetllm.benchmarks.agent_loop import burst, loop_summary, run_loop
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
     from budgetllm.models.loading import load_model
 
     loaded = load_model(str(tiny_dir("qwen2")), device="cpu", dtype=torch.float32, progress=False)

@@ -1,4 +1,4 @@
-"""The small-batch decode path (engine/decode_layer.py: fused skinny GEMMs) against the runner's
+"""The small-batch decode path (engine/paged/decode_layer.py: fused skinny GEMMs) against the runner's
 cuBLAS/torch path, on tiny float32 models of every family and DMS variant, in the interpreter.
 
 Two runners over the same weights prefill the same prompts, then decode several steps side by side,
@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from budgetllm.engine.model_runner import ModelRunner, RunnerConfig
+from budgetllm.engine.paged.model_runner import ModelRunner, RunnerConfig
 from budgetllm.engine.rules import DENSE, FORCED, THRESHOLD, RowRule
 
 CASES = [("llama", None), ("qwen2", "adapter"), ("qwen3", "borrowed")]

@@ -4,7 +4,7 @@
 thread runs the loop schedule -> prefill or decode step -> GPU sampling -> one readback -> per-row
 host logic. Closing the iterator (or ``req.cancelled``) cancels the request; its pages go back.
 
-Per-row host logic (:mod:`budgetllm.engine.host_logic`) is the reference backend's decode loop
+Per-row host logic (:mod:`budgetllm.engine.paged.handle`) is the reference backend's decode loop
 applied to a token sampled on the GPU: forced tokens of the thinking controller replace the sampled
 token on the host (the forced token is what gets fed next), EOS and length end the request. The
 only per-step host sync is the readback of sampled tokens, which also carries every slot's pages,
@@ -22,13 +22,13 @@ import time
 import warnings
 from collections.abc import Iterator
 
-from budgetllm.engine.block_manager import BlockManager, PoolGeometry
-from budgetllm.engine.generation import GenerationRequest, StepOutput
-from budgetllm.engine.host_logic import Handle, advance, row_rule_for, sampling_for
-from budgetllm.engine.model_runner import ModelRunner, RunnerConfig
+from budgetllm.engine.paged.block_manager import BlockManager, PoolGeometry
+from budgetllm.engine.paged.handle import Handle, advance, row_rule_for, sampling_for
+from budgetllm.engine.paged.model_runner import ModelRunner, RunnerConfig
+from budgetllm.engine.paged.scheduler import Scheduler
+from budgetllm.engine.paged.sequence import SeqStatus, Sequence
 from budgetllm.engine.prefix_tree import PrefixTree
-from budgetllm.engine.request import SeqStatus, Sequence
-from budgetllm.engine.scheduler import Scheduler
+from budgetllm.engine.request import GenerationRequest, StepOutput
 from budgetllm.errors import BudgetLLMError, InvalidRequestError, PoolExhaustedError
 from budgetllm.models.loading import LoadedModel
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 
 from budgetllm.engine.eviction import RowRule
-from budgetllm.engine.generation import GenerationRequest, StepOutput
-from budgetllm.engine.gpu_sampler import SamplingBatch, make_sampling_batch
-from budgetllm.engine.request import Sequence
+from budgetllm.engine.paged.sampler import SamplingBatch, make_sampling_batch
+from budgetllm.engine.paged.sequence import Sequence
+from budgetllm.engine.request import GenerationRequest, StepOutput
 
 
 @dataclass

@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from budgetllm.engine.block_manager import BlockManager
+from budgetllm.engine.paged.block_manager import BlockManager
+from budgetllm.engine.paged.sequence import SeqStatus, Sequence
 from budgetllm.engine.prefix_tree import PrefixTree
-from budgetllm.engine.request import SeqStatus, Sequence
 from budgetllm.errors import PoolExhaustedError
 
 

@@ -4,10 +4,11 @@
 thread runs the loop schedule -> prefill or decode step -> GPU sampling -> one readback -> per-row
 host logic. Closing the iterator (or ``req.cancelled``) cancels the request; its pages go back.
 
-Per-row host logic (:mod:`budgetllm.engine.paged.handle`) is the reference backend's decode loop
-applied to a token sampled on the GPU: forced tokens of the thinking controller replace the sampled
-token on the host (the forced token is what gets fed next), EOS and length end the request. The
-only per-step host sync is the readback of sampled tokens, which also carries every slot's pages,
+Per-row host logic (:mod:`budgetllm.engine.paged.handle`) is the reference backend's per-token step
+(:mod:`budgetllm.engine.step`) applied to a token sampled on the GPU: forced tokens of the thinking
+controller replace the sampled token on the host (the forced token is what gets fed next), EOS and
+length end the request.
+The only per-step host sync is the readback of sampled tokens, which also carries every slot's pages,
 live entries and overflow flag (for accounting and the block manager) and the free-page count.
 
 The thinking controller follows the model's think tags by token ids (engine/thinking.py), so no
@@ -23,7 +24,7 @@ import warnings
 from collections.abc import Iterator
 
 from budgetllm.engine.paged.block_manager import BlockManager, PoolGeometry
-from budgetllm.engine.paged.handle import Handle, advance, row_rule_for, sampling_for
+from budgetllm.engine.paged.handle import Handle, row_rule_for, sampling_for
 from budgetllm.engine.paged.model_runner import ModelRunner, RunnerConfig
 from budgetllm.engine.paged.scheduler import Scheduler
 from budgetllm.engine.paged.sequence import SeqStatus, Sequence
@@ -293,7 +294,7 @@ class PagedBackend:
             if batch.kind == "decode":
                 with self._stats_lock:
                     self.tokens_generated += 1
-            finished = advance(h, s, tok)
+            finished = h.step(s, tok)
             if h.pending:
                 self._staged.append(h)
             if finished is not None:

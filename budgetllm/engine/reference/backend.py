@@ -11,6 +11,7 @@ from budgetllm.engine.prefix_tree import PrefixTree
 from budgetllm.engine.reference.sampler import Sampler
 from budgetllm.engine.reference.sequence import ReferenceSequence
 from budgetllm.engine.request import GenerationRequest, StepOutput
+from budgetllm.engine.step import advance, sampling_masks
 from budgetllm.models.loading import LoadedModel
 
 
@@ -57,7 +58,6 @@ class ReferenceBackend:
 
     def run(self, req: GenerationRequest) -> Iterator[StepOutput]:
         sampler = Sampler(req.sampling, self.model.device)
-        ctrl = req.controller
         self.active += 1
         seq = None
         try:
@@ -78,33 +78,14 @@ class ReferenceBackend:
             req.meter.observe(seq.seen, seq.live_entries())
             t0 = time.perf_counter()
             while True:
-                forced = ctrl.next_forced()
-                if forced is None and ctrl.answer_budget_left() <= 0:
-                    yield StepOutput(-1, False, finished="length")
-                    return
-                if forced is not None:
-                    tok = forced
-                else:
-                    banned = req.banned_after_thinking if not ctrl.thinking and ctrl.budget else None
-                    tok = sampler(logits, banned, None if ctrl.thinking else req.constraint)
-                thinking = ctrl.thinking
-                if not thinking and req.constraint is not None and not req.constraint.accept(tok):
-                    yield StepOutput(-1, False, finished="length")  # a dead end of the grammar
-                    return
-                if thinking:
-                    if not ctrl.observe(tok, is_eos=forced is None and tok in req.eos_ids):
-                        continue  # an EOS inside the block: the controller closes it instead
-                elif tok in req.eos_ids:
-                    yield StepOutput(tok, False, finished="stop")
-                    return
-                else:
-                    ctrl.observe(tok)
-                yield StepOutput(tok, thinking)
+                outs = advance(req, lambda x=logits: sampler(x, *sampling_masks(req)))  # samples unless forced
+                for out in outs:
+                    yield out
+                    if out.finished:
+                        return
                 if req.cancelled:
-                    return
-                if not ctrl.thinking and ctrl.answer_budget_left() <= 0:
-                    yield StepOutput(-1, False, finished="length")  # no need to feed the last token
-                    return
+                    continue  # cancelled while the consumer held the token: the next advance ends it
+                tok = outs[-1].token_id
                 with self._lock:
                     logits = seq.forward([tok])[-1]
                 self.tokens_generated += 1
@@ -117,6 +98,11 @@ class ReferenceBackend:
             if seq is not None and not req.cancelled:
                 with self._lock:
                     self._remember(req.rule, seq)
+
+    def close(self) -> None:
+        """Release the kept prefix states and the model (idempotent)."""
+        self.clear_prefix_cache()
+        self.model = None
 
     def pool_stats(self) -> dict:
         return {"active": self.active, "queued": 0, "tokens_generated": self.tokens_generated,

@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from budgetllm.accounting.meter import KVMeter, KVShape
+from budgetllm.engine import Backend
 from budgetllm.engine.eviction import EvictionRule
 from budgetllm.engine.output import CallOutput
 from budgetllm.engine.request import GenerationRequest
@@ -30,7 +31,7 @@ class LLM:
     >>> out.text, out.reasoning, out.usage.kv.compression_achieved
     """
 
-    def __init__(self, loaded, backend, *, compression: float = 8.0, policy: BudgetPolicy | None = None,
+    def __init__(self, loaded, backend: Backend, *, compression: float = 8.0, policy: BudgetPolicy | None = None,
                  thinking: ThinkingConfig | None = None):
         self.loaded = loaded
         self.backend = backend

@@ -100,7 +100,7 @@ class Handle:
 
 def row_rule_for(h: Handle, has_logits: bool, pool_window: int) -> RowRule:
     """The request's rule as row tensors. The window is the pool's (one ring size per pool): a
-    "window"-mode rule with another window runs with the pool's window (see docs in paged_backend)."""
+    "window"-mode rule with another window runs with the pool's window (see PagedBackend.run, engine/paged/backend.py)."""
     if h.rule is None:
         h.rule = h.req.rule.row(has_logits)
     return h.rule

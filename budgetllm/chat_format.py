@@ -5,7 +5,7 @@
   (``{"name": ..., "parameters": {...}}``, optionally after ``<|python_tag|>``).
 - ``parse_with_tokenizer``: the tokenizer's own parser, when it has one.
 - ``ToolCallStreamSplitter``: keeps tool-call markup out of streamed text deltas.
-Standard library only.
+Standard library only. Prompts (messages and tools -> text) are ``budgetllm.chat_prompt``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,7 @@ import json
 import re
 from typing import Any
 
-from budgetllm.chat_format.render import (
-    PYTHON_TAG,
-    TOOL_CALL_CLOSE,
-    TOOL_CALL_OPEN,
-    _loads,
-    _text_of,
-    new_call_id,
-)
+from budgetllm.chat_prompt import PYTHON_TAG, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, _loads, _text_of, new_call_id
 from budgetllm.types import InvalidToolCall, ToolCall
 
 _NAME_RE = re.compile(r"""["']name["']\s*:\s*["']([^"']+)["']""")

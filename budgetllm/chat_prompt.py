@@ -4,7 +4,8 @@ The tokenizer's chat template renders tools itself when it can (Qwen, Llama 3.1,
 cannot (SmolLM2's template ignores ``tools=``), a Hermes/Qwen-style tool description goes into the
 system message, assistant tool calls become ``<tool_call>`` text and tool results become
 ``<tool_response>`` turns. Also: which tool-call syntax a tokenizer's model writes, and the forced
-opening of a call for ``tool_choice``. Standard library only.
+opening of a call for ``tool_choice``. Standard library only. Reading the calls back is
+``budgetllm.chat_format``.
 """
 
 from __future__ import annotations

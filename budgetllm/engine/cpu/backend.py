@@ -33,10 +33,6 @@ class CPUBackend(ReferenceBackend):
         super().__init__(model, prefix_cache=prefix_cache)
         self.weights = CPUWeights(model)
 
-    def close(self) -> None:
-        super().close()
-        self.weights = None
-
     def new_sequence(self, rule: EvictionRule, collect_logits: bool = False) -> CPUSequence:
         # requests read only the last token's logits; calibration reads only the decision logits
         return CPUSequence(self.weights, rule, collect_logits=collect_logits, last_logits_only=True)

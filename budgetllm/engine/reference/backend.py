@@ -100,9 +100,10 @@ class ReferenceBackend:
                     self._remember(req.rule, seq)
 
     def close(self) -> None:
-        """Release the kept prefix states and the model (idempotent)."""
+        """Release the kept prefix states and keep no more (idempotent). A request still running
+        ends normally; the model goes with the last reference to this backend."""
+        self.prefix_cache = False
         self.clear_prefix_cache()
-        self.model = None
 
     def pool_stats(self) -> dict:
         return {"active": self.active, "queued": 0, "tokens_generated": self.tokens_generated,

@@ -36,9 +36,9 @@ PROMPT = ("You are a careful assistant. Summarise in plain words why a ship's hu
 
 def _request(loaded, backend, prompt_ids, compression, tokens):
     from budgetllm.accounting.meter import KVMeter, KVShape
-    from budgetllm.engine.generation import GenerationRequest
-    from budgetllm.engine.thinking import ThinkingController
     from budgetllm.engine.eviction import EvictionRule
+    from budgetllm.engine.request import GenerationRequest
+    from budgetllm.engine.thinking import ThinkingController
     from budgetllm.types import SamplingParams
 
     cfg = loaded.config
@@ -95,7 +95,7 @@ def main() -> None:
     from tqdm import tqdm
 
     from budgetllm.engine.cpu import CPUBackend
-    from budgetllm.engine.generation import ReferenceBackend
+    from budgetllm.engine.reference.backend import ReferenceBackend
     from budgetllm.models.loading import load_model
 
     t0 = time.perf_counter()

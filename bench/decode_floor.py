@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.decode_floor_attention import T0, attention_part, graph_us, left  # noqa: E402
 from bench.gemv_sweep import sweep_part  # noqa: E402
 from bench.profile_decode import fill, kernel_table  # noqa: E402
-from budgetllm.engine.cuda_graphs import DecodeGraphs  # noqa: E402
-from budgetllm.engine.decode_layer import DecodeLayers  # noqa: E402
-from budgetllm.engine.model_runner import ModelRunner, RunnerConfig  # noqa: E402
+from budgetllm.engine.paged.cuda_graphs import DecodeGraphs  # noqa: E402
+from budgetllm.engine.paged.decode_layer import DecodeLayers  # noqa: E402
+from budgetllm.engine.paged.model_runner import ModelRunner, RunnerConfig  # noqa: E402
 from budgetllm.engine.rules import DENSE, FORCED, RowRule  # noqa: E402
 from budgetllm.kernels.gemv import HAS_PDL, GemvWorkspace, gemv  # noqa: E402
 from budgetllm.models.testing import REAL_SHAPES, random_model  # noqa: E402
@@ -155,7 +155,7 @@ def set_variant(runner: ModelRunner, variant: str, best: dict, capture: bool = T
 
 
 def timed_steps(runner: ModelRunner, rows, steps: int = 40, readback: bool = False) -> float:
-    from budgetllm.engine.gpu_sampler import make_sampling_batch
+    from budgetllm.engine.paged.sampler import make_sampling_batch
     from budgetllm.types import SamplingParams
 
     greedy = make_sampling_batch([SamplingParams()] * len(rows), [None] * len(rows), runner.device)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def check_tiny() -> list[str]:
     from budgetllm import LLM
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
     from budgetllm.models.testing import make_tiny_checkpoint
 
     lines = []
@@ -78,7 +78,7 @@ def main() -> None:
     from budgetllm.benchmarks.baselines import hf_generate_decode_rate
     from budgetllm.benchmarks.engine_bench import resumed_turn_ttft, run_batch
     from budgetllm.benchmarks.matrix import tokens_to_decode
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
     from budgetllm.models.testing import random_model
 
     loaded = random_model("qwen2.5-1.5b")

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/smollm2_head_kept.json")
     a = ap.parse_args()
     from budgetllm.dms.data import make_tasks, task_text_ids
-    from budgetllm.engine.generation import ReferenceBackend
+    from budgetllm.engine.reference.backend import ReferenceBackend
     from budgetllm.models import load_model
 
     loaded = load_model(None, device="cpu", dtype=torch.float32, progress=False)

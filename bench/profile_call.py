@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=1024)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
     from budgetllm.engine.rules import FORCED, THRESHOLD, RowRule
     from budgetllm.models.testing import random_model
 

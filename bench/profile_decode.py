@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from budgetllm.engine.model_runner import ModelRunner, RunnerConfig  # noqa: E402
+from budgetllm.engine.paged.model_runner import ModelRunner, RunnerConfig  # noqa: E402
 from budgetllm.engine.rules import DENSE, FORCED, RowRule  # noqa: E402
 from budgetllm.models.testing import random_model  # noqa: E402
 
@@ -56,7 +56,7 @@ def kernel_table(runner: ModelRunner, bs: int, steps: int = 3) -> tuple[int, dic
 
 
 def replay_ms(runner: ModelRunner, rows, steps: int = 50, full: bool = False) -> float:
-    from budgetllm.engine.gpu_sampler import make_sampling_batch
+    from budgetllm.engine.paged.sampler import make_sampling_batch
     from budgetllm.types import SamplingParams
 
     greedy = make_sampling_batch([SamplingParams()] * len(rows), [None] * len(rows), runner.device)

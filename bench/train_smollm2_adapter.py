@@ -61,7 +61,7 @@ def sanity(a) -> None:
 
 
 def acceptance(loaded, tok, held_stream, out) -> None:
-    from budgetllm.engine.generation import ReferenceBackend
+    from budgetllm.engine.reference.backend import ReferenceBackend
     from budgetllm.llm import LLM
 
     llm = LLM(loaded, ReferenceBackend(loaded), compression=8)

@@ -43,9 +43,9 @@ from budgetllm.types import (
 # without torch: ``import budgetllm.policy`` must not pull in the engine.
 _LAZY = {
     "LLM": ("budgetllm.llm", "LLM"),
-    "get_llm": ("budgetllm.llm", "get_llm"),
-    "release_all": ("budgetllm.llm", "release_all"),
-    "release_llm": ("budgetllm.llm", "release_llm"),
+    "get_llm": ("budgetllm.concurrency", "get_llm"),
+    "release_all": ("budgetllm.concurrency", "release_all"),
+    "release_llm": ("budgetllm.concurrency", "release_llm"),
     "RemoteLLM": ("budgetllm.server.client", "RemoteLLM"),
     "load_policy": ("budgetllm.policy", "load_policy"),
 }

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 
 from budgetllm.accounting.meter import KVMeter, KVShape
+from budgetllm.concurrency import note_started, thread_stream
+from budgetllm.engine import Backend
 from budgetllm.engine.eviction import EvictionRule
-from budgetllm.engine.generation import GenerationRequest
 from budgetllm.engine.output import CallOutput
+from budgetllm.engine.request import GenerationRequest
 from budgetllm.engine.thinking import ThinkingController
 from budgetllm.errors import InvalidRequestError
 from budgetllm.options import CallOptions, check_option, check_policy_tier, validate_messages
@@ -30,7 +29,7 @@ class LLM:
     >>> out.text, out.reasoning, out.usage.kv.compression_achieved
     """
 
-    def __init__(self, loaded, backend, *, compression: float = 8.0, policy: BudgetPolicy | None = None,
+    def __init__(self, loaded, backend: Backend, *, compression: float = 8.0, policy: BudgetPolicy | None = None,
                  thinking: ThinkingConfig | None = None):
         self.loaded = loaded
         self.backend = backend
@@ -106,13 +105,13 @@ class LLM:
 
             engine = CPUBackend(loaded, **backend_options)
         elif backend == "reference":
-            from budgetllm.engine.generation import ReferenceBackend
+            from budgetllm.engine.reference.backend import ReferenceBackend
 
             engine = ReferenceBackend(loaded)
         elif backend == "paged":
             if loaded.device.type != "cuda":
                 raise InvalidRequestError("backend", "the paged backend needs a CUDA GPU; use backend='reference'")
-            from budgetllm.engine.paged_backend import PagedBackend
+            from budgetllm.engine.paged.backend import PagedBackend
 
             engine = PagedBackend(loaded, **backend_options)
         else:
@@ -204,9 +203,7 @@ class LLM:
             eos_ids=self.prompter.eos_ids,
             banned_after_thinking=self.prompter.think_tag_ids(self.thinking_config), constraint=constraint,
             keep_at=(history,) if history < len(prompt_ids) else ())
-        started = _STARTED.get()
-        if started is not None:  # astream: its consumer may cancel while the engine still prefills
-            started.append(req)
+        note_started(req)  # astream: its consumer may cancel while the engine still prefills
         try:
             yield from self._output.events(self.backend, req, plan, stop=call.stop, with_tools=bool(call.tools))
         finally:
@@ -260,95 +257,15 @@ class LLM:
         assert final is not None
         return final
 
-    async def astream(self, messages, **opts: Any) -> AsyncIterator[StreamEvent]:
+    def astream(self, messages, **opts: Any) -> AsyncIterator[StreamEvent]:
         """The sync stream run in a worker thread; ``aclose()`` cancels the request."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        stop = threading.Event()
-        done = object()
-        started: list[GenerationRequest] = []
-        finished = False
-
-        def post(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the consumer's event loop is closed: nobody is listening
-                stop.set()
-
-        def worker() -> None:
-            _STARTED.set(started)
-            it = self.stream(messages, **opts)
-            try:
-                for event in it:
-                    post(event)
-                    if stop.is_set():
-                        break
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-                post(e)
-            finally:
-                it.close()
-                post(done)
-
-        thread = threading.Thread(target=worker, daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = await queue.get()
-                if item is done:
-                    finished = True
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            if not finished:
-                for req in started:  # reaches the engine now, even in the middle of a prefill
-                    req.cancelled = True
-
-
-# The requests an ``astream`` worker thread started (so that closing the stream cancels them at once).
-_STARTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("budgetllm_started", default=None)
+        return thread_stream(self.stream, messages, opts)
 
 
 def _check_compression(value: float) -> float:
     if value is None:
         raise InvalidRequestError("compression", "must be a number >= 1 (1 = no compression), got None")
     return float(check_option("compression", value))  # the bounds of budgetllm.options.CallOptions
-
-
-_SHARED: dict[tuple, LLM] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def get_llm(model: str | None = None, *, backend: str | None = None, device: str | None = None,
-            dtype: Any = None, **kwargs: Any) -> LLM:
-    """One shared LLM per (model, backend, device, dtype) in this process; thread-safe, loads once."""
-    key = (model, backend, device, str(dtype))
-    with _SHARED_LOCK:
-        if key not in _SHARED or _SHARED[key]._closed:
-            _SHARED[key] = LLM.from_pretrained(model, backend=backend, device=device, dtype=dtype, **kwargs)
-        return _SHARED[key]
-
-
-def release_llm(model: str | None = None, *, backend: str | None = None, device: str | None = None,
-                dtype: Any = None) -> bool:
-    """Close and forget the shared LLM that ``get_llm`` made for these arguments; True if there was one."""
-    with _SHARED_LOCK:
-        llm = _SHARED.pop((model, backend, device, str(dtype)), None)
-    if llm is not None:
-        llm.close()
-    return llm is not None
-
-
-def release_all() -> int:
-    """Close every shared LLM of ``get_llm`` (ChatDMS's engines); returns how many were closed."""
-    with _SHARED_LOCK:
-        llms = list(_SHARED.values())
-        _SHARED.clear()
-    for llm in llms:
-        llm.close()
-    return len(llms)
 
 
 def _free_memory() -> None:
@@ -369,4 +286,4 @@ def _tokens_kept_before_eviction(rule) -> int:
     return rule.window + rule.sinks if rule.mode == "window" else 0
 
 
-__all__ = ["LLM", "EvictionRule", "get_llm", "release_all", "release_llm"]
+__all__ = ["LLM", "EvictionRule"]

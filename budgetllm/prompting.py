@@ -30,7 +30,7 @@ class Prompter:
         if not isinstance(messages, list) or not messages:
             raise InvalidRequestError("messages", "must be a string or a non-empty list of {role, content} dicts")
         try:
-            from budgetllm.chat_format import render_messages
+            from budgetllm.chat_prompt import render_messages
         except ImportError:  # pragma: no cover - the chat-format layer ships with the package
             render_messages = None
         if render_messages is not None:
@@ -58,12 +58,12 @@ class Prompter:
     def tool_call_prefix(self, tool_choice, tools) -> str | None:
         if not tools:
             return None
-        from budgetllm.chat_format import tool_call_prefix
+        from budgetllm.chat_prompt import tool_call_prefix
 
         return tool_call_prefix(tool_choice, tools)
 
     def tool_format(self) -> str:
-        from budgetllm.chat_format import tool_call_format
+        from budgetllm.chat_prompt import tool_call_format
 
         return tool_call_format(self.tokenizer)
 

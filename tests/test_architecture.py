@@ -26,6 +26,31 @@ def test_policy_and_accounting_import_without_torch():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_the_engines_torch_free_modules_import_without_torch():
+    """At run time too (import-linter's torch-free contract checks direct imports): the request
+    types, the per-token step, the Backend protocol and the paged scheduler's state load without torch."""
+    mods = ("budgetllm.engine", "budgetllm.engine.request", "budgetllm.engine.step", "budgetllm.engine.output",
+            "budgetllm.engine.prefix_tree", "budgetllm.engine.paged.sequence", "budgetllm.engine.paged.scheduler",
+            "budgetllm.engine.paged.kept_states", "budgetllm.engine.paged.block_manager")
+    code = (f"import sys; import {', '.join(mods)}; bad=[m for m in ('torch','triton') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_backend_implements_the_protocol():
+    from budgetllm.engine import Backend
+    from budgetllm.engine.cpu import CPUBackend
+    from budgetllm.engine.paged.backend import PagedBackend
+    from budgetllm.engine.reference import ReferenceBackend
+
+    methods = sorted(n for n, v in vars(Backend).items() if callable(v) and not n.startswith("_"))
+    assert methods == ["close", "pool_stats", "run"]
+    for cls in (ReferenceBackend, CPUBackend, PagedBackend):
+        missing = [m for m in methods if not callable(getattr(cls, m, None))]
+        assert not missing and isinstance(cls.name, str), (cls.__name__, missing)
+
+
 def test_integrations_use_only_the_public_api():
     """The LangChain integration imports budgetllm only through names budgetllm/__init__.py exports
     (the Ray deployment may also use the server package it deploys)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from budgetllm.benchmarks.engine_bench import run_batch
 from budgetllm.benchmarks.report import summarize
-from budgetllm.engine.generation import ReferenceBackend
+from budgetllm.engine.reference.backend import ReferenceBackend
 from budgetllm.models import load_model
 
 
@@ -46,7 +46,7 @@ def test_summary_computes_each_target():
 def test_resumed_turn_measurement_reuses_the_parked_cache(tiny_dir):
     """The benchmarks' resumed-turn TTFT on the paged backend (kernels in the CPU interpreter)."""
     from budgetllm.benchmarks.engine_bench import resumed_turn_ttft
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
 
     loaded = load_model(str(tiny_dir("llama")), device="cpu", progress=False)
     backend = PagedBackend(loaded, max_seqs=3, page_size=4, num_pages=600, cuda_graphs=False, max_context=400,

@@ -7,13 +7,8 @@ import json
 import jinja2
 import pytest
 
-from budgetllm.chat_format import (
-    ToolCallStreamSplitter,
-    parse_tool_calls,
-    render_messages,
-    template_capabilities,
-    tool_call_prefix,
-)
+from budgetllm.chat_format import ToolCallStreamSplitter, parse_tool_calls
+from budgetllm.chat_prompt import render_messages, template_capabilities, tool_call_prefix
 from budgetllm.types import InvalidToolCall, ToolCall
 
 # SmolLM2-135M-Instruct's template: ignores tools=, renders any role literally.

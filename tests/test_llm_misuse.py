@@ -95,7 +95,7 @@ def test_release_shared_engines(tiny_dir):
 
 
 def test_paged_close_stops_the_thread_and_fails_waiting_requests(tiny_dir):
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
 
     ref = LLM.from_pretrained(str(tiny_dir("llama")), backend="reference", device="cpu", progress=False)
     backend = PagedBackend(ref.loaded, max_seqs=2, page_size=4, num_pages=120, cuda_graphs=False, max_context=128)

@@ -24,7 +24,7 @@ from budgetllm.benchmarks.agent_loop import burst, call_latency, loop_summary, r
 
 
 def _backend(loaded, max_seqs: int, prefix: bool, max_context: int = 34 * 1024, memory_fraction: float = 0.5):
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
 
     return PagedBackend(loaded, max_seqs=max_seqs, max_context=max_context, max_prefill_tokens=16384,
                         memory_fraction=memory_fraction, window=256, prefix_cache=None if prefix else 0)

@@ -11,7 +11,7 @@ import torch
 
 from budgetllm.accounting.meter import KVMeter, KVShape
 from budgetllm.engine.eviction import EvictionRule
-from budgetllm.engine.generation import GenerationRequest
+from budgetllm.engine.request import GenerationRequest
 from budgetllm.engine.thinking import ThinkingController
 from budgetllm.types import SamplingParams
 

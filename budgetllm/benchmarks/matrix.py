@@ -42,7 +42,7 @@ class Clock:
 
 def paged_backend(loaded, max_seqs: int, num_pages: int | None = None, prefix_cache: int = 0,
                   window: int = BENCH_WINDOW, memory_fraction: float = 0.5):
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
 
     # Half of the free memory is plenty for most points and leaves room for the baselines.
     return PagedBackend(loaded, max_seqs=max_seqs, num_pages=num_pages, max_context=34 * 1024,
@@ -151,7 +151,7 @@ def hf_static_pairs(loaded, shape: str, clock: Clock, points=((1024, 1), (8192, 
 
 def bench_equal_memory(shape: str, context: int, dense_batch: int, clock: Clock, results: dict) -> None:
     """A KV pool just big enough for ``dense_batch`` dense sequences; CR 8 fills it with more."""
-    from budgetllm.engine.request import pages_for
+    from budgetllm.engine.paged.sequence import pages_for
     from budgetllm.models.testing import random_model
 
     if clock.left() < 90:

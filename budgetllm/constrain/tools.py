@@ -6,7 +6,7 @@ Llama 3's bare JSON), and from there the call is held to
 ``<tool_call>\\n{"name": "<tool>", "arguments": <that tool's schema>}\\n</tool_call>``. When
 ``tool_choice`` forces a call ("any"/"required"/True/a name) the answer is exactly one call.
 The texts here are the ones ``chat_format.parse_tool_calls`` reads back and the ones
-``chat_format.tool_call_prefix`` forces, character for character.
+``chat_prompt.tool_call_prefix`` forces, character for character.
 """
 
 from __future__ import annotations

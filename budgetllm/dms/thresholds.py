@@ -121,7 +121,7 @@ def measure_compression(loaded, seqs: list, threshold, window: int | None = None
     """Prefill each sequence with the DMS rule at ``threshold`` (a number or a [L][H] grid) through the
     reference backend; returns overall and out-of-window ratios."""
     from budgetllm.engine.eviction import EvictionRule
-    from budgetllm.engine.reference import ReferenceSequence
+    from budgetllm.engine.reference.sequence import ReferenceSequence
 
     window = loaded.dms.window if window is None else window
     rule = EvictionRule("dms", window=window, threshold=threshold)

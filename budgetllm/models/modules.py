@@ -114,7 +114,7 @@ class FusedModel:
     def rope_decide(self, li: int, qkv: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, decide: tuple | None,
                     pdl: bool = False):
         """The part of :meth:`attention_inputs` after the QKV GEMM (``qkv`` [N, (Hq+2H)*D]); the
-        decode path of ``budgetllm.engine.decode_layer`` makes ``qkv`` with its own GEMM (``pdl``:
+        decode path of ``budgetllm.engine.paged.decode_layer`` makes ``qkv`` with its own GEMM (``pdl``:
         launch the fused kernel with programmatic dependent launch)."""
         L = self.layers[li]
         Hq, H, D = self.Hq, self.H, self.D

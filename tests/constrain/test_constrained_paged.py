@@ -17,7 +17,7 @@ import jsonschema  # noqa: E402
 import pytest  # noqa: E402
 
 from budgetllm import LLM  # noqa: E402
-from budgetllm.engine.gpu_sampler import GPUSampler, make_sampling_batch  # noqa: E402
+from budgetllm.engine.paged.sampler import GPUSampler, make_sampling_batch  # noqa: E402
 from budgetllm.types import SamplingParams  # noqa: E402
 from tests.engine.enginelib import run_concurrently  # noqa: E402
 
@@ -37,7 +37,7 @@ TOOLS = [{"type": "function", "function": {"name": "calculator", "parameters": {
 
 
 def _pair(tiny_dir, device="cpu"):
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
 
     ref = LLM.from_pretrained(str(tiny_dir("llama", None)), backend="reference", device=device, progress=False,
                               dtype=torch.float32)  # float32 on the GPU too: greedy tokens compared exactly
@@ -150,7 +150,7 @@ def test_batched_mask_fill_equals_row_by_row(tiny_llm):
 
     from budgetllm.constrain import GrammarCompiler, call_spec
     from budgetllm.constrain.mask import allowed_tokens
-    from budgetllm.engine.gpu_sampler import HostMasks
+    from budgetllm.engine.paged.sampler import HostMasks
 
     tok = tiny_llm("llama").tokenizer
     gc = GrammarCompiler(tok)

@@ -15,7 +15,7 @@ import torch
 from budgetllm.dms.thresholds import decision_logits
 from budgetllm.dms.train_attention import dms_train_forward
 from budgetllm.engine.eviction import EvictionRule
-from budgetllm.engine.reference import ReferenceSequence
+from budgetllm.engine.reference.sequence import ReferenceSequence
 
 
 def _rms(x, w, eps):

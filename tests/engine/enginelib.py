@@ -31,7 +31,7 @@ def request(loaded, prompt: list[int], compression: float, max_tokens: int):
     """A backend-level greedy request: the native DMS rule (logit > 0) above CR 1, dense at CR 1."""
     from budgetllm.accounting.meter import KVMeter, KVShape
     from budgetllm.engine.eviction import EvictionRule
-    from budgetllm.engine.generation import GenerationRequest
+    from budgetllm.engine.request import GenerationRequest
     from budgetllm.engine.thinking import ThinkingController
     from budgetllm.types import SamplingParams
 
@@ -51,7 +51,7 @@ def assert_next_turn_matches(ref, backend, prompt: list[int], extra: int, max_to
     prompt2 = prompt + turn1 + list(range(2000, 2000 + extra))
     hits = backend.pool_stats()["prefix_hits"]
     req_ref, req_paged = request(loaded, prompt2, 8, max_tokens), request(loaded, prompt2, 8, max_tokens)
-    from budgetllm.engine.generation import ReferenceBackend
+    from budgetllm.engine.reference.backend import ReferenceBackend
 
     scratch = ReferenceBackend(loaded, prefix_cache=False)  # the whole prompt, prefilled from scratch
     expected = [s.token_id for s in scratch.run(req_ref) if s.finished is None]

@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 
 def test_scripted_loop_and_burst(tiny_dir):
     from budgetllm.benchmarks.agent_loop import burst, loop_summary, run_loop
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
     from budgetllm.models.loading import load_model
 
     loaded = load_model(str(tiny_dir("qwen2")), device="cpu", dtype=torch.float32, progress=False)
@@ -41,7 +41,7 @@ def test_full_mode_turns_add_a_few_hundred_tokens(tiny_dir):
     ``turn_tokens`` (answer, tool call, tool result) and prefills only those on top of the kept state;
     the rows and the summary say how many tokens each turn prefilled."""
     from budgetllm.benchmarks.agent_loop import loop_summary, run_loop
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
     from budgetllm.models.loading import load_model
 
     loaded = load_model(str(tiny_dir("qwen2")), device="cpu", dtype=torch.float32, progress=False)

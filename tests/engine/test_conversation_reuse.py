@@ -23,8 +23,8 @@ from budgetllm import LLM  # noqa: E402
 
 @pytest.fixture(scope="module")
 def llms(tiny_dir):
-    from budgetllm.engine.generation import ReferenceBackend
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
+    from budgetllm.engine.reference.backend import ReferenceBackend
 
     ref = LLM.from_pretrained(str(tiny_dir("qwen3", "borrowed")), backend="reference", device="cpu", progress=False)
     scratch = LLM(ref.loaded, ReferenceBackend(ref.loaded, prefix_cache=False))

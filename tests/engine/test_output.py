@@ -30,7 +30,7 @@ class WordPrompter:
 
 
 @dataclass
-class Step:  # what a backend yields (engine.generation.StepOutput has these fields)
+class Step:  # what a backend yields (engine.request.StepOutput has these fields)
     token_id: int
     thinking: bool
     finished: str | None = None

@@ -34,8 +34,8 @@ def _two_token_tag(llm: LLM, tokens: list[int]) -> tuple[str, int]:
 
 
 def test_model_closed_and_budget_closed_blocks_match_the_reference(tiny_dir):
-    from budgetllm.engine.generation import ReferenceBackend
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
+    from budgetllm.engine.reference.backend import ReferenceBackend
 
     ref = LLM.from_pretrained(str(tiny_dir("qwen3", "borrowed")), backend="reference", device="cpu", progress=False)
     first = ref.generate(PROMPT, compression=8, max_tokens=16, thinking_budget=12)

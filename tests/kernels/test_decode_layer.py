@@ -1,4 +1,4 @@
-"""The small-batch decode path (engine/decode_layer.py: fused skinny GEMMs) against the runner's
+"""The small-batch decode path (engine/paged/decode_layer.py: fused skinny GEMMs) against the runner's
 cuBLAS/torch path, on tiny float32 models of every family and DMS variant, in the interpreter.
 
 Two runners over the same weights prefill the same prompts, then decode several steps side by side,
@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from budgetllm.engine.model_runner import ModelRunner, RunnerConfig
+from budgetllm.engine.paged.model_runner import ModelRunner, RunnerConfig
 from budgetllm.engine.rules import DENSE, FORCED, THRESHOLD, RowRule
 
 CASES = [("llama", None), ("qwen2", "adapter"), ("qwen3", "borrowed")]
@@ -79,8 +79,8 @@ def test_five_launch_layer_equals_eight_launch_layer_bf16_in_graphs(dms):
     (qkv_store, attention with its reduce inside) gives bit-identical logits and KV rows to the 8-launch
     layer over 6 steps of 2 rows (same device functions, same plans: no tolerance). The float32 twin
     against the cuBLAS path is the interpreter test above."""
-    from budgetllm.engine.cuda_graphs import DecodeGraphs
-    from budgetllm.engine.decode_layer import DecodeLayers
+    from budgetllm.engine.paged.cuda_graphs import DecodeGraphs
+    from budgetllm.engine.paged.decode_layer import DecodeLayers
     from budgetllm.models.testing import random_model
 
     loaded = random_model("qwen2.5-1.5b", dms=dms)

@@ -12,7 +12,7 @@ from budgetllm.models import AdapterFile, load_model, save_adapter_file
 
 def _first_layer_logits(loaded, ids):
     from budgetllm.engine.eviction import EvictionRule
-    from budgetllm.engine.reference import ReferenceSequence
+    from budgetllm.engine.reference.sequence import ReferenceSequence
 
     seq = ReferenceSequence(loaded, EvictionRule("dense"), collect_logits=True)
     seq.forward(ids)

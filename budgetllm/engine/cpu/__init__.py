@@ -6,7 +6,7 @@ into the reference backend's request loop (``backend``). See docs/cpu.md.
 May use: torch, transformers, ``budgetllm.dms`` (decision logits, RoPE), ``budgetllm.models``, and
 ``budgetllm.engine``'s reference backend, eviction rule and request types.
 Must not import: ``budgetllm.kernels`` or triton (a CPU install has no Triton), ``budgetllm.cache``
-(the GPU page pool), the paged backend, policy, accounting internals, server.
+(the GPU page pool), ``engine.paged``, policy, accounting internals, server.
 """
 
 from budgetllm.engine.cpu.backend import CPUBackend

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from budgetllm.dms.decisions import DecisionHead
 from budgetllm.engine.cpu.sequence import CPUSequence
 from budgetllm.engine.eviction import EvictionRule
-from budgetllm.engine.generation import ReferenceBackend
+from budgetllm.engine.reference.backend import ReferenceBackend
 from budgetllm.errors import InvalidRequestError
 from budgetllm.models.loading import LoadedModel
 

@@ -1,7 +1,7 @@
 """The CPU backend's forward: the decoder layers run directly on ``CPUWeights``, over a RowCache.
 
 :class:`CPUSequence` has the interface of
-``budgetllm.engine.reference.ReferenceSequence`` (``forward``, ``fork``, ``seen``, ``ids``,
+``budgetllm.engine.reference.sequence.ReferenceSequence`` (``forward``, ``fork``, ``seen``, ``ids``,
 ``live_entries``, ``row_lengths``, ``logit_log``) and the same maths op for op: the norms, the
 decision logits of both DMS variants (``DecisionHead.logits``), the borrowed channel zeroed before
 and after RoPE, the rule's decisions (``EvictionRule.decide``), attention in float32. What differs

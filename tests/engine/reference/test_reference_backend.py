@@ -9,7 +9,7 @@ import torch
 
 from budgetllm.dms.oracle import masked_model_forward
 from budgetllm.engine.eviction import EvictionRule
-from budgetllm.engine.reference import ReferenceSequence
+from budgetllm.engine.reference.sequence import ReferenceSequence
 from budgetllm.models import load_model
 
 ARCHS = ["llama", "qwen2", "qwen3"]

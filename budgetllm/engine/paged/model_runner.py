@@ -19,13 +19,13 @@ import torch
 
 from budgetllm.cache import PageLayout, PoolConfig, build_pool
 from budgetllm.cache.sharing import fork_slot, new_refs, release_slots
-from budgetllm.engine.cuda_graphs import DecodeGraphs, bucket_sizes
-from budgetllm.engine.decode_layer import DecodeLayers
-from budgetllm.engine.gpu_sampler import GPUSampler, SamplingBatch
-from budgetllm.engine.prefill_graphs import BUCKETS as PREFILL_BUCKETS
-from budgetllm.engine.prefill_graphs import PrefillGraphs
+from budgetllm.engine.paged.cuda_graphs import DecodeGraphs, bucket_sizes
+from budgetllm.engine.paged.decode_layer import DecodeLayers
+from budgetllm.engine.paged.prefill_graphs import BUCKETS as PREFILL_BUCKETS
+from budgetllm.engine.paged.prefill_graphs import PrefillGraphs
+from budgetllm.engine.paged.sampler import GPUSampler, SamplingBatch
+from budgetllm.engine.paged.scheduler import SlotStats
 from budgetllm.engine.rules import ALWAYS, FORCED, THRESHOLD, WINDOW, RowRule, step_decisions
-from budgetllm.engine.scheduler import SlotStats
 from budgetllm.kernels import (
     dms_prefill_attention,
     paged_decode_attention,
@@ -55,7 +55,7 @@ class RunnerConfig:
     max_graph_batch: int | None = None  # default: max_seqs
     seed: int | None = None
     emulate_graphs: bool = False  # tests: pad batches to buckets like CUDA graphs, but run eagerly
-    small_batch_gemv: bool | None = None  # buckets of <= 4 rows: engine/decode_layer.py (None: on CUDA)
+    small_batch_gemv: bool | None = None  # buckets of <= 4 rows: engine/paged/decode_layer.py (None: on CUDA)
     decode_pdl: bool = True  # its kernels with programmatic dependent launch (Hopper; bench/NOTES.md)
     prefill_buckets: tuple = PREFILL_BUCKETS  # chunk sizes of the prefill graphs (() = none)
 

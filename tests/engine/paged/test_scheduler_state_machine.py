@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from budgetllm.engine.block_manager import BlockManager, PoolGeometry
+from budgetllm.engine.paged.block_manager import BlockManager, PoolGeometry
+from budgetllm.engine.paged.scheduler import Scheduler
+from budgetllm.engine.paged.sequence import SeqStatus, Sequence
 from budgetllm.engine.prefix_tree import PrefixTree
-from budgetllm.engine.request import SeqStatus, Sequence
-from budgetllm.engine.scheduler import Scheduler
 from budgetllm.errors import PoolExhaustedError
-from tests.engine.allocator_model import AllocatorModel
+from tests.engine.paged.allocator_model import AllocatorModel
 
 ROWS, PAGE, WINDOW = 3, 4, 5
 

@@ -42,7 +42,7 @@ PROMPT = "Tell me about the sea and the ships that sail on it."
 
 def _pair(tiny_dir, arch, dms, **opts):
     from budgetllm import LLM
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
 
     ref = LLM.from_pretrained(str(tiny_dir(arch, dms)), backend="reference", device="cuda", dtype=torch.float32,
                               progress=False)
@@ -126,7 +126,7 @@ def _first_divergence(a: list[int], b: list[int]) -> int | None:
 def test_smollm2_bf16_equals_reference_up_to_near_ties():
     from budgetllm import LLM
     from budgetllm.engine.eviction import EvictionRule
-    from budgetllm.engine.reference import ReferenceSequence
+    from budgetllm.engine.reference.sequence import ReferenceSequence
 
     ref = LLM.from_pretrained(None, backend="reference", device="cuda", progress=False)
     # Without a DMS adapter, CR 8 is StreamingLLM with the window EvictionRule.for_call picks: 64 for calls under
@@ -162,7 +162,7 @@ def test_smollm2_bf16_equals_reference_up_to_near_ties():
 def test_smollm2_float32_equals_reference_exactly():
     """The real model with its DMS adapter in float32: no near-ties to excuse, at CR 1 and 8."""
     from budgetllm import LLM
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
 
     ref = LLM.from_pretrained(None, backend="reference", device="cuda", dtype=torch.float32, progress=False)
     paged = LLM(ref.loaded, PagedBackend(ref.loaded, max_seqs=4, num_pages=20000))
@@ -237,7 +237,7 @@ def test_cancellation_frees_pages(tiny_dir):
 
 def test_cuda_graphs_equal_eager(tiny_dir):
     from budgetllm import LLM
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
 
     ref, graphed = _pair(tiny_dir, "qwen2", "adapter", max_seqs=20)
     eager = LLM(ref.loaded, PagedBackend(ref.loaded, max_seqs=20, num_pages=2000, cuda_graphs=False))
@@ -272,7 +272,7 @@ def test_next_turn_reuses_the_parked_cache(tiny_dir):
 
 
 def test_pool_sized_from_free_memory(tiny_dir):
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
     from budgetllm.models import load_model
 
     loaded = load_model(str(tiny_dir("llama", "borrowed")), device="cuda", dtype=torch.bfloat16, progress=False)
@@ -291,7 +291,7 @@ def test_pool_sized_from_free_memory(tiny_dir):
 
 def test_multi_turn_chat_reuses_kept_states_exactly(tiny_dir):
     from budgetllm import LLM
-    from budgetllm.engine.generation import ReferenceBackend
+    from budgetllm.engine.reference.backend import ReferenceBackend
 
     ref, paged = _pair(tiny_dir, "qwen3", "borrowed")
     scratch = LLM(ref.loaded, ReferenceBackend(ref.loaded, prefix_cache=False))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from budgetllm.engine.scheduler import Batch, SlotStats
+from budgetllm.engine.paged.scheduler import Batch, SlotStats
 
 
 @dataclass

@@ -99,10 +99,10 @@ def test_the_cpu_benchmark_helpers_on_a_tiny_model(tiny_dir):
     from pathlib import Path
 
     from budgetllm.engine.cpu import CPUBackend
-    from budgetllm.engine.generation import ReferenceBackend
+    from budgetllm.engine.reference.backend import ReferenceBackend
     from budgetllm.models import load_model
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "cpu_decode.py"
+    path = Path(__file__).resolve().parents[3] / "bench" / "cpu_decode.py"
     spec = importlib.util.spec_from_file_location("cpu_decode", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

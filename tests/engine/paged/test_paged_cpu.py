@@ -24,7 +24,7 @@ from tests.engine.enginelib import assert_next_turn_matches, request, run_concur
 
 @pytest.fixture(scope="module")
 def pair(tiny_dir):
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
 
     ref = LLM.from_pretrained(str(tiny_dir("qwen3", "borrowed")), backend="reference", device="cpu",
                               progress=False)
@@ -72,7 +72,7 @@ def test_per_head_thresholds_equal_reference(pair):
 
 
 def test_concurrent_requests_in_a_tiny_pool_all_finish(tiny_dir):
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
 
     ref = LLM.from_pretrained(str(tiny_dir("llama", "adapter")), backend="reference", device="cpu", progress=False)
     # 2 layers x 2 heads = 4 rows per sequence; 64 pages of 4 tokens: ~1.5 requests at a time.
@@ -109,7 +109,7 @@ def test_cancel_frees_pages(pair):
 def test_graph_buckets_and_padding_rows(tiny_dir):
     """CUDA-graph batching emulated on the CPU: batches padded to buckets with frozen padding slots
     (their rows never take a page), warm-up passes on padding rows only, same tokens as the reference."""
-    from budgetllm.engine.paged_backend import PagedBackend
+    from budgetllm.engine.paged.backend import PagedBackend
 
     ref = LLM.from_pretrained(str(tiny_dir("qwen2", "adapter")), backend="reference", device="cpu", progress=False)
     backend = PagedBackend(ref.loaded, max_seqs=5, page_size=4, num_pages=300, cuda_graphs=False,

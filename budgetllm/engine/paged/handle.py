@@ -1,9 +1,10 @@
-"""Per-request host logic of the paged engine: the reference decode loop, one sampled token at a time.
+"""Per-request host side of the paged engine: a request's output queue and timing (:class:`Handle`),
+its rule as row tensors and its sampling masks for the batch.
 
-``advance`` is ``ReferenceBackend.run``'s loop body: the thinking controller may force a token (the
-hand-off text and the close tag), which replaces the GPU-sampled one; an EOS inside the thinking
-block closes it instead of ending; EOS after it ends the request; the answer budget ends it by
-length. The token that is emitted is the one appended to the sequence, so the next step feeds it.
+Each GPU-sampled token goes through :meth:`Handle.step`, i.e. :func:`budgetllm.engine.step.advance`,
+the same per-token step as the reference backend's loop: a forced token of the thinking controller
+replaces the sampled one, EOS and length end the request. The token that is emitted is the one
+appended to the sequence, so the next step feeds it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 import torch
 
 from budgetllm.engine.eviction import RowRule
-from budgetllm.engine.generation import GenerationRequest, StepOutput
-from budgetllm.engine.gpu_sampler import SamplingBatch, make_sampling_batch
-from budgetllm.engine.request import Sequence
+from budgetllm.engine.paged.sampler import SamplingBatch, make_sampling_batch
+from budgetllm.engine.paged.sequence import Sequence
+from budgetllm.engine.request import GenerationRequest, StepOutput
+from budgetllm.engine.step import advance, sampling_masks
 
 
 @dataclass
@@ -65,6 +67,16 @@ class Handle:
             self.out.put(self.final)
             self.final = None
 
+    def step(self, seq: Sequence, sampled: int) -> str | None:
+        """Apply one GPU-sampled token (:func:`budgetllm.engine.step.advance`): emit the outputs and
+        append the emitted token to ``seq`` (so the next step feeds it); the finish reason or None."""
+        outs = advance(self.req, sampled)
+        for out in outs:
+            if out.finished is None:
+                seq.append_token(out.token_id)
+            self.emit(out)
+        return outs[-1].finished
+
     def account(self, seq: Sequence, decode: bool, page_bytes: int, seconds: float) -> None:
         """The reference's accounting after a forward: observe (and, for decode, the entries read).
 
@@ -88,7 +100,7 @@ class Handle:
 
 def row_rule_for(h: Handle, has_logits: bool, pool_window: int) -> RowRule:
     """The request's rule as row tensors. The window is the pool's (one ring size per pool): a
-    "window"-mode rule with another window runs with the pool's window (see docs in paged_backend)."""
+    "window"-mode rule with another window runs with the pool's window (see PagedBackend.run, engine/paged/backend.py)."""
     if h.rule is None:
         h.rule = h.req.rule.row(has_logits)
     return h.rule
@@ -97,42 +109,7 @@ def row_rule_for(h: Handle, has_logits: bool, pool_window: int) -> RowRule:
 def sampling_for(handles: list[Handle], device: torch.device) -> SamplingBatch:
     banned, constraints = [], []
     for h in handles:
-        ctrl = h.req.controller
-        banned.append(h.req.banned_after_thinking if not ctrl.thinking and ctrl.budget else None)
-        constraints.append(None if ctrl.thinking else h.req.constraint)  # grammars start with the answer
+        b, c = sampling_masks(h.req)
+        banned.append(b)
+        constraints.append(c)
     return make_sampling_batch([h.req.sampling for h in handles], banned, device, constraints)
-
-
-def advance(h: Handle, seq: Sequence, sampled: int) -> str | None:
-    """Apply one sampled token; returns a finish reason ("stop", "length", "cancelled") or None."""
-    req = h.req
-    ctrl = req.controller
-    forced = ctrl.next_forced()
-    if forced is None and ctrl.answer_budget_left() <= 0:
-        h.emit(StepOutput(-1, False, finished="length"))
-        return "length"
-    tok = forced if forced is not None else int(sampled)
-    thinking = ctrl.thinking
-    if thinking:
-        if not ctrl.observe(tok, is_eos=forced is None and tok in req.eos_ids):
-            tok = ctrl.next_forced()  # an EOS inside the block: the controller closes it instead
-            thinking = ctrl.thinking
-            ctrl.observe(tok)
-    elif tok in req.eos_ids:
-        h.emit(StepOutput(tok, False, finished="stop"))
-        return "stop"
-    else:
-        ctrl.observe(tok)
-    if not thinking and req.constraint is not None and not req.constraint.accept(tok):
-        h.emit(StepOutput(-1, False, finished="length"))  # a dead end of the grammar
-        return "length"
-    seq.append_token(tok)
-    if not ctrl.thinking and ctrl.answer_budget_left() <= 0:
-        h.emit(StepOutput(tok, thinking))
-        h.emit(StepOutput(-1, False, finished="length"))  # no need to feed the last token
-        return "length"
-    h.emit(StepOutput(tok, thinking))
-    if req.cancelled:
-        h.cancel()
-        return "cancelled"
-    return None

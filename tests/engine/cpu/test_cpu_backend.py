@@ -18,7 +18,7 @@ from budgetllm.engine.cpu.backend import CPUWeights
 from budgetllm.engine.cpu.cache import RowCache
 from budgetllm.engine.cpu.sequence import CPUSequence
 from budgetllm.engine.eviction import EvictionRule
-from budgetllm.engine.reference import ReferenceSequence
+from budgetllm.engine.reference.sequence import ReferenceSequence
 from budgetllm.models import load_model
 
 VARIANTS = [("llama", None), ("llama", "borrowed"), ("qwen2", "adapter"), ("qwen3", "borrowed"), ("qwen3", "adapter")]
@@ -108,7 +108,7 @@ def test_fork_goes_on_independently_and_rows_grow(tiny_dir, monkeypatch):
 
 def test_calibration_logits_equal_the_reference(tiny_dir):
     from budgetllm.engine.cpu import CPUBackend
-    from budgetllm.engine.generation import ReferenceBackend
+    from budgetllm.engine.reference.backend import ReferenceBackend
 
     ref_model = load_model(str(tiny_dir("qwen3", "borrowed")), device="cpu", progress=False)
     fast_model = load_model(str(tiny_dir("qwen3", "borrowed")), device="cpu", progress=False)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from budgetllm.engine.request import Sequence, expected_row_entries, pages_for
+from budgetllm.engine.paged.sequence import Sequence, expected_row_entries, pages_for
 from budgetllm.errors import PoolExhaustedError
 
 

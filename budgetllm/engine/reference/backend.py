@@ -1,50 +1,18 @@
-"""One generation request as the backends see it, and the reference backend's decode loop."""
+"""The reference backend's request loop: one forward at a time over a :class:`ReferenceSequence`."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-from budgetllm.accounting.meter import KVMeter
 from budgetllm.engine.eviction import EvictionRule
 from budgetllm.engine.prefix_tree import PrefixTree
-from budgetllm.engine.reference import ReferenceSequence
-from budgetllm.engine.sampler import Sampler
-from budgetllm.engine.thinking import ThinkingController
+from budgetllm.engine.reference.sampler import Sampler
+from budgetllm.engine.reference.sequence import ReferenceSequence
+from budgetllm.engine.request import GenerationRequest, StepOutput
+from budgetllm.engine.step import advance, sampling_masks
 from budgetllm.models.loading import LoadedModel
-from budgetllm.types import SamplingParams
-
-
-@dataclass
-class GenerationRequest:
-    prompt_ids: list[int]
-    rule: EvictionRule
-    sampling: SamplingParams
-    controller: ThinkingController
-    meter: KVMeter
-    eos_ids: set[int]
-    banned_after_thinking: list[int] = field(default_factory=list)
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    cached_tokens: int = 0  # prompt tokens whose compressed cache was reused from an earlier call
-    # token counts inside the prompt where the backend keeps a reusable state too (besides the prompt
-    # end and the request's end): e.g. before a thinking open tag the next turn's history lacks
-    keep_at: tuple = ()
-    cancelled: bool = False
-    # a grammar for the answer (budgetllm.constrain.Constraint): masks sampling, sees every answer token
-    constraint: object = None
-    # seconds from the call to: first scheduled, its first forward launched, that forward read back
-    # (paged backend; for time-to-first-token breakdowns in benchmarks)
-    phases: dict = field(default_factory=dict)
-
-
-@dataclass
-class StepOutput:
-    token_id: int
-    thinking: bool  # the token belongs to the reasoning block (forced tokens included)
-    finished: str | None = None  # "stop" | "length" when the request ended at this step
 
 
 class ReferenceBackend:
@@ -90,7 +58,6 @@ class ReferenceBackend:
 
     def run(self, req: GenerationRequest) -> Iterator[StepOutput]:
         sampler = Sampler(req.sampling, self.model.device)
-        ctrl = req.controller
         self.active += 1
         seq = None
         try:
@@ -111,33 +78,14 @@ class ReferenceBackend:
             req.meter.observe(seq.seen, seq.live_entries())
             t0 = time.perf_counter()
             while True:
-                forced = ctrl.next_forced()
-                if forced is None and ctrl.answer_budget_left() <= 0:
-                    yield StepOutput(-1, False, finished="length")
-                    return
-                if forced is not None:
-                    tok = forced
-                else:
-                    banned = req.banned_after_thinking if not ctrl.thinking and ctrl.budget else None
-                    tok = sampler(logits, banned, None if ctrl.thinking else req.constraint)
-                thinking = ctrl.thinking
-                if not thinking and req.constraint is not None and not req.constraint.accept(tok):
-                    yield StepOutput(-1, False, finished="length")  # a dead end of the grammar
-                    return
-                if thinking:
-                    if not ctrl.observe(tok, is_eos=forced is None and tok in req.eos_ids):
-                        continue  # an EOS inside the block: the controller closes it instead
-                elif tok in req.eos_ids:
-                    yield StepOutput(tok, False, finished="stop")
-                    return
-                else:
-                    ctrl.observe(tok)
-                yield StepOutput(tok, thinking)
+                outs = advance(req, lambda x=logits: sampler(x, *sampling_masks(req)))  # samples unless forced
+                for out in outs:
+                    yield out
+                    if out.finished:
+                        return
                 if req.cancelled:
-                    return
-                if not ctrl.thinking and ctrl.answer_budget_left() <= 0:
-                    yield StepOutput(-1, False, finished="length")  # no need to feed the last token
-                    return
+                    continue  # cancelled while the consumer held the token: the next advance ends it
+                tok = outs[-1].token_id
                 with self._lock:
                     logits = seq.forward([tok])[-1]
                 self.tokens_generated += 1
@@ -150,6 +98,12 @@ class ReferenceBackend:
             if seq is not None and not req.cancelled:
                 with self._lock:
                     self._remember(req.rule, seq)
+
+    def close(self) -> None:
+        """Release the kept prefix states and keep no more (idempotent). A request still running
+        ends normally; the model goes with the last reference to this backend."""
+        self.prefix_cache = False
+        self.clear_prefix_cache()
 
     def pool_stats(self) -> dict:
         return {"active": self.active, "queued": 0, "tokens_generated": self.tokens_generated,

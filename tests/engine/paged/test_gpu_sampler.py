@@ -6,7 +6,7 @@ import collections
 
 import torch
 
-from budgetllm.engine.gpu_sampler import GPUSampler, make_sampling_batch
+from budgetllm.engine.paged.sampler import GPUSampler, make_sampling_batch
 from budgetllm.engine.rules import ALWAYS, DENSE, FORCED, THRESHOLD, WINDOW, decide_rows
 from budgetllm.types import SamplingParams
 

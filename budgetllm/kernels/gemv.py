@@ -218,12 +218,14 @@ def mode(mp: int, red: list) -> int:
 def plan_for(N: int, K: int, M: int, itemsize: int, sms: int) -> tuple[int, int, int, int, int]:
     """The CUDA plan ``(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)``, from the H200 sweep of
     bench/decode_floor.py (results/decode_floor-h200.json): at one row narrow outputs 8 x 1024 bf16, 8 warps,
-    1 stage; wide ones (1.5B gate/up, LM heads) 16 x 512, 4 warps, 3 stages; K split to ~2 programs per SM
-    (at most one split per 1024 of K); tiles shrink with rows (registers) and wider dtypes (same bytes)."""
+    1 stage; wide ones (1.5B gate/up, LM heads) 8 x 512, 4 warps, 3 stages (the wider sweep of
+    results/decode_floor-l5-h200.json: gate/up 23.2 us vs 23.75 for 16 x 512, LM head 126.2 vs 130.7);
+    K split to ~2 programs per SM (at most one split per 1024 of K); tiles shrink with rows (registers)
+    and wider dtypes (same bytes)."""
     target = 2 * sms
     if M <= FMA_ROWS:
         wide = triton.cdiv(N, 8) >= 4 * sms
-        bn, bk, warps, stages = (16, 512, 4, 3) if wide else (8, 1024, 8, 1)
+        bn, bk, warps, stages = (8, 512, 4, 3) if wide else (8, 1024, 8, 1)
         bk = bk * 2 // itemsize // m_pad(M)
     else:  # the 16-row tl.dot tile (not used by the engine by default: cuBLAS was faster there)
         bn, bk, warps, stages = (64, 128, 8, 2) if triton.cdiv(N, 32) >= 8 * sms else (32, 128, 4, 3)

@@ -1,19 +1,23 @@
 """The decode step for small batches (at most 4 rows by default): few kernels per layer, weights streamed once.
 
 At batch 1 a decode step used to cost ~2 ms whatever the model: 13 kernels per layer (cuBLAS GEMV
-shapes with split-K reduces, norms, silu, ...), each paying a launch and a tail. Here a layer is
+shapes with split-K reduces, norms, silu, ...), each paying a launch and a tail. Here a layer is,
+by default (the fastest measured on the H200, bench/NOTES.md v5), 8 launches:
 
-1. ``qkv_store`` (residual stream x -> RMSNorm -> QKV GEMM + bias -> q/k norm, DMS logits and
-   decisions, RoPE -> store-and-evict of the new K/V; kernels/qkv_store.py),
-2. ``paged_decode_attention`` (its split-K reduce in the same launch, ``reduce_cnt``;
-   ``balanced=True`` shares the splits out over the KV heads by row length),
-3. ``gemv`` (o-proj + bias + residual add: the new x),
-4. ``gemv`` (x -> RMSNorm -> gate/up GEMM -> silu * up),
-5. ``gemv`` (down-proj + residual add: the next layer's x),
+1. ``gemv`` (residual stream x -> RMSNorm -> QKV GEMM + bias),
+2. ``qkv_rope`` (q/k norm, DMS logits and decisions, RoPE) and 3. ``store_decode_kv`` (store-and-evict
+   of the new K/V),
+4. ``paged_decode_attention`` and 5. its split-K reduce kernel (``balanced=True`` shares the splits
+   out over the KV heads by row length),
+6. ``gemv`` (o-proj + bias + residual add: the new x),
+7. ``gemv`` (x -> RMSNorm -> gate/up GEMM -> silu * up),
+8. ``gemv`` (down-proj + residual add: the next layer's x).
 
-(``fuse_qkv=False`` / ``fuse_reduce=False``: the 8-launch layer of before, gemv + qkv_rope +
-store_decode_kv and a separate reduce kernel; kept for measurement and for the per-layer borrowed
-variant, whose decision is made outside a kernel),
+``fuse_qkv=True`` runs 1-3 as ONE launch (``kernels/qkv_store.py``) and ``fuse_reduce=True`` folds
+the reduce into the attention launch (5 launches per layer); both were measured slower at batch 1
+(their serial tails cost more than the launches they save) and stay selectable for measurement
+(``bench/decode_floor.py``'s "l6_pdl" / "l5_pdl"). The per-layer borrowed variant always takes the
+unfused QKV path (its decision is made outside a kernel).
 
 and the step ends with ``gemv`` (final RMSNorm -> LM head, float32 logits). The RMSNorms moved into
 the GEMMs' prologues, so no separate norm kernels remain; each GEMM streams its weight matrix at
@@ -45,7 +49,7 @@ class DecodeLayers:
 
     def __init__(self, model: FusedModel, device: torch.device, pdl: bool = False, balanced: bool = False,
                  max_rows: int = FMA_ROWS, plans: dict | None = None, glu_pairs: bool | None = None,
-                 fuse_qkv: bool = True, fuse_reduce: bool = True):
+                 fuse_qkv: bool = False, fuse_reduce: bool = False):
         self.m = model
         self.ws = GemvWorkspace(device)
         self.pdl = bool(pdl and HAS_PDL and device.type == "cuda")
@@ -55,9 +59,10 @@ class DecodeLayers:
         self.max_rows = min(max_rows, MAX_ROWS)  # larger buckets keep cuBLAS
         self.plans = plans or {}  # (N, K, glu, M_PAD) -> gemv plan (tuning); else gemv_plan's
         self.glu_pairs = glu_pairs  # gemv's glu_pairs (None: its default)
-        # 5 launches per layer: QKV + RoPE + decision + store in one kernel (kernels/qkv_store.py; the
-        # per-layer borrowed variant decides outside a kernel: 3 launches there), the attention's split
-        # reduce inside the attention kernel (its counters: zero between calls)
+        # off by default (bench/NOTES.md v5: measured slower at batch 1 on the H200); on: QKV + RoPE +
+        # decision + store in one kernel (kernels/qkv_store.py; the per-layer borrowed variant decides
+        # outside a kernel: 3 launches there), the attention's split reduce inside the attention kernel
+        # (its counters: zero between calls)
         self.fuse_qkv = fuse_qkv and not (model.borrowed and model.dms.alpha_per == "layer")
         self.reduce_cnt = torch.zeros(MAX_ROWS * model.H, dtype=torch.int32, device=device) if fuse_reduce else None
 

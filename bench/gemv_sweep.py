@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.decode_floor_attention import graph_us, left
-from budgetllm.kernels.gemv import GemvWorkspace, gemv, plan_for
+from budgetllm.kernels.gemv import GLU_PAIRS, GemvWorkspace, gemv, plan_for
 
 SWEEP_MATS = {"gate_up": (8960, 1536, True), "lm_head": (151936, 1536, False)}  # Qwen2.5-1.5B, (N, K, glu)
 
@@ -57,9 +57,26 @@ def candidates(N: int, K: int, sms: int) -> list[tuple]:
     return out + grid
 
 
+def ws_size(N: int, K: int, plan: tuple) -> tuple[int, int]:
+    """``(partial floats, counters)`` ``gemv`` needs for ``plan`` at one row (its own split rounding)."""
+    bn, bk, split = plan[:3]
+    k_split = math.ceil(math.ceil(K / split) / bk) * bk
+    split, nb = math.ceil(K / k_split), math.ceil(N / bn)
+    return split * nb * 2 * bn, nb
+
+
+def fits(ws: GemvWorkspace, N: int, K: int, plan: tuple, glu: bool) -> bool:
+    """Whether ``ws`` holds ``plan``'s scratch: ``gemv`` uses it with split K > 1 or gate/up pairs
+    (``GLU_PAIRS``), the cases where it raises "gemv workspace too small" (the LM head's 8-wide
+    split-2 plans: 18,992 column blocks > the engine's 16,384 counters)."""
+    part, cnt = ws_size(N, K, plan)
+    used = ws_size(N, K, plan[:2] + (1,))[0] != part or (glu and GLU_PAIRS)
+    return not used or (ws.part.numel() >= part and ws.cnt.numel() >= cnt)
+
+
 def sweep_part(bw: float, budget: float, out: list, best: dict, per_mat_s: float = 25.0) -> None:
     """Per GEMM: cuBLAS (``F.linear``), the default plan, then candidates until ``per_mat_s`` passes."""
-    ws = GemvWorkspace("cuda")  # the engine's size: a plan that does not fit it fails here too (None)
+    ws = GemvWorkspace("cuda")  # the engine's size (DecodeLayers'); plans that need more get their own
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for name, (N, K, glu) in SWEEP_MATS.items():
         rows_w = 2 * N if glu else N
@@ -72,24 +89,30 @@ def sweep_part(bw: float, budget: float, out: list, best: dict, per_mat_s: float
         times = {"cublas_linear": graph_us([lambda w=w, x=x: F.linear(x, w) for w in ws_])}
         t_end = time.perf_counter() + per_mat_s
         tried = cands = candidates(N, K, sms)
+        big: list[str] = []  # plans whose split-K scratch exceeds the engine's workspace
         for i, plan in enumerate(cands):
             if time.perf_counter() > t_end or left(budget) < 0:
                 tried = cands[:i]
                 break
+            pws = ws
+            if not fits(ws, N, K, plan, glu):  # measured with a workspace of its size, never picked (below)
+                pws = GemvWorkspace("cuda", *ws_size(N, K, plan))
+                big.append(str(plan))
             try:
-                times[str(plan)] = graph_us([lambda w=w, x=x, kw=kw, plan=plan: gemv(x, w, ws=ws, plan=plan, **kw)
-                                              for w in ws_])
+                times[str(plan)] = graph_us([lambda w=w, x=x, kw=kw, plan=plan, pws=pws: gemv(
+                    x, w, ws=pws, plan=plan, **kw) for w in ws_])
             except Exception as e:  # noqa: BLE001 - e.g. out of resources for one plan
                 times[str(plan)] = None
                 print(name, plan, repr(e)[:160], flush=True)
-        ok = {k: v for k, v in times.items() if v is not None and k.startswith("(")}
+        # the step part runs the engine's workspace: a plan that does not fit it is reported, not picked
+        ok = {k: v for k, v in times.items() if v is not None and k.startswith("(") and k not in big}
         bname = min(ok, key=ok.get)
         plan = tuple(int(t) for t in bname[1:-1].split(","))
         best[(N, K, glu, 1)] = plan
         times["best_pdl"] = graph_us([lambda w=w, x=x, kw=kw, plan=plan: gemv(x, w, ws=ws, plan=plan, pdl=True, **kw)
                                        for w in ws_])
         row = {"mat": name, "N": N, "K": K, "bytes": nbytes, "tried": len(tried), "of": len(cands),
-               "default_plan": str(cands[0]), "best_plan": bname,
+               "default_plan": str(cands[0]), "best_plan": bname, "needs_larger_workspace": big,
                "us": {k: (round(v, 2) if v is not None else None) for k, v in times.items()},
                "bw_fraction": {k: round(nbytes / (v * 1e-6) / bw, 3) for k, v in times.items() if v}}
         out.append(row)

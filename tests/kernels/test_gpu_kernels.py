@@ -84,6 +84,29 @@ def test_gpu_decode_attention_long_rows(D, num_splits):
     assert relerr(out, exp) < BF16_TOL
 
 
+
+@pytest.mark.parametrize(("n", "num_splits"), [(1025, 9), (4353, 64), (32769, 64), (1025, 1)])
+def test_gpu_fused_reduce_is_bit_identical_at_the_step_shapes(n, num_splits):
+    """The in-kernel reduce (``reduce_cnt``) against the reduce kernel at the Qwen2.5-1.5B decode
+    points of bench/decode_floor.py (H 2, G 6, D 128, bf16; 1K, 32K CR 8, 32K CR 1 rows and their
+    splits), one batch row as at batch 1, 20 calls each: the H200 run of 6e18d84 found the l5 logits
+    different from l8 at 1K and 32K CR 8 (l6, fused QKV with the separate reduce, was identical):
+    this pins whether the fused reduce differs deterministically (its compiled sums) or only at times
+    (a hand-off race of the last-arriver counter)."""
+    H, G, D = 2, 6, 128
+    kv = make_kv(P=6000, PAGE=16, D=D, L=1, S=2, H=H, MAXP=2200, window=256, dtype=torch.bfloat16, seed=n)
+    for h in range(H):
+        _fill_direct(kv, 0, 1, h, n - 3 * h, seed=h)
+    q = torch.randn(1, H * G, D, device="cuda").to(torch.bfloat16)
+    sl = torch.tensor([1], dtype=torch.int32, device="cuda")
+    cnt = torch.zeros(H, dtype=torch.int32, device="cuda")
+    two = paged_decode_attention(q, kv, 0, sl, D**-0.5, num_splits=num_splits)
+    fused = [paged_decode_attention(q, kv, 0, sl, D**-0.5, num_splits=num_splits, reduce_cnt=cnt, pdl=True)
+             for _ in range(20)]
+    differ = [i for i, f in enumerate(fused) if not torch.equal(f, two)]
+    assert not differ, f"fused reduce differs from the reduce kernel in calls {differ} of 20"
+    assert int(cnt.abs().sum()) == 0
+
 def test_gpu_store_matches_reference():
     """Chunked prefill (1000 + 517 tokens) then 20 decode steps, window 512, against the reference."""
     H, D = 2, 128

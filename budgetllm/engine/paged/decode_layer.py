@@ -19,7 +19,7 @@ the reduce into the attention launch (5 launches per layer); both were measured 
 (``bench/decode_floor.py``'s "l6_pdl" / "l5_pdl"). The per-layer borrowed variant always takes the
 unfused QKV path (its decision is made outside a kernel).
 
-and the step ends with ``gemv`` (final RMSNorm -> LM head, float32 logits). The RMSNorms moved into
+The step ends with ``gemv`` (final RMSNorm -> LM head, float32 logits). The RMSNorms moved into
 the GEMMs' prologues, so no separate norm kernels remain; each GEMM streams its weight matrix at
 once with split-K inside one launch when the output is narrow (kernels/gemv.py).
 

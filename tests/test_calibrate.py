@@ -64,3 +64,24 @@ def test_copy_task_prompt_is_compressed_without_any_thinking(tiny_llm):
     cr8 = measure_point(llm, "copy", 0, 8.0, 1, samples=1, answer_tokens=4)
     assert dense.prompt_tokens == cr8.prompt_tokens > 600
     assert cr8.peak_kv_bytes < dense.peak_kv_bytes / 2
+
+
+def test_shipped_table_of_the_embedded_model_ranks_compression_on_the_long_task():
+    """The committed measurement (budgetllm/data/calibration/smollm2-135m.json): the short tasks' prompts
+    fit in the 256-token window and their accuracy is flat in CR; the copy task's does not, and is not."""
+    from pathlib import Path
+
+    import budgetllm
+
+    table = CalibrationTable.load(Path(budgetllm.__file__).parent / "data" / "calibration" / "smollm2-135m.json")
+    assert "copy" in table.tasks()
+    for task in table.tasks():
+        points = table.points_for(task)
+        by_cr = {}
+        for p in points:
+            by_cr.setdefault(p.thinking_budget, {})[p.compression] = p.accuracy
+        flat = all(len(set(accs.values())) == 1 for accs in by_cr.values())
+        long_prompt = min(p.prompt_tokens for p in points) > 256
+        assert flat != long_prompt, (task, by_cr)
+    copy = {p.compression: p for p in table.points_for("copy")}
+    assert copy[1.0].accuracy > copy[8.0].accuracy and copy[8.0].peak_kv_bytes < copy[1.0].peak_kv_bytes

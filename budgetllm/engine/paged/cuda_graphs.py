@@ -31,17 +31,24 @@ import torch
 
 
 @contextmanager
-def capturing(graph: torch.cuda.CUDAGraph, pool=None) -> Iterator[None]:
-    """``torch.cuda.graph(graph, pool)`` with the garbage collector run before and off during it."""
+def collector_off() -> Iterator[None]:
+    """The garbage collector run once, then off (a loop of captures pays one collection)."""
     enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
+    if enabled:
+        gc.collect()
+        gc.disable()
     try:
-        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-            yield
+        yield
     finally:
         if enabled:
             gc.enable()
+
+
+@contextmanager
+def capturing(graph: torch.cuda.CUDAGraph, pool=None) -> Iterator[None]:
+    """``torch.cuda.graph(graph, pool)`` in thread-local mode with the collector off (``collector_off``)."""
+    with collector_off(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        yield
 
 
 def bucket_sizes(max_bs: int) -> list[int]:
@@ -70,6 +77,12 @@ class DecodeGraphs:
     @torch.inference_mode()
     def capture(self) -> None:
         r = self.runner
+        with collector_off():
+            self._capture(r)
+        if not self.emulate:
+            torch.cuda.synchronize()
+
+    def _capture(self, r) -> None:
         for bs in reversed(self.buckets):  # the largest first: its memory pool serves the others
             ns = r.num_splits(bs)
             r.warm_decode(bs, ns)  # this very specialisation, eagerly; the pool is left as it was
@@ -82,8 +95,6 @@ class DecodeGraphs:
             if self.pool is None:
                 self.pool = g.pool()
             self.graphs[bs] = g
-        if not self.emulate:
-            torch.cuda.synchronize()
 
     def replay(self, bs: int) -> None:
         if self.emulate:

@@ -298,4 +298,3 @@ class ModelRunner:
         host = torch.cat(parts).cpu().tolist()
         B = len(host) - 3 * S - 1
         return Readback(host[:B], _SlotView(host[B:], S), host[-1])
-

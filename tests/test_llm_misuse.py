@@ -72,7 +72,8 @@ def test_close_and_context_manager(tiny_dir):
     path = str(tiny_dir("llama"))
     with LLM.from_pretrained(path, backend="reference", device="cpu", progress=False) as a:
         assert a.generate("hi", max_tokens=2).usage.output_tokens == 2
-    for call in (lambda: a.generate("hi"), lambda: list(a.stream("hi")), a.pool_stats):
+    for call in (lambda: a.generate("hi"), lambda: list(a.stream("hi")), a.pool_stats,
+                 lambda: a.max_context):
         with pytest.raises(BudgetLLMError, match="closed"):
             call()
     a.close()  # idempotent

@@ -16,6 +16,7 @@ def test_paged_engine_writes_long_traces_and_stops_at_the_deadline():
     from budgetllm.dms.traces import generate_traces
 
     llm = LLM.from_pretrained(None, device="cuda", backend="paged", progress=False)
+    max_context = llm.max_context  # read while open: close() drops the model
     try:
         traces = generate_traces(llm, 5, seed=21, max_tokens=64, min_tokens=1, concurrency=5, long_context=True)
         late = generate_traces(llm, 2, seed=21, max_tokens=8, min_tokens=1, deadline=time.time() - 1)
@@ -24,7 +25,7 @@ def test_paged_engine_writes_long_traces_and_stops_at_the_deadline():
     assert len(traces) == 5 and late == []
     assert {t["kind"] for t in traces} == {"arithmetic", "variable_tracking", "kv_retrieval", "open", "passage_copy"}
     long = [t for t in traces if t["kind"] in ("kv_retrieval", "passage_copy")]
-    assert all(2048 < t["tokens"] <= llm.max_context for t in long)  # long task bodies, within the 8K context
+    assert all(2048 < t["tokens"] <= max_context for t in long)  # long task bodies, within the 8K context
     assert all(t["tokens"] == len(t["ids"]) for t in traces)
 
 

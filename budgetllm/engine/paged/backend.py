@@ -159,6 +159,8 @@ class PagedBackend(EngineLoop):
             s.payload.fail(err)
             s.payload.flush()
         self.error = self.error or err
+        if self._thread is None or not self._thread.is_alive():
+            self.runner.close()  # graphs <-> runner cycles go now, not at a collection inside a later capture
         self.runner = self._reference = self.model = None
 
 

@@ -8,15 +8,47 @@ lengths, block tables, the page allocator), so a replay needs no host values. A 
 the next bucket with frozen padding slots (see ``budgetllm.cache.pool``) whose rows never allocate.
 
 Each bucket fixes ``num_splits`` of the decode attention from shapes only, as the graph requires.
-Triton kernels are compiled before capture by an eager warm-up on padding rows with the same
-specialisation (same num_splits).
+Everything a first launch does (Triton compiles and module loads, the driver's local-memory growth,
+cuBLAS workspaces) happens before capture, in an eager warm-up of exactly the bucket's rows and
+num_splits (the gemv tile rows and Triton's integer specialisations depend on the row count):
+padding slots, then free sequence slots that are released again (``ModelRunner.warm_decode``).
+
+A capture is invalidated by any forbidden call of this process while it runs, and the one seen on
+the H200 was the cyclic garbage collector destroying another (closed) engine's graphs mid-capture
+(``cudaGraphExecDestroy``: "operation not permitted when stream is capturing"). ``capturing``
+collects first and keeps the collector off during the capture; ``thread_local`` capture mode lets
+other threads (another engine's loop) allocate meanwhile.
 """
 
 from __future__ import annotations
 
 import bisect
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+
+
+@contextmanager
+def collector_off() -> Iterator[None]:
+    """The garbage collector run once, then off (a loop of captures pays one collection)."""
+    enabled = gc.isenabled()
+    if enabled:
+        gc.collect()
+        gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextmanager
+def capturing(graph: torch.cuda.CUDAGraph, pool=None) -> Iterator[None]:
+    """``torch.cuda.graph(graph, pool)`` in thread-local mode with the collector off (``collector_off``)."""
+    with collector_off(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        yield
 
 
 def bucket_sizes(max_bs: int) -> list[int]:
@@ -45,23 +77,24 @@ class DecodeGraphs:
     @torch.inference_mode()
     def capture(self) -> None:
         r = self.runner
-        npad = len(r.pad_slots)
+        with collector_off():
+            self._capture(r)
+        if not self.emulate:
+            torch.cuda.synchronize()
+
+    def _capture(self, r) -> None:
         for bs in reversed(self.buckets):  # the largest first: its memory pool serves the others
             ns = r.num_splits(bs)
-            warm = min(bs, npad)
-            r.fill_decode([], warm)
-            r.decode_body(warm, ns)  # compiles this specialisation; padding rows leave the pool unchanged
+            r.warm_decode(bs, ns)  # this very specialisation, eagerly; the pool is left as it was
             if self.emulate:
                 continue
             torch.cuda.synchronize()
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self.pool):
+            with capturing(g, self.pool):
                 r.decode_body(bs, ns)
             if self.pool is None:
                 self.pool = g.pool()
             self.graphs[bs] = g
-        if not self.emulate:
-            torch.cuda.synchronize()
 
     def replay(self, bs: int) -> None:
         if self.emulate:

@@ -23,8 +23,10 @@ from budgetllm.engine.paged.cuda_graphs import DecodeGraphs, bucket_sizes
 from budgetllm.engine.paged.decode_layer import DecodeLayers
 from budgetllm.engine.paged.prefill_graphs import BUCKETS as PREFILL_BUCKETS
 from budgetllm.engine.paged.prefill_graphs import PrefillGraphs
+from budgetllm.engine.paged.readback import Readback, _SlotView
+from budgetllm.engine.paged.readback import free_cached as _free_cached
+from budgetllm.engine.paged.readback import without_frames as _without_frames
 from budgetllm.engine.paged.sampler import GPUSampler, SamplingBatch
-from budgetllm.engine.paged.scheduler import SlotStats
 from budgetllm.engine.rules import ALWAYS, FORCED, THRESHOLD, WINDOW, RowRule, step_decisions
 from budgetllm.kernels import (
     dms_prefill_attention,
@@ -60,31 +62,21 @@ class RunnerConfig:
     prefill_buckets: tuple = PREFILL_BUCKETS  # chunk sizes of the prefill graphs (() = none)
 
 
-@dataclass
-class Readback:
-    tokens: list[int]
-    stats: _SlotView  # .get(slot) -> SlotStats
-    free_pages: int
-
-
-class _SlotView:
-    """``stats.get(slot)`` over the raw readback (SlotStats built only for the slots asked about)."""
-
-    def __init__(self, rest: list[int], num_slots: int):
-        self.rest, self.S = rest, num_slots
-
-    def get(self, slot: int | None) -> SlotStats | None:
-        if slot is None or not 0 <= slot < self.S:
-            return None
-        r, S = self.rest, self.S
-        return SlotStats(r[slot], r[S + slot], bool(r[2 * S + slot]))
-
-    def __getitem__(self, slot: int) -> SlotStats:
-        return self.get(slot)
-
-
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, cfg: RunnerConfig):
+        try:
+            self._build(loaded, cfg)
+        except BaseException as e:  # the half-built runner owns the pool, buffers and graphs: drop them
+            self.close()
+            raise _without_frames(e) from None
+
+    def close(self) -> None:
+        """Drop the pool, the buffers and the graphs (and their cycles with this runner): the memory
+        returns at once rather than at the next garbage collection, which may fall in a capture."""
+        vars(self).clear()
+        _free_cached()
+
+    def _build(self, loaded: LoadedModel, cfg: RunnerConfig) -> None:
         self.cfg = cfg
         self.device = loaded.device
         c = loaded.config
@@ -177,13 +169,21 @@ class ModelRunner:
         self.read_buf[:bs] = self.logits_buf[:bs].argmax(-1)
         self.compute_stats(advance=(slots, inc))  # and seq_pos[slots] += inc
 
+    def warm_decode(self, bs: int, num_splits: int) -> None:
+        """One eager decode step of exactly ``bs`` rows, before the bucket's capture: the padding slots,
+        then free sequence slots (none is in use while the runner is built), released again after."""
+        seq = list(range(max(0, bs - len(self.pad_slots))))
+        self.fill_decode([], bs, self.pad_slots + seq)
+        self.decode_body(bs, num_splits)
+        self.release(seq)
+
     def compute_stats(self, advance: tuple | None = None) -> None:
         """Per slot: pages held (rows have no holes: ceil(len / PAGE) each), live entries, overflow flag;
         and the free-page count, into one static buffer (inside the decode graph), in one launch
         (``kernels/step_stats.py``; ``advance`` = (slots, inc): the step's ``seq_pos += inc`` too)."""
         slot_stats(self.kv, self.pool.num_slots, self.cfg.page_size, self.stats_buf, advance)
 
-    def fill_decode(self, rows: list[tuple[int, int, RowRule]], bs: int) -> None:
+    def fill_decode(self, rows: list[tuple[int, int, RowRule]], bs: int, pads: list[int] | None = None) -> None:
         """Stage (slot, token, rule) rows and ``bs - len(rows)`` padding rows into the static buffers
         (numpy views of pinned memory: per-element torch indexing would cost ~1 ms per step). A slot's
         thresholds are copied only when its rule changes (admission); padding rows never read theirs."""
@@ -193,7 +193,7 @@ class ModelRunner:
             if self.thr_rule[slot] is not r:
                 self.stage_thresholds(slot, r)
         for j, i in enumerate(range(len(rows), bs)):
-            h[:, i] = (0, self.pad_slots[j], 0, ALWAYS, 0, 1)
+            h[:, i] = (0, (pads or self.pad_slots)[j], 0, ALWAYS, 0, 1)
         # whole buffer: a contiguous pinned -> device copy stays asynchronous (a few hundred bytes)
         self.ibuf.copy_(self.ibuf_host, non_blocking=True)
 

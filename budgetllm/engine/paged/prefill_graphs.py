@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 
+from budgetllm.engine.paged.cuda_graphs import capturing, collector_off
 from budgetllm.engine.rules import DENSE, RowRule
 from budgetllm.kernels import release_rows
 
@@ -95,6 +96,11 @@ class PrefillGraphs:
     def capture(self) -> None:
         if self.emulate:
             return
+        with collector_off():  # one collection for all buckets, none inside a capture
+            self._capture()
+        torch.cuda.synchronize()
+
+    def _capture(self) -> None:
         pool = None
         for T in reversed(self.buckets):  # the largest first: its memory pool serves the others
             self.fill(self.warm, [0], 0, RowRule(), T)  # compiles this bucket's kernels eagerly
@@ -102,12 +108,10 @@ class PrefillGraphs:
             release_rows(self.r.kv, torch.tensor([self.warm], dtype=torch.int32, device=self.r.device))
             torch.cuda.synchronize()
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
+            with capturing(g, pool):  # the collector off: engine/paged/cuda_graphs.py
                 self.body(T)
             pool = pool or g.pool()
             self.graphs[T] = g
-        if not self.emulate:
-            torch.cuda.synchronize()
 
     def run(self, slot: int, toks: list[int], p0: int, rule: RowRule, T: int) -> torch.Tensor:
         """Prefill one chunk through bucket ``T``; returns its last token's logits [1, V]."""

@@ -108,7 +108,7 @@ def test_cancel_frees_pages(pair):
 
 def test_graph_buckets_and_padding_rows(tiny_dir):
     """CUDA-graph batching emulated on the CPU: batches padded to buckets with frozen padding slots
-    (their rows never take a page), warm-up passes on padding rows only, same tokens as the reference."""
+    (their rows never take a page), warm-ups that take no page, same tokens as the reference."""
     from budgetllm.engine.paged.backend import PagedBackend
 
     ref = LLM.from_pretrained(str(tiny_dir("qwen2", "adapter")), backend="reference", device="cpu", progress=False)

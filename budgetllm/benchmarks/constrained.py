@@ -91,7 +91,6 @@ def engine_probe(llm) -> dict | None:
     runner = getattr(backend, "runner", None)
     if runner is None or not hasattr(backend, "decode_log"):
         return None
-    engine_mod = sys.modules[type(backend).__module__]
     masks = getattr(sys.modules[type(runner.sampler).__module__], "HostMasks", None)
     probe = {"mask_s": 0.0, "advance_s": 0.0}
 
@@ -106,8 +105,13 @@ def engine_probe(llm) -> dict | None:
 
     if masks is not None:
         masks.build = timed(masks.build, "mask_s")
-    if hasattr(engine_mod, "advance"):
-        engine_mod.advance = timed(engine_mod.advance, "advance_s")
+    from budgetllm.engine import step as step_mod
+
+    original = step_mod.advance
+    wrapped = timed(original, "advance_s")
+    for mod in list(sys.modules.values()):  # every engine module that imported it by name
+        if getattr(mod, "__name__", "").startswith("budgetllm.engine") and getattr(mod, "advance", None) is original:
+            mod.advance = wrapped
     return probe
 
 

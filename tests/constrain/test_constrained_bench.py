@@ -37,6 +37,7 @@ def test_measure_reports_every_run_and_equal_work(tiny_dir):
     assert point["ratio"] is not None and point["ratio_basis"]
     assert point["steps_constrained"]["mask_ms_per_step"] > 0  # the constrained rows were masked
     assert point["steps_unconstrained"]["mask_ms_per_step"] == 0
+    assert point["steps_constrained"]["advance_ms_per_step"] > 0  # the per-row host logic is timed too
     assert result["compile_10_tools_cached_ms"] < result["compile_10_tools_cold_ms"]
 
 

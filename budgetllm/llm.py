@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
@@ -49,6 +50,10 @@ class LLM:
                               len(self.prompter.encode_text(think.close_tag + think.after_close)))
         self._output = CallOutput(self.prompter, self.thinking_config, self.model_name, self._sinks)
         self._closed = False
+        # budgetllm.constrain.GrammarCompiler: made on the first constrained call, then kept (with its
+        # compiled grammars) until close(); building it (xgrammar's tokenizer info) takes ~0.1 s.
+        self._grammar = None
+        self._grammar_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
@@ -58,6 +63,7 @@ class LLM:
             return
         self._closed = True
         backend, self.backend, self.loaded = self.backend, None, None
+        self._grammar = None
         if hasattr(backend, "close"):
             backend.close()
         del backend
@@ -79,7 +85,6 @@ class LLM:
             from budgetllm.errors import BudgetLLMError
 
             raise BudgetLLMError(f"this LLM ({self.model_name}) is closed; load it again to generate")
-        self._grammar = None  # budgetllm.constrain.GrammarCompiler, made on the first constrained call
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -218,9 +223,11 @@ class LLM:
         spec = call_spec(call.response_format, call.tools, call.tool_choice, self.prompter.tool_format())
         if spec is None or (call.response_format is None and not available()):
             return None  # without xgrammar, tool calls run unconstrained (and are still parsed and checked)
-        if self._grammar is None:
-            self._grammar = GrammarCompiler(self.tokenizer, getattr(self.loaded.config, "vocab_size", None))
-        return self._grammar.constraint(spec, self.prompter.eos_ids)
+        with self._grammar_lock:  # concurrent first calls build one compiler
+            if self._grammar is None:
+                self._grammar = GrammarCompiler(self.tokenizer, getattr(self.loaded.config, "vocab_size", None))
+            compiler = self._grammar
+        return compiler.constraint(spec, self.prompter.eos_ids)
 
     def _prompt(self, messages, call: CallOptions) -> tuple[list[int], bool]:
         """The prompt's token ids, and whether the template already opens a thinking block

@@ -5,13 +5,21 @@ batch 1 and 64; a 10-tool set compiles in <= 20 ms cached.
     python -m budgetllm.benchmarks.constrained [--model PATH_OR_ID] [--batches 1 64] [--tokens 256]
                                                [--out bench/results/constrained-<card>.json]
 
-Each point runs the same prompts twice on one paged engine: unconstrained, then each request with
-``response_format`` (a JSON schema whose array keeps the answer open, so both runs decode about
-the same number of tokens); tok/s = generated tokens / wall time. The grammar's own work (mask fill
-on the host while the GPU runs, bitmask copy, masking in the sampler) is what the ratio measures.
-Each mode also reports its decode steps (``steps_*``: the engine's own per-step timings, the
-decode-only tok/s, and the host milliseconds per step in mask building and in the per-row logic
-after the readback), which say where a slower constrained step spends its time.
+Each point runs the same prompts three times on one paged engine: unconstrained (up to
+``--tokens`` each), every request with ``response_format`` (a JSON schema), and unconstrained again
+with each request capped at the token count of its constrained twin (equal work: a constrained
+answer ends when its JSON is complete, so it is shorter). Every run's numbers are kept:
+
+- ``ratio`` (the target's number, ``ratio_basis`` says which): decode tok/s at the full batch,
+  constrained over unconstrained, by the engine benchmark's rule (median start-to-start time of
+  consecutive decode steps with all ``batch`` requests decoding, host work included); the same
+  batch size in both modes, so unequal answer lengths do not enter. Falls back to the decode-step
+  rate over all steps when either mode has fewer than 8 full-batch steps.
+- ``ratio_end_to_end_equal_work``: generated tokens / wall time, constrained over the matched run
+  (prefill, thread start and per-request set-up included); ``ratio_end_to_end_first_run``: over the
+  first, uncapped run (unequal work, kept to compare with earlier results).
+- ``steps_*``: the engine's own per-step timings, the decode-only tok/s over all decode steps, and
+  the host milliseconds per step in mask building; ``full_batch_*``: the full-batch rate per run.
 """
 
 from __future__ import annotations
@@ -48,14 +56,17 @@ def ten_tools() -> list[dict]:
     return [{"type": "function", "function": t} for t in TOOLS]
 
 
-def run_batch(llm, batch: int, tokens: int, constrained: bool) -> tuple[int, float]:
+def run_batch(llm, batch: int, tokens: int | list[int], constrained: bool) -> tuple[list[int], float]:
+    """Each request's output tokens, and the wall seconds of the whole batch (``tokens``: one
+    max_tokens for all, or one per request)."""
     rf = {"type": "json_schema", "json_schema": {"name": "list", "schema": SCHEMA}} if constrained else None
+    limits = tokens if isinstance(tokens, list) else [tokens] * batch
     counts = [0] * batch
     errors: list = []
 
     def one(i: int) -> None:
         try:
-            g = llm.generate(f"List some things, #{i}.", max_tokens=tokens, temperature=1.0, seed=i,
+            g = llm.generate(f"List some things, #{i}.", max_tokens=max(1, limits[i]), temperature=1.0, seed=i,
                              compression=1, response_format=rf)
             counts[i] = g.usage.output_tokens
         except Exception as e:  # noqa: BLE001 - reported
@@ -69,7 +80,7 @@ def run_batch(llm, batch: int, tokens: int, constrained: bool) -> tuple[int, flo
         t.join()
     if errors:
         raise errors[0]
-    return sum(counts), time.perf_counter() - t0
+    return counts, time.perf_counter() - t0
 
 
 def engine_probe(llm) -> dict | None:
@@ -80,7 +91,6 @@ def engine_probe(llm) -> dict | None:
     runner = getattr(backend, "runner", None)
     if runner is None or not hasattr(backend, "decode_log"):
         return None
-    engine_mod = sys.modules[type(backend).__module__]
     masks = getattr(sys.modules[type(runner.sampler).__module__], "HostMasks", None)
     probe = {"mask_s": 0.0, "advance_s": 0.0}
 
@@ -95,8 +105,13 @@ def engine_probe(llm) -> dict | None:
 
     if masks is not None:
         masks.build = timed(masks.build, "mask_s")
-    if hasattr(engine_mod, "advance"):
-        engine_mod.advance = timed(engine_mod.advance, "advance_s")
+    from budgetllm.engine import step as step_mod
+
+    original = step_mod.advance
+    wrapped = timed(original, "advance_s")
+    for mod in list(sys.modules.values()):  # every engine module that imported it by name
+        if getattr(mod, "__name__", "").startswith("budgetllm.engine") and getattr(mod, "advance", None) is original:
+            mod.advance = wrapped
     return probe
 
 
@@ -117,6 +132,39 @@ def step_breakdown(llm, probe: dict | None, t0: float, t1: float, before: dict) 
     return out
 
 
+def full_batch_rate(llm, batch: int, since: float) -> dict:
+    """The engine benchmark's decode rate (budgetllm.benchmarks.engine_bench): the median
+    start-to-start time of consecutive decode steps over the whole batch (all ``batch`` requests
+    decoding, host work included, no prefill in between), so both modes are compared at the same
+    batch size whatever their token counts."""
+    from budgetllm.benchmarks.engine_bench import _full_batch_intervals
+
+    full = _full_batch_intervals(list(llm.backend.decode_log), batch, since)
+    if not full:
+        return {"steps": 0}
+    step = statistics.median_high(full)
+    return {"steps": len(full), "step_ms": step * 1e3, "decode_tok_s": batch / step}
+
+
+def headline(point: dict, batch: int, min_steps: int = 8) -> dict:
+    """The target's ratio: decode tok/s at the full batch, constrained over unconstrained (the
+    larger full-batch sample of the two unconstrained runs); where either mode has fewer than
+    ``min_steps`` full-batch steps, the decode-step rate over all its steps (``steps_*``; batch
+    sizes then differ). End to end (tokens / wall, equal work: the matched run) comes next to it."""
+    con = point.get("full_batch_constrained") or {}
+    free = max((point.get(f"full_batch_{n}") or {} for n in ("unconstrained", "unconstrained_matched")),
+               key=lambda r: r.get("steps", 0))
+    out: dict = {"ratio_end_to_end_equal_work": point["tok_s_constrained"] / point["tok_s_unconstrained_matched"],
+                 "ratio_end_to_end_first_run": point["tok_s_constrained"] / point["tok_s_unconstrained"]}
+    if con.get("steps", 0) >= min_steps and free.get("steps", 0) >= min_steps:
+        out.update(ratio=con["decode_tok_s"] / free["decode_tok_s"], ratio_basis="full-batch decode steps")
+    else:
+        a, b = point["steps_constrained"], point["steps_unconstrained"]
+        out.update(ratio=a["decode_tok_s"] / b["decode_tok_s"] if a and b else None,
+                   ratio_basis="all decode steps (too few full-batch steps)")
+    return out
+
+
 def compile_times(llm) -> dict:
     from budgetllm.constrain import GrammarCompiler, tool_call_spec
 
@@ -133,6 +181,33 @@ def compile_times(llm) -> dict:
     return {"compile_10_tools_cold_ms": cold * 1e3, "compile_10_tools_cached_ms": statistics.median(warm) * 1e3}
 
 
+def measure(llm, batches: list[int], tokens: int) -> dict:
+    """The compile times and one point per batch size (see the module docstring)."""
+    result: dict = {"model": llm.model_name, "tokens": tokens, **compile_times(llm), "points": []}
+    probe = engine_probe(llm)
+    run_batch(llm, 2, 16, True)  # warm-up: graphs, allocator, the schema's compile
+    for b in batches:
+        point: dict = {"batch": b}
+        # "unconstrained": the same prompts, up to --tokens each (the first run's setting, kept for
+        # comparison); "constrained": every request with the JSON schema; "unconstrained_matched":
+        # each request capped at the token count its constrained twin produced (equal work, up to
+        # the requests that the model itself ends earlier with its stop token).
+        counts: dict = {}
+        for name, constrained, limit in (("unconstrained", False, tokens), ("constrained", True, tokens),
+                                         ("unconstrained_matched", False, None)):
+            before, t0 = dict(probe or {}), time.perf_counter()
+            got, s = run_batch(llm, b, limit if limit is not None else counts["constrained"], constrained)
+            counts[name] = got
+            steps = step_breakdown(llm, probe, t0, time.perf_counter(), before)
+            point.update({f"tok_s_{name}": sum(got) / s, f"tokens_{name}": sum(got), f"wall_s_{name}": s,
+                          f"steps_{name}": steps,
+                          f"full_batch_{name}": full_batch_rate(llm, b, t0) if probe is not None else {}})
+        point.update(headline(point, b))
+        result["points"].append(point)
+        print(json.dumps(point))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
@@ -146,19 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     llm = LLM.from_pretrained(a.model, backend="paged", progress=False)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    result: dict = {"card": card, "model": llm.model_name, "tokens": a.tokens, **compile_times(llm), "points": []}
-    probe = engine_probe(llm)
-    run_batch(llm, 2, 16, True)  # warm-up: graphs, allocator, the schema's compile
-    for b in a.batches:
-        point: dict = {"batch": b}
-        for name, constrained in (("unconstrained", False), ("constrained", True)):
-            before, t0 = dict(probe or {}), time.perf_counter()
-            n, s = run_batch(llm, b, a.tokens, constrained)
-            point.update({f"tok_s_{name}": n / s, f"tokens_{name}": n,
-                          f"steps_{name}": step_breakdown(llm, probe, t0, time.perf_counter(), before)})
-        point["ratio"] = point["tok_s_constrained"] / point["tok_s_unconstrained"]
-        result["points"].append(point)
-        print(json.dumps(point))
+    result = {"card": card, **measure(llm, a.batches, a.tokens)}
     out = Path(a.out or f"bench/results/constrained-{card.replace(' ', '_')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

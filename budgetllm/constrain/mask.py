@@ -13,6 +13,7 @@ import torch
 from budgetllm.constrain.matcher import bitmask_width
 
 _SHIFTS: dict[torch.device, torch.Tensor] = {}
+_BITS: dict[torch.device, torch.Tensor] = {}
 
 
 def allocate_bitmask(batch: int, vocab_size: int, pin: bool = False) -> torch.Tensor:
@@ -29,17 +30,30 @@ def allowed_tokens(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return bits.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()
 
 
+def _blocked(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[B, W] int32 -> [B, vocab] bool, True = disallowed: one AND with the 32 bit values and one
+    compare (two kernels; the logits path of every constrained step)."""
+    bits = _BITS.get(bitmask.device)
+    if bits is None:
+        bits = _BITS[bitmask.device] = torch.tensor([1 << i for i in range(31)] + [-(1 << 31)], dtype=torch.int32,
+                                                    device=bitmask.device)
+    return ((bitmask[:, :, None] & bits) == 0).reshape(bitmask.shape[0], -1)[:, :vocab]
+
+
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor | None = None) -> None:
     """In place: logits [B, V] (rows given: bitmask [K, W] for logits[rows]; else bitmask [B, W])."""
     vocab = logits.shape[-1]
-    allowed = allowed_tokens(bitmask, min(vocab, bitmask.shape[-1] * 32))
-    if allowed.shape[-1] < vocab:  # logits wider than the grammar's vocabulary: the rest is never allowed
-        pad = torch.zeros(allowed.shape[0], vocab - allowed.shape[-1], dtype=torch.bool, device=allowed.device)
-        allowed = torch.cat([allowed, pad], dim=1)
+    width = min(vocab, bitmask.shape[-1] * 32)
+    blocked = _blocked(bitmask, width)
     if rows is None:
-        logits.masked_fill_(~allowed, float("-inf"))
+        logits[:, :width].masked_fill_(blocked, float("-inf"))
+        if width < vocab:  # logits wider than the grammar's vocabulary: the rest is never allowed
+            logits[:, width:] = float("-inf")
     else:
-        sub = logits.index_select(0, rows).masked_fill_(~allowed, float("-inf"))
+        sub = logits.index_select(0, rows)
+        sub[:, :width].masked_fill_(blocked, float("-inf"))
+        if width < vocab:
+            sub[:, width:] = float("-inf")
         logits.index_copy_(0, rows, sub)
 
 

@@ -99,10 +99,11 @@ def test_sampler_masks_exactly_the_constrained_rows():
     top = logits.argmax(-1)
     cpu = torch.device("cpu")
     sb = make_sampling_batch([SamplingParams()] * 4, [None] * 4, cpu, [None, Only(7), None, Only(31)])
-    assert sb.mask_rows.tolist() == [1, 3]
+    assert sb.mask_rows.tolist() == [1, 3] and not sb.mask_all_rows
     out = GPUSampler(cpu, 0)(logits.clone(), sb)
     assert out.tolist() == [int(top[0]), 7, int(top[2]), 31]
     sb = make_sampling_batch([SamplingParams(temperature=1.0)] * 4, [None] * 4, cpu, [Only(3)] * 4)
+    assert sb.mask_all_rows  # every row masked: in place, no gather/scatter
     assert GPUSampler(cpu, 1)(logits.clone(), sb).tolist() == [3, 3, 3, 3]
     plain = make_sampling_batch([SamplingParams()] * 4, [None] * 4, cpu, [None] * 4)
     assert plain.mask_rows is None and plain.mask_bits is None  # unconstrained batches build nothing

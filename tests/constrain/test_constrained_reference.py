@@ -148,10 +148,11 @@ def test_cancel_frees_the_matcher(llm):
 
 def test_apply_bitmask_matches_the_naive_twin():
     g = torch.Generator().manual_seed(0)
-    for vocab, batch, rows in ((70, 3, [0, 2]), (64, 2, None), (33, 4, [3])):
+    for vocab, batch, rows, width in ((70, 3, [0, 2], 3), (64, 2, None, 2), (33, 4, [3], 2), (70, 3, [1], 2),
+                                      (70, 2, None, 2)):  # width 2 < 70 tokens: logits wider than the mask
         logits = torch.randn(batch, vocab, generator=g)
         k = len(rows) if rows is not None else batch
-        bits = torch.randint(-2**31, 2**31 - 1, (k, (vocab + 31) // 32), generator=g, dtype=torch.int64).to(torch.int32)
+        bits = torch.randint(-2**31, 2**31 - 1, (k, width), generator=g, dtype=torch.int64).to(torch.int32)
         a, b = logits.clone(), logits.clone()
         apply_bitmask(a, bits, None if rows is None else torch.tensor(rows))
         apply_bitmask_reference(b, bits, rows)

@@ -39,6 +39,7 @@ class SamplingBatch:
     banned_ids: torch.Tensor | None = None  # [K] int64
     mask_rows: torch.Tensor | None = None  # [M] int64: the rows with a grammar mask
     mask_bits: torch.Tensor | None = None  # [M, ceil(V/32)] int32: their packed allowed-token bits
+    mask_all_rows: bool = False  # every row is masked, in order: the sampler masks the logits in place
 
 
 class HostMasks:
@@ -120,6 +121,8 @@ def make_sampling_batch(params: list[SamplingParams], banned: list[list[int] | N
         host = getattr(_HOST_MASKS, "masks", None) or HostMasks()
         _HOST_MASKS.masks = host
         mask_rows, mask_bits = host.build(constraints, device)
+    # rows are listed in batch order, so as many as the batch means all of them (no gather/scatter)
+    mask_all = mask_bits is not None and mask_bits.shape[0] == len(constraints)
     greedy = [p.greedy for p in params]
     temps = [max(p.temperature, 1e-5) for p in params]
     top_p = [float(p.top_p) for p in params]
@@ -139,14 +142,14 @@ def make_sampling_batch(params: list[SamplingParams], banned: list[list[int] | N
                              any_top_p=False, any_top_k=False,
                              banned_rows=t(rows, torch.int64) if rows else None,
                              banned_ids=t(ids, torch.int64) if rows else None,
-                             mask_rows=mask_rows, mask_bits=mask_bits)
+                             mask_rows=mask_rows, mask_bits=mask_bits, mask_all_rows=mask_all)
 
     return SamplingBatch(
         greedy=t(greedy, torch.bool), temperature=t(temps, torch.float32), top_p=t(top_p, torch.float32),
         top_k=t(top_k, torch.int64), all_greedy=all(greedy), any_top_p=any(p < 1.0 for p in top_p),
         any_top_k=any(k > 0 for k in top_k),
         banned_rows=t(rows, torch.int64) if rows else None, banned_ids=t(ids, torch.int64) if rows else None,
-        mask_rows=mask_rows, mask_bits=mask_bits,
+        mask_rows=mask_rows, mask_bits=mask_bits, mask_all_rows=mask_all,
     )
 
 
@@ -163,7 +166,7 @@ class GPUSampler:
         if sb.mask_rows is not None:
             from budgetllm.constrain.mask import apply_bitmask
 
-            apply_bitmask(logits, sb.mask_bits, sb.mask_rows)
+            apply_bitmask(logits, sb.mask_bits, None if sb.mask_all_rows else sb.mask_rows)
         greedy_tok = torch.argmax(logits, dim=-1)
         if sb.all_greedy:
             return greedy_tok

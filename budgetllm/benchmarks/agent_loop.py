@@ -34,10 +34,10 @@ def _ids(g: torch.Generator, n: int, vocab: int) -> list[int]:
 
 
 def run_loop(backend, loaded, history: int, steps: int, answer_tokens: int = 64, cr: float = 8,
-             seed: int = 0, hf=None, turn_tokens: int | None = None) -> dict:
+             seed: int = 0, hf=None, turn_tokens: int | None = None, system_tokens: int = 1024) -> dict:
     """One scripted agent conversation on ``backend`` (``hf``: also time HF's prefill per turn).
 
-    ``turn_tokens`` None: a 1K system prompt and turns that grow the history to ``history`` in
+    ``turn_tokens`` None: a ``system_tokens`` (1K) system prompt and turns that grow the history to ``history`` in
     ``steps`` (big tool results: each turn adds ~history/steps). ``turn_tokens`` given (the full
     mode, a realistic agent): the first prompt is the long context an agent has built by then
     (system prompt, tool schemas, earlier work) and every later turn adds ``turn_tokens``: the
@@ -46,7 +46,7 @@ def run_loop(backend, loaded, history: int, steps: int, answer_tokens: int = 64,
     g = torch.Generator().manual_seed(seed)
     vocab = loaded.config.vocab_size
     if turn_tokens is None:
-        system = 1024  # a system prompt with tool schemas
+        system = system_tokens  # a system prompt with tool schemas
         per_turn = max(64, (history - system) // max(1, steps - 1) - answer_tokens - 32)  # the last prompt ~ history
     else:
         per_turn = max(1, turn_tokens - answer_tokens - 32)  # the tool result (answer + call + result added)

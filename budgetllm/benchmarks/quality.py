@@ -45,7 +45,7 @@ def _recall_items(tok, n, seed=93, kinds=("variable_tracking", "kv_retrieval")):
 
 def _run_set(loaded, rows, sel_fn, ratios, methods, deadline, log, answers=None, stride=1):
     """rows: list of token lists (right-padded per batch). Returns {method: {ratio: metrics}}."""
-    from budgetllm.dms.quality import kl_and_agreement, policy_forward
+    from budgetllm.dms.quality import exact_answers, kl_and_agreement, policy_forward
 
     pad = loaded.tokenizer.eos_token_id or 0
     acc: dict = {}
@@ -73,12 +73,12 @@ def _run_set(loaded, rows, sel_fn, ratios, methods, deadline, log, answers=None,
                 rec["agree"].append((agree, int(sel.sum())))
                 rec["compression"] += (lens.float() / (cap + 1).float()).tolist()
                 if answers is not None:
-                    rec["correct"] += _correct(logits, tgt, sel)
+                    rec["correct"] += exact_answers(logits, tgt, sel)
                     rec.setdefault("tokens", []).extend((logits.argmax(-1) == tgt).tolist())
                 log(f"batch {bi} CR {r} {m}: kl {kl:.4f} agree {agree:.3f} ({time.time() - t0:.1f}s)")
         if answers is not None:
             d = acc.setdefault("dense", {}).setdefault("1", {"correct": [], "tokens": []})
-            d["correct"] += _correct(dense, tgt, sel)
+            d["correct"] += exact_answers(dense, tgt, sel)
             d["tokens"] += (dense.argmax(-1) == tgt).tolist()
     out = {}
     for m, per in acc.items():
@@ -94,16 +94,6 @@ def _run_set(loaded, rows, sel_fn, ratios, methods, deadline, log, answers=None,
                 res["token_accuracy"] = round(sum(rec["tokens"]) / max(1, len(rec["tokens"])), 4)
             out.setdefault(m, {})[r] = res
     return out
-
-
-def _correct(logits, tgt, sel):
-    """Per sequence: every answer token is the greedy prediction (sel marks the answer's predecessors)."""
-    ok = (logits.argmax(-1) == tgt).tolist()
-    res, i = [], 0
-    for n in sel.sum(1).tolist():
-        res.append(all(ok[i:i + n]))
-        i += n
-    return res
 
 
 def run_quality(loaded, *, n_text=8, n_tasks=24, text_len=2048, ratios=(2, 4, 8), methods=METHODS,

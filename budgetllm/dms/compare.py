@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from budgetllm.dms.quality import kl_and_agreement, policy_forward
+from budgetllm.dms.quality import exact_answers, kl_and_agreement, policy_forward
 
 BASELINES = ("window", "tova", "h2o", "random")
 
@@ -52,7 +52,7 @@ def score_rows(loaded, rows, sel, ratio, methods=("dms", *BASELINES), *, stride=
     achieved = (lens.float() / (cap + 1).float()).tolist()
     out = {}
     if answers:
-        out["dense"] = {"correct": _exact(dense, tgt, sel)}
+        out["dense"] = {"correct": exact_answers(dense, tgt, sel)}
     for m in methods:
         if deadline is not None and time.time() > deadline:
             log(f"deadline: {m} at CR {ratio:g} skipped")
@@ -64,19 +64,10 @@ def score_rows(loaded, rows, sel, ratio, methods=("dms", *BASELINES), *, stride=
         rec = {"kl": kl, "greedy_agreement": agree, "compression": sum(achieved) / len(achieved),
                "positions": int(sel.sum())}
         if answers:
-            rec["correct"] = _exact(logits, tgt, sel)
+            rec["correct"] = exact_answers(logits, tgt, sel)
         out[m] = rec
         log(f"  CR {ratio:g} {m}: kl {kl:.4f} agree {agree:.3f} ratio {rec['compression']:.2f} ({time.time() - t0:.1f}s)")
     return out
-
-
-def _exact(logits, tgt, sel):
-    ok = (logits.argmax(-1) == tgt).tolist()
-    res, i = [], 0
-    for n in sel.sum(1).tolist():
-        res.append(all(ok[i:i + n]))
-        i += n
-    return res
 
 
 def second_half(rows) -> torch.Tensor:

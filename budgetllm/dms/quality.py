@@ -146,3 +146,14 @@ def kl_and_agreement(dense: torch.Tensor, other: torch.Tensor) -> tuple[float, f
     kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
     agree = (dense.argmax(-1) == other.argmax(-1)).float().mean().item()
     return kl, agree
+
+
+def exact_answers(logits: torch.Tensor, tgt: torch.Tensor, sel: torch.Tensor) -> list[bool]:
+    """Per sequence: every answer token is the greedy prediction (``sel`` marks the answer's
+    predecessors, ``tgt`` the tokens that follow them)."""
+    ok = (logits.argmax(-1) == tgt).tolist()
+    res, i = [], 0
+    for n in sel.sum(1).tolist():
+        res.append(all(ok[i:i + n]))
+        i += n
+    return res

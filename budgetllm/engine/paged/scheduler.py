@@ -92,24 +92,6 @@ class Scheduler(KeptStates):
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason
 
-    def _hand_over_to_twin(self, seq: Sequence) -> bool:
-        """``seq`` ends in the step that kept its prompt state (a 1-token call): the twin's fork is
-        still queued and would copy the very state ``seq`` ends with. The twin takes ``seq``'s slot
-        instead and the fork is dropped (no copy, no host sync on the call's path)."""
-        ops = self.device_ops
-        for i in range(len(ops) - 1, -1, -1):
-            op = ops[i]
-            if op[0] != "fork" or op[1] != seq.slot or op[3] != seq.num_cached:
-                continue
-            twin = next((e.state for e in self.prefix.entries() if e.state.slot == op[2]), None)
-            if twin is None or any(o[1] in (op[1], op[2]) for o in ops[i + 1:]):
-                return False
-            del ops[i]
-            self.bm.release(twin)  # its slot was never filled on the device
-            self.bm.transfer(seq, twin)
-            return True
-        return False
-
     def preempt(self, seq: Sequence) -> None:
         """Recompute later: drop the cache, put the sequence at the head of the queue."""
         self.running.remove(seq)
@@ -236,36 +218,6 @@ class Scheduler(KeptStates):
             self.running.append(s)
             take(s, n, need)
         return Batch("prefill", seqs, chunks) if seqs else None
-
-    def _wait_for_shared_prefix(self, s: Sequence, seqs: list, chunks: list) -> bool:
-        """Whether ``s`` waits for a running prefill that shares its first tokens: that one keeps a
-        state where the two part (its chunk in this batch stops there), and ``s`` is admitted on a
-        twin of it next (``_start_from_kept``). A state cannot be rolled back, so only a prefill
-        still short of the shared length is waited for."""
-        if not self.prefix.enabled or s.cache_key is None or len(s.token_ids) <= self.min_shared:
-            return False
-        head = s.token_ids[:self.min_shared]
-        for r in self.running:
-            if r.cache_key != s.cache_key or not r.is_prefilling or r.token_ids[:self.min_shared] != head:
-                continue
-            lo, hi = self.min_shared, min(len(s.token_ids) - 1, r.num_prompt)
-            if hi < lo:
-                continue
-            while lo < hi:  # the common length, by slice comparisons (C speed, also on 32K prompts)
-                mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if s.token_ids[:mid] == r.token_ids[:mid] else (lo, mid - 1)
-            shared = lo
-            if shared < self.min_shared or shared <= r.num_cached:
-                continue
-            if self.prefix.has(s.token_ids[:shared], s.cache_key):
-                return False  # already kept: admitted on it now
-            if shared not in r.keep_at:
-                r.keep_at = tuple(sorted((*r.keep_at, shared)))
-            if r in seqs:  # its chunk in this batch stops at the shared length
-                i = seqs.index(r)
-                chunks[i] = min(chunks[i], shared - r.num_cached)
-            return True
-        return False
 
     def _chunk(self, s: Sequence, budget: int) -> int:
         """Tokens of ``s`` to prefill now: a chunk ends at the next point where a state is kept."""

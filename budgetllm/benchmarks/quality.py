@@ -45,21 +45,25 @@ def _recall_items(tok, n, seed=93, kinds=("variable_tracking", "kv_retrieval")):
 
 def _run_set(loaded, rows, sel_fn, ratios, methods, deadline, log, answers=None, stride=1):
     """rows: list of token lists (right-padded per batch). Returns {method: {ratio: metrics}}."""
-    from budgetllm.dms.quality import exact_answers, kl_and_agreement, policy_forward
+    from budgetllm.dms.quality import (
+        baseline_caps,
+        exact_answers,
+        kl_and_agreement,
+        pad_rows,
+        policy_forward,
+        ratio_threshold,
+    )
 
     pad = loaded.tokenizer.eos_token_id or 0
     acc: dict = {}
     for bi, batch in enumerate(_batches(rows, 8)):
-        lens = torch.tensor([len(r) for r in batch])
-        T = int(lens.max())
-        ids = torch.tensor([r + [pad] * (T - len(r)) for r in batch])
-        sel = sel_fn(batch, T)
+        ids, lens = pad_rows(batch, pad)
+        sel = sel_fn(batch, ids.shape[1])
         dense, _ = policy_forward(loaded, ids, "dense", sel=sel)
         tgt = ids.roll(-1, dims=1)[sel].to(dense.device)
         for r in ratios:
-            thr = loaded.dms.thresholds_for(r)
-            dms_logits, kept = policy_forward(loaded, ids, "dms", threshold=0.0 if thr is None else thr, sel=sel)
-            cap = (kept[torch.arange(len(batch)), lens - 1].cpu().round().long() - 1).clamp(min=5)
+            dms_logits, kept = policy_forward(loaded, ids, "dms", threshold=ratio_threshold(loaded, r), sel=sel)
+            cap = baseline_caps(kept, lens)
             for m in methods:
                 if deadline and time.time() > deadline:
                     log(f"deadline: skipping {m} at CR {r}")

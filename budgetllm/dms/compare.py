@@ -15,25 +15,16 @@ import time
 
 import torch
 
-from budgetllm.dms.quality import exact_answers, kl_and_agreement, policy_forward
+from budgetllm.dms.quality import (
+    baseline_caps,
+    exact_answers,
+    kl_and_agreement,
+    pad_rows,
+    policy_forward,
+    ratio_threshold,
+)
 
 BASELINES = ("window", "tova", "h2o", "random")
-
-
-def _threshold(loaded, ratio):
-    thr = loaded.dms.thresholds_for(ratio)
-    return 0.0 if thr is None else thr
-
-
-def _caps(kept: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """kept [B, T] (mean entries a row sees) -> per-sequence budget for the baselines (as bench quality)."""
-    return (kept[torch.arange(len(lens)), lens - 1].cpu().round().long() - 1).clamp(min=5)
-
-
-def _pad(rows, pad):
-    lens = torch.tensor([len(r) for r in rows])
-    T = int(lens.max())
-    return torch.tensor([list(r) + [pad] * (T - len(r)) for r in rows]), lens
 
 
 def score_rows(loaded, rows, sel, ratio, methods=("dms", *BASELINES), *, stride=64, seed=0, deadline=None,
@@ -44,11 +35,11 @@ def score_rows(loaded, rows, sel, ratio, methods=("dms", *BASELINES), *, stride=
     past ``deadline`` are left out (the caller records what is missing). "dense" is added with answers.
     """
     pad = loaded.tokenizer.eos_token_id or 0
-    ids, lens = _pad(rows, pad)
+    ids, lens = pad_rows(rows, pad)
     dense, _ = policy_forward(loaded, ids, "dense", sel=sel)
     tgt = ids.roll(-1, dims=1)[sel].to(dense.device)
-    dms_logits, kept = policy_forward(loaded, ids, "dms", threshold=_threshold(loaded, ratio), sel=sel)
-    cap = _caps(kept, lens)
+    dms_logits, kept = policy_forward(loaded, ids, "dms", threshold=ratio_threshold(loaded, ratio), sel=sel)
+    cap = baseline_caps(kept, lens)
     achieved = (lens.float() / (cap + 1).float()).tolist()
     out = {}
     if answers:

@@ -157,3 +157,22 @@ def exact_answers(logits: torch.Tensor, tgt: torch.Tensor, sel: torch.Tensor) ->
         res.append(all(ok[i:i + n]))
         i += n
     return res
+
+
+def pad_rows(rows, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> right-padded ids [B, T] and their lengths [B]."""
+    lens = torch.tensor([len(r) for r in rows])
+    T = int(lens.max())
+    return torch.tensor([list(r) + [pad] * (T - len(r)) for r in rows]), lens
+
+
+def ratio_threshold(loaded, ratio):
+    """The DMS threshold (table or number) for ``ratio``; 0.0 (the trained logit) without a table."""
+    thr = loaded.dms.thresholds_for(ratio)
+    return 0.0 if thr is None else thr
+
+
+def baseline_caps(kept: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """kept [B, T] (mean entries a row sees) -> each sequence's budget for the baselines, so they
+    keep what DMS kept."""
+    return (kept[torch.arange(len(lens)), lens - 1].cpu().round().long() - 1).clamp(min=5)

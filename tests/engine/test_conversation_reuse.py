@@ -10,6 +10,7 @@ The paged backend runs on the CPU (Triton interpreter).
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 
@@ -107,30 +108,30 @@ def test_concurrent_branches_share_one_kept_state(llms):
         assert got[i].usage.cached_tokens > 0
 
 
+def _every_page_back_after_clearing(backend):
+    """Clear the kept states; then every page is free on the host and the device, no reference left."""
+    backend.clear_prefix_cache()
+    for _ in range(200):
+        if backend.pool_stats()["parked"] == 0:
+            break
+        threading.Event().wait(0.02)
+    threading.Event().wait(0.1)
+    total = backend.pool_stats()["pages_total"]
+    assert backend.pool_stats()["pages_free"] == total == backend.device_free_pages_now()
+    assert int(backend.runner.refs.abs().sum()) == 0
+
+
 def test_clearing_the_kept_states_returns_every_page(llms):
     """Clearing the kept states returns every page on the device (no page leaked or freed twice; pool
     pressure itself: test_paged_cpu.py::test_concurrent_requests_in_a_tiny_pool_all_finish)."""
-    import threading
-
     for llm in llms[2:]:
-        backend = llm.backend
-        backend.clear_prefix_cache()
-        for _ in range(200):
-            if backend.pool_stats()["parked"] == 0:
-                break
-            threading.Event().wait(0.02)
-        threading.Event().wait(0.1)
-        total = backend.pool_stats()["pages_total"]
-        assert backend.pool_stats()["pages_free"] == total == backend.device_free_pages_now()
-        assert int(backend.runner.refs.abs().sum()) == 0
+        _every_page_back_after_clearing(llm.backend)
 
 
 def test_concurrent_prompts_with_one_system_prompt_stay_exact(llms):
     """Two calls with the same long system prompt at once (the second may wait for the first one's
     state at their common prefix and continue from a twin, engine/scheduler.py): both equal a
     from-scratch run, and every page comes back once the kept states are cleared."""
-    import threading
-
     from tests.engine.enginelib import run_concurrently
 
     ref, scratch, paged, _ = llms
@@ -140,12 +141,4 @@ def test_concurrent_prompts_with_one_system_prompt_stay_exact(llms):
     assert not errors, errors
     for i in range(2):
         _same(got[i], scratch.generate(msgs[i], compression=8, max_tokens=4))
-    backend = paged.backend
-    backend.clear_prefix_cache()
-    for _ in range(200):
-        if backend.pool_stats()["parked"] == 0:
-            break
-        threading.Event().wait(0.02)
-    threading.Event().wait(0.1)
-    total = backend.pool_stats()["pages_total"]
-    assert backend.pool_stats()["pages_free"] == total == backend.device_free_pages_now()
+    _every_page_back_after_clearing(paged.backend)

@@ -149,20 +149,22 @@ class EngineLoop:
             h.req.phases.update(scheduled=t0 - h.t_start, launched=t_launched - h.t_start, read=t_read - h.t_start)
         ready = set(id(s) for s in sched.after_step(batch, rb.stats))
         dt = time.perf_counter() - t0
+        decoded = 0
         for s, tok in zip(samplers, rb.tokens, strict=True):
             if id(s) not in ready:
                 continue
             h = s.payload
             h.account(s, decode=batch.kind == "decode", page_bytes=self.page_bytes, seconds=dt)
-            if batch.kind == "decode":
-                with self._stats_lock:
-                    self.tokens_generated += 1
+            decoded += batch.kind == "decode"
             finished = h.step(s, tok)
             if h.pending:
                 self._staged.append(h)
             if finished is not None:
                 sched.finish(s, finished, keep=finished in ("stop", "length"))
                 self._ended.append(h)
+        if decoded:
+            with self._stats_lock:  # one locked add per step, not per token
+                self.tokens_generated += decoded
         self._release()
         if batch.kind == "decode":
             self.decode_log.append((len(batch.seqs), t0, dt, time.perf_counter() - t0, t_launched - t0, self.steps))

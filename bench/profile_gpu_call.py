@@ -59,22 +59,34 @@ def _call(backend, loaded, n: int, new: int, seed: int):
 
 
 def _profiled(backend, loaded, n: int, new: int, seed: int) -> dict:
+    return _profiled_block(lambda: _call(backend, loaded, n, new, seed)[:2])
+
+
+def _profiled_block(fn) -> dict:
+    """Run ``fn`` (returns ttft seconds, or (ttft, wall)) once under ``torch.profiler``: GPU kernel
+    time and count, host runtime calls, the top kernels and the top host ops by their own CPU time."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        ttft, wall, _ = _call(backend, loaded, n, new, seed)
+        t0 = time.perf_counter()
+        got = fn()
         torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    ttft = got[0] if isinstance(got, tuple) else got
     ev = prof.key_averages()
     dev = [e for e in ev if e.device_type == DeviceType.CUDA]
+    host = [e for e in ev if e.device_type != DeviceType.CUDA]
     own = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731
     runtime = [e for e in ev if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch",
                                                   "cudaMemcpyAsync", "cudaStreamSynchronize"))]
     top = sorted(dev, key=own, reverse=True)[:8]
+    top_host = sorted(host, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
     return {"wall_ms_profiled": 1000 * wall, "ttft_ms_profiled": 1000 * ttft,
             "gpu_kernel_ms": sum(own(e) for e in dev) / 1000, "gpu_kernels": sum(e.count for e in dev),
             "host_runtime_calls": {e.key: e.count for e in runtime},
-            "top_kernels_ms": {e.key[:60]: round(own(e) / 1000, 3) for e in top}}
+            "top_kernels_ms": {e.key[:60]: round(own(e) / 1000, 3) for e in top},
+            "top_host_ops_ms": {e.key[:60]: [round(e.self_cpu_time_total / 1000, 3), e.count] for e in top_host}}
 
 
 def measure(backend, loaded, repeats: int = 7) -> dict:

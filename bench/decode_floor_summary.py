@@ -51,7 +51,7 @@ def lines(res: dict, run_name: str, variant: str, earlier: dict | None = None, e
         if got is None:  # not measured in this run: no line
             continue
         val, runs = got
-        what = "bytes / measured bandwidth (graph replay)" if kind == "bw" else "engine tok/s"
+        what = "bytes / measured bandwidth (graph replay)" if kind == "bw" else "runner step tok/s (replay + readback)"
         name = f"{PREFIX}: {shape} batch {batch}, {ctx // 1024}K CR {cr}, {what}"
         rnd = 3 if kind == "bw" else 1
         note = (f"median of {len(runs)} runs counts; runs {', '.join(str(round(r, rnd)) for r in runs)}; "

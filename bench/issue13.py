@@ -1,0 +1,253 @@
+"""Issue 13 in ONE GPU call: every target measured side by side on one card with one measured
+bandwidth, each point at least twice (interleaved), parts time-boxed (a part that would start with
+too little time left is listed under "skipped"), then the JSON, the plot and summary.json's lines.
+
+    python bench/issue13.py --out "$OUT" --budget 480        # <= 8.5 minutes on one H200
+
+(a) batch 1: Qwen2.5-1.5B 1K / 32K (CR 1, CR 8), bytes / bandwidth from the graph replay
+    (bench/decode_floor.py's steps, the engine's own path) and the engine step (PagedBackend loop);
+    SmolLM2-135M (the embedded GGUF, else its random shape: said in "smollm2") engine tok/s;
+    per-kernel bandwidth profile of both 1K steps (bench/profile_decode.py: kernel_profile);
+(b) 32K / batch 16, CR 8 vs CR 1; (c) batch 32 and 64 at 8K: bytes / bandwidth;
+(d) HF generate, static cache (compiled when torch.compile fits, in a child process under a timeout:
+    else uncompiled, and named so) vs paged CR 8 at batch 1 / 1K and batch 16 / 8K;
+(e) long generations (budgetllm/benchmarks/long_generation.py): 256-token prompt, --long-tokens
+    generated, batch 16 and 64, CR 1 vs CR 8 against the ratio the bytes allow;
+(f) never slower (min CR 8 / CR 1 over the points) and paged CR 1 / the CUDA-graphed dense step.
+Lines: bench/issue13_lines.py (counting rule: the median of each point's runs). Plot: issue13_plot.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from bench.decode_floor import steps_part  # noqa: E402  (also registers the smollm2-135m shape)
+from bench.decode_floor_attention import T0  # noqa: E402  (steps_part's clock)
+from bench.issue13_lines import LARGE, TimeBox, lines13, rewrite_summary  # noqa: E402
+from bench.profile_decode import kernel_profile, shape_of  # noqa: E402
+from budgetllm.benchmarks.baselines import GraphedDenseStep, measured_bandwidth, weight_bytes  # noqa: E402
+from budgetllm.benchmarks.engine_bench import BENCH_WINDOW, run_batch  # noqa: E402
+from budgetllm.benchmarks.matrix import _collect, paged_backend, tokens_to_decode  # noqa: E402
+from budgetllm.models.testing import random_model  # noqa: E402
+
+Q = "qwen2.5-1.5b"
+B1 = [(1024, 1, 1), (1024, 1, 8), (32768, 1, 1), (32768, 1, 8)]
+EQUAL = [(32768, 16, 1), (32768, 16, 8)]
+HF_POINTS = [(1024, 1), (8192, 16)]
+HF_PAIR = [(8192, 16, 1), (8192, 16, 8)]  # batch 1 / 1K CR 8 is in B1
+LARGE_PTS = [(ctx, b, cr) for b, ctx in LARGE for cr in (1, 8)]
+DENSE = [(1024, 1), (32768, 1), (32768, 16), (8192, 16)] + [(ctx, b) for b, ctx in LARGE]
+EARLIER = "bench/results/bench.json (the H100 matrix of 2026-11-27, commits dcca5b9 / 2d6dc1a)"
+
+
+class Run:
+    def __init__(self, a):
+        self.a = a
+        self.box = TimeBox(a.budget)
+        card = torch.cuda.get_device_name(0)
+        commit = Path(ROOT, ".gpu-commit").read_text().strip() if Path(ROOT, ".gpu-commit").exists() else "unknown"
+        self.slug = card.lower().replace(" ", "-")
+        self.path = Path(a.out) / f"issue13-{self.slug}.json"
+        self.res = {"card": card, "commit": commit, "file": f"bench/results/{self.path.name}",
+                    "torch": torch.__version__, "triton": triton.__version__, "budget_s": a.budget,
+                    "argv": sys.argv[1:], "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "steps": [], "profile": {}, "engine": [], "graphed_dense": [], "long_generation": [],
+                    "hf_static": {}, "skipped": self.box.skipped, "parts": self.box.parts, "errors": []}
+        self.smollm2 = None
+        self.q = self.backend = None
+
+    def save(self) -> None:
+        self.res["seconds"] = round(time.monotonic() - (self.box.end - self.a.budget), 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.res, indent=1, default=str))
+
+    def part(self, name: str, est: float, fn) -> None:
+        print(f"== {name} (~{est:.0f} s; {self.box.left():.0f} s left)", flush=True)
+        self.box.run(name, est, fn, self.res["errors"])
+        self.save()
+
+    # -- models --------------------------------------------------------------------------
+    def load(self, shape: str):
+        if shape == Q:
+            self.q = self.q if self.q is not None else random_model(Q)
+            return self.q
+        if shape != "smollm2-135m":
+            return random_model(shape)
+        if self.smollm2 is None:
+            try:
+                from budgetllm.models import load_model
+
+                self.smollm2 = load_model(None, device="cuda", dtype=torch.bfloat16, progress=False)
+                self.res["smollm2"] = "the embedded SmolLM2-135M GGUF (real weights, its trained DMS adapter)"
+            except Exception as e:  # noqa: BLE001 - the embedded package may be absent on the GPU machine
+                self.smollm2 = random_model("smollm2-135m")
+                self.res["smollm2"] = f"random weights of the SmolLM2-135M shape (the embedded model did not load: {e!r})"[:300]
+        return self.smollm2
+
+    # -- parts ---------------------------------------------------------------------------
+    def bandwidth(self) -> None:
+        self.bw = self.res["bandwidth_bytes_s"] = measured_bandwidth()
+        print(f"bandwidth {self.bw / 1e12:.3f} TB/s", flush=True)
+
+    def replay(self, est: float) -> None:
+        plan = ((Q, [(1, 1024, 1), (1, 32768, 1), (1, 32768, 8)]), ("smollm2-135m", [(1, 1024, 1)]))
+
+        def hook(runner, rows, point, loaded, variant):
+            if point["context"] == 1024 and point["batch"] == 1:
+                prof = kernel_profile(runner, rows, self.bw, shape_of(loaded.hf_model.config))
+                self.res["profile"][point["shape"]] = {"context": 1024, "batch": 1, **prof}
+
+        steps_part(self.bw, time.perf_counter() - T0 + est, self.res["steps"], {}, plan, variants=("engine",),
+                   load=self.load, on_point=hook)
+        got = {(p["shape"], p["batch"], p["context"], p["compression"]) for p in self.res["steps"]}
+        self.res["skipped"] += [{"steps": s, "batch": b, "context": c, "compression": cr, "why": "time box"}
+                                for s, pts in plan for b, c, cr in pts if (s, b, c, cr) not in got]
+
+    def engine(self, name, backend, loaded, shape, points, reps: int = 2) -> None:
+        wb = weight_bytes(loaded.hf_model)
+        todo = [(rep, p) for rep in range(reps) for p in points]  # interleaved: every point, then again
+        for rep, (ctx, batch, cr) in tqdm(todo, desc=name):
+            if self.box.left() < 15:
+                self.res["skipped"].append({"engine": shape, "context": ctx, "batch": batch, "compression": cr,
+                                            "rep": rep, "why": "under 15 s left"})
+                continue
+            r = run_batch(backend, loaded, batch, ctx, tokens_to_decode(48, batch, ctx), cr, window=backend.window)
+            row = asdict(r) | {"shape": shape, "part": name, "rep": rep, "weight_bytes": wb}
+            row["bw_fraction"] = (wb + r.kv_read_per_step) / (r.step_ms / 1000) / self.bw
+            self.res["engine"].append(row)
+            tqdm.write(json.dumps({k: row[k] for k in ("part", "context", "batch", "compression", "rep", "step_ms",
+                                                       "decode_tok_s", "bw_fraction", "full_batch_steps")}))
+
+    def smollm2_engine(self) -> None:
+        loaded = self.load("smollm2-135m")
+        backend = paged_backend(loaded, max_seqs=4, num_pages=200_000, window=BENCH_WINDOW)
+        try:
+            self.engine("smollm2", backend, loaded, "smollm2-135m", [(1024, 1, 1)], reps=3)
+        finally:
+            backend.close()
+            _collect()
+
+    def build(self) -> None:
+        self.load(Q)
+        cfg = self.q.hf_model.config
+        rows = cfg.num_hidden_layers * cfg.num_key_value_heads
+        need = max(b * rows * (-(-(c + tokens_to_decode(48, b, c) + 64) // 16) + 1)
+                   for c, b, _ in EQUAL + LARGE_PTS)
+        self.backend = paged_backend(self.q, max_seqs=max(b for _, b, _ in LARGE_PTS) + 4, num_pages=int(need * 1.1))
+        self.res["pool_pages"] = int(need * 1.1)
+
+    def long(self) -> None:
+        from budgetllm.benchmarks.long_generation import bench_long_generation
+
+        bench_long_generation(self.box, self.res, Q, batches=(16, 64), new_tokens=self.a.long_tokens, repeats=2,
+                              loaded=self.q, backend=self.backend, min_left_s=20)
+
+    def dense(self) -> None:
+        for ctx, batch in tqdm(DENSE, desc="graphed dense"):
+            if self.box.left() < 15:
+                self.res["skipped"].append({"graphed_dense": Q, "context": ctx, "batch": batch, "why": "under 15 s left"})
+                continue
+            step = GraphedDenseStep(self.q.hf_model, batch, ctx)
+            for rep in range(2):
+                ms = step.time_step_ms()
+                self.res["graphed_dense"].append({"shape": Q, "context": ctx, "batch": batch, "rep": rep, "step_ms": ms,
+                                                  "tok_s": batch * 1000 / ms})
+            del step
+            torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+        self.backend = self.q = None
+        gc.collect()
+        _collect()
+
+    def hf(self) -> None:
+        """HF static cache in a child process (its own CUDA context, killed at its timeout)."""
+        out = self.res["hf_static"]
+        pts = ",".join(f"{c}x{b}" for c, b in HF_POINTS)
+        for compile_ in (True, False):
+            have = {(p["context"], p["batch"]) for p in out.get("points", [])}
+            if len(have) == len(HF_POINTS):
+                break
+            limit = self.box.left() - (45 if compile_ else 5)  # compiled: leave the uncompiled fallback ~40 s
+            key = "compiled_child" if compile_ else "uncompiled_child"
+            if limit < 30:
+                self.res["skipped"].append({"hf_static": key, "why": f"{limit:.0f} s left for it"})
+                continue
+            tmp = Path(self.a.out) / f"hf-static-{key}.json"
+            cmd = [sys.executable, str(ROOT / "bench/hf_static.py"), "--hf-only", "--points", pts, "--out", str(tmp)]
+            t = time.monotonic()
+            try:
+                p = subprocess.run(cmd + ([] if compile_ else ["--no-compile"]), capture_output=True, text=True,
+                                   timeout=limit, cwd=ROOT)
+                rc, tail = p.returncode, (p.stdout + p.stderr)[-1500:]
+            except subprocess.TimeoutExpired as e:
+                rc, tail = "timeout", f"killed after {limit:.0f} s; " + str(e.stdout or "")[-800:]
+            got = json.loads(tmp.read_text()) if tmp.exists() else {"points": []}
+            new = [p for p in got["points"] if (p["context"], p["batch"]) not in have]
+            out.setdefault("points", []).extend(new)
+            out[key] = {"rc": rc, "seconds": round(time.monotonic() - t, 1), "points": len(new), "tail": tail}
+            print(key, rc, [(p["context"], p["batch"], round(p["tok_s"], 1), p["compiled"]) for p in new], flush=True)
+        done = {(p["context"], p["batch"]): p["compiled"] for p in out.get("points", [])}
+        out["how"] = "; ".join(f"{b} / {c // 1024}K {'compiled' if v else 'NOT compiled'}" for (c, b), v in done.items())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--budget", type=float, default=480, help="seconds for all parts (the call's limit minus ~25 s)")
+    ap.add_argument("--long-tokens", type=int, default=2048, help="tokens generated per long-generation request")
+    ap.add_argument("--summary", default=str(ROOT / "bench/results/summary.json"), help="summary.json to update")
+    a = ap.parse_args()
+    run = Run(a)
+    r = run.res
+    run.part("bandwidth", 5, run.bandwidth)
+    if "bandwidth_bytes_s" not in r:
+        raise SystemExit("no bandwidth measured")
+    run.part("a: batch-1 graph replay + kernel profile", 75, lambda: run.replay(75))
+    run.part("a: SmolLM2 engine step", 25, run.smollm2_engine)
+    run.part("build the 1.5B engine", 30, run.build)
+    if run.backend is not None:
+        run.part("a: batch-1 engine steps", 15, lambda: run.engine("b1", run.backend, run.q, Q, B1))
+        run.part("b: equal batch 32K / 16", 30, lambda: run.engine("equal", run.backend, run.q, Q, EQUAL))
+        run.part("d: paged side of the HF pair", 8, lambda: run.engine("hf_pair", run.backend, run.q, Q, HF_PAIR))
+        run.part("c: large batch", 35, lambda: run.engine("large", run.backend, run.q, Q, LARGE_PTS))
+        run.part("e: long generations", 60, run.long)
+        run.part("f: graphed dense step", 20, run.dense)
+    run.close()
+    run.part("d: HF static cache (child process)", 40, run.hf)
+    r["targets"] = lines13(r)
+    run.save()
+    try:
+        from bench.issue13_plot import plot
+
+        plot(r, Path(a.out) / f"issue13-{run.slug}.png")
+    except Exception as e:  # noqa: BLE001 - the numbers are written already
+        r["errors"].append({"part": "plot", "error": repr(e)})
+    summary = json.loads(Path(a.summary).read_text()) if Path(a.summary).exists() else {"targets": []}
+    new = rewrite_summary(summary, r["targets"], EARLIER)
+    Path(a.out, "summary.json").write_text(json.dumps(new, indent=1))
+    run.save()
+    for t in r["targets"]:
+        print(f"{'MET ' if t['met'] else 'MISS'} {t['name']}: {t['measured']} (goal {t['goal']})")
+    print(json.dumps({"card": r["card"], "commit": r["commit"], "seconds": r["seconds"], "skipped": r["skipped"],
+                      "errors": r["errors"]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -80,6 +80,10 @@ def _runs_note(rows: list[dict], fmt) -> str:
     return f"{COUNTING} ({len(rows)} runs: " + ", ".join(fmt(r) for r in rows) + ")"
 
 
+def _ms3(r: dict) -> str:
+    return f"{r['step_ms']:.3f} ms"
+
+
 def _missing(res: dict, name: str, goal: float) -> dict:
     return _line(res, name, goal, None, "not measured in this run (see 'skipped' / 'errors' in the JSON)")
 
@@ -143,8 +147,8 @@ def _hf_lines(res: dict) -> list[dict]:
             continue
         tok = batch * 1000 / med_ms(paged)
         hf_tok = batch * 1000 / med_ms(runs)
-        note = (f"paged CR 8 {tok:.0f} tok/s ({_runs_note(paged, lambda r: '%.3f ms' % r['step_ms'])}) vs HF "
-                f"{hf_tok:.1f} tok/s ({_runs_note(runs, lambda r: '%.2f ms' % r['step_ms'])}; each run one timed "
+        pr, hr = _runs_note(paged, _ms3), _runs_note(runs, _ms3)
+        note = (f"paged CR 8 {tok:.0f} tok/s ({pr}) vs HF {hf_tok:.1f} tok/s ({hr}; each run one timed "
                 f"generate of 16 tokens after two warm-ups{'; ' + hf['how'] if hf.get('how') else ''})")
         out.append(_line(res, name, 5.0, tok / hf_tok, note, 2))
     if not out:

@@ -54,6 +54,26 @@ DENSE = [(1024, 1), (32768, 1), (32768, 16), (8192, 16)] + [(ctx, b) for b, ctx 
 EARLIER = "bench/results/bench.json (the H100 matrix of 2026-11-27, commits dcca5b9 / 2d6dc1a)"
 
 
+def engine_runs(res: dict, box: TimeBox, bw: float, name: str, backend, loaded, shape: str, points,
+                reps: int = 2, new_tokens: int = 48) -> None:
+    """``reps`` runs of each (context, batch, CR) point on the engine (``run_batch``: the backend's own
+    loop), interleaved (every point, then every point again), appended to ``res["engine"]`` with the
+    bytes a step reads and their fraction of ``bw``; points past the time box go to ``res["skipped"]``."""
+    wb = weight_bytes(loaded.hf_model)
+    todo = [(rep, p) for rep in range(reps) for p in points]
+    for rep, (ctx, batch, cr) in tqdm(todo, desc=name):
+        if box.left() < 15:
+            res["skipped"].append({"engine": shape, "context": ctx, "batch": batch, "compression": cr,
+                                   "rep": rep, "why": "under 15 s left"})
+            continue
+        r = run_batch(backend, loaded, batch, ctx, tokens_to_decode(new_tokens, batch, ctx), cr, window=backend.window)
+        row = asdict(r) | {"shape": shape, "part": name, "rep": rep, "weight_bytes": wb}
+        row["bw_fraction"] = (wb + r.kv_read_per_step) / (r.step_ms / 1000) / bw
+        res["engine"].append(row)
+        tqdm.write(json.dumps({k: row[k] for k in ("part", "context", "batch", "compression", "rep", "step_ms",
+                                                   "decode_tok_s", "bw_fraction", "full_batch_steps")}))
+
+
 class Run:
     def __init__(self, a):
         self.a = a
@@ -118,19 +138,7 @@ class Run:
                                 for s, pts in plan for b, c, cr in pts if (s, b, c, cr) not in got]
 
     def engine(self, name, backend, loaded, shape, points, reps: int = 2) -> None:
-        wb = weight_bytes(loaded.hf_model)
-        todo = [(rep, p) for rep in range(reps) for p in points]  # interleaved: every point, then again
-        for rep, (ctx, batch, cr) in tqdm(todo, desc=name):
-            if self.box.left() < 15:
-                self.res["skipped"].append({"engine": shape, "context": ctx, "batch": batch, "compression": cr,
-                                            "rep": rep, "why": "under 15 s left"})
-                continue
-            r = run_batch(backend, loaded, batch, ctx, tokens_to_decode(48, batch, ctx), cr, window=backend.window)
-            row = asdict(r) | {"shape": shape, "part": name, "rep": rep, "weight_bytes": wb}
-            row["bw_fraction"] = (wb + r.kv_read_per_step) / (r.step_ms / 1000) / self.bw
-            self.res["engine"].append(row)
-            tqdm.write(json.dumps({k: row[k] for k in ("part", "context", "batch", "compression", "rep", "step_ms",
-                                                       "decode_tok_s", "bw_fraction", "full_batch_steps")}))
+        engine_runs(self.res, self.box, self.bw, name, backend, loaded, shape, points, reps)
 
     def smollm2_engine(self) -> None:
         loaded = self.load("smollm2-135m")

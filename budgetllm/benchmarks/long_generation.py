@@ -75,7 +75,7 @@ def bench_long_generation(clock, results: dict, shape: str = "qwen2.5-1.5b", bat
                     results["skipped"].append({"long_generation": shape, "batch": batch, "compression": cr,
                                                "rep": rep, "why": f"under {min_left_s:.0f} s left"})
                     continue
-                r = run_batch(backend, loaded, batch, prompt, new_tokens, cr)
+                r = run_batch(backend, loaded, batch, prompt, new_tokens, cr, window=getattr(backend, "window", 256))
                 rows[cr].append(asdict(r) | {"shape": shape, "backend": "paged", "weight_bytes": wbytes,
                                              "prompt": prompt, "new_tokens": new_tokens, "rep": rep})
         if rows[1] and rows[8]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import statistics
 import time
 
+from bench.decode_floor_summary import TARGETS as REPLAY_TARGETS
 from bench.decode_floor_summary import lines as replay_lines
+from bench.decode_floor_summary import name_of
 from budgetllm.benchmarks.long_generation import bytes_ratio
 
 COUNTING = "median of the runs' step times counts"
@@ -92,6 +94,9 @@ def lines13(res: dict) -> list[dict]:
     """Every issue-13 target line from one run's result (``bench/issue13.py``'s JSON)."""
     bw, q, out = res["bandwidth_bytes_s"], "qwen2.5-1.5b", []
     out += replay_lines(res, res.get("file", "issue13"), "engine")  # graph replay (and the runner's step)
+    got = {t["name"] for t in out}
+    out += [_missing(res, n, goal) for shape, batch, ctx, cr, kind, goal in REPLAY_TARGETS
+            if (n := name_of(shape, batch, ctx, cr, kind)) not in got]
     for ctx, cr in ((1024, 1), (32768, 1), (32768, 8)):
         name = f"decode floor: {q} batch 1, {ctx // 1024}K CR {cr}, bytes / measured bandwidth (engine step)"
         rows = runs_of(res, q, ctx, 1, cr)

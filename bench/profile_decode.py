@@ -188,6 +188,7 @@ def kernel_profile(runner: ModelRunner, rows, bw: float, shape: dict, steps: int
         per_step = [kernel_rows(evs[i * n:(i + 1) * n], shape, kbytes, bw, replay_us) for i in range(steps)]
         pick = sorted(per_step, key=lambda r: r["kernel_sum_us"])[len(per_step) // 2]
         pick["steps_kernel_sum_us"] = [r["kernel_sum_us"] for r in per_step]
+        pick["kernels_seen"] = len(evs)  # not a multiple of ``steps``: the per-step split is approximate
         out[mode] = pick
     return out
 

@@ -139,6 +139,19 @@ def test_lines_are_computed_from_the_runs():
     assert ns["measured"] == round(1.5 / 1.5, 3) and "3 points" in ns["note"]  # 1K b1, 32K b16, long b16
     assert out["paging costs nothing: paged CR 1 / CUDA-graphed dense torch step (min)"]["measured"] == round(1.3 / 1.5, 3)
     assert out["large batch: bytes / measured bandwidth, batch 64, 8K CR 8"]["measured"] is None
+    # no graph-replay points in this run: each of those targets still has its line, saying so
+    assert out["decode floor: qwen2.5-1.5b batch 1, 32K CR 8, bytes / measured bandwidth (graph replay)"][
+        "note"].startswith("not measured")
+
+
+def test_graph_replay_lines_come_from_the_step_points():
+    res = _fake_result()
+    res["steps"] = [{"shape": "qwen2.5-1.5b", "batch": 1, "context": 1024, "compression": 1, "floor_ms": 0.74,
+                     "engine": {"replay_ms_runs": [1.70, 1.72], "engine_step_ms_runs": [1.9, 1.95]}}]
+    out = {t["name"]: t for t in lines13(res)}
+    t = out["decode floor: qwen2.5-1.5b batch 1, 1K CR 1, bytes / measured bandwidth (graph replay)"]
+    assert t["measured"] == round(0.74 / 1.71, 3) and "variant engine" in t["note"] and t["card"] == "X"
+    assert out["decode floor: smollm2-135m batch 1, 1K CR 1, runner step tok/s (replay + readback)"]["measured"] is None
 
 
 def test_median_row_counts_the_median_step():

@@ -91,6 +91,7 @@ class Run:
                     "hf_static": {}, "skipped": self.box.skipped, "parts": self.box.parts, "errors": []}
         self.smollm2 = None
         self.q = self.backend = None
+        self.to_profile: list = []
 
     def save(self) -> None:
         """The JSON, its target lines and summary.json, after every part: a run cut by the call's
@@ -138,16 +139,32 @@ class Run:
     def replay(self, est: float) -> None:
         plan = ((Q, [(1, 1024, 1), (1, 32768, 1), (1, 32768, 8)]), ("smollm2-135m", [(1, 1024, 1)]))
 
-        def hook(runner, rows, point, loaded, variant):
+        def hook(runner, rows, point, loaded, variant):  # keep the 1K runners (small) for the profile part
             if point["context"] == 1024 and point["batch"] == 1:
-                prof = kernel_profile(runner, rows, self.bw, shape_of(loaded.hf_model.config))
-                self.res["profile"][point["shape"]] = {"context": 1024, "batch": 1, **prof}
+                self.to_profile.append((point["shape"], runner, rows, shape_of(loaded.hf_model.config)))
 
         steps_part(self.bw, time.perf_counter() - T0 + est, self.res["steps"], {}, plan, variants=("engine",),
                    load=self.load, on_point=hook)
         got = {(p["shape"], p["batch"], p["context"], p["compression"]) for p in self.res["steps"]}
         self.res["skipped"] += [{"steps": s, "batch": b, "context": c, "compression": cr, "why": "time box"}
                                 for s, pts in plan for b, c, cr in pts if (s, b, c, cr) not in got]
+
+    def profile(self) -> None:
+        """Per-kernel bandwidth of the 1K batch-1 steps kept from the replay part: the eager step
+        first, the JSON saved, then the graph replay (profiling inside graphs is the riskier call)."""
+        for shape, runner, rows, shp in self.to_profile:
+            for mode in ("eager", "graph"):
+                prof = kernel_profile(runner, rows, self.bw, shp, modes=(mode,))
+                self.res["profile"].setdefault(shape, {"context": 1024, "batch": 1}).update(prof)
+                self.save()
+        self.drop_runners()
+
+    def drop_runners(self) -> None:
+        for _, runner, _, _ in self.to_profile:
+            runner.close()
+        self.to_profile.clear()
+        gc.collect()
+        torch.cuda.empty_cache()
 
     def engine(self, name, backend, loaded, shape, points, reps: int = 2) -> None:
         engine_runs(self.res, self.box, self.bw, name, backend, loaded, shape, points, reps)
@@ -190,6 +207,7 @@ class Run:
             torch.cuda.empty_cache()
 
     def close(self) -> None:
+        self.drop_runners()
         if self.backend is not None:
             self.backend.close()
         self.backend = self.q = None
@@ -244,7 +262,7 @@ def main() -> None:
     run.part("bandwidth", 5, run.bandwidth)
     if "bandwidth_bytes_s" not in r:
         raise SystemExit("no bandwidth measured")
-    run.part("a: batch-1 graph replay + kernel profile", 75, lambda: run.replay(75))
+    run.part("a: batch-1 graph replay", 70, lambda: run.replay(70))
     run.part("a: SmolLM2 engine step", 25, run.smollm2_engine)
     run.part("build the 1.5B engine", 30, run.build)
     for name, est, fn in (("a: batch-1 engine steps", 15, lambda: run.engine("b1", run.backend, run.q, Q, B1)),
@@ -257,6 +275,7 @@ def main() -> None:
             r["skipped"].append({"part": name, "why": "the 1.5B engine did not build (see errors)"})
             continue
         run.part(name, est, fn)
+    run.part("per-kernel profile of the batch-1 steps", 15, run.profile)
     run.close()
     run.part("d: HF static cache (child process)", 40, run.hf)
     try:

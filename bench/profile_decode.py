@@ -157,10 +157,11 @@ def kernel_rows(events: list[tuple[str, float, float]], shape: dict, kbytes: dic
 
 
 @torch.inference_mode()
-def kernel_profile(runner: ModelRunner, rows, bw: float, shape: dict, steps: int = 3) -> dict:
+def kernel_profile(runner: ModelRunner, rows, bw: float, shape: dict, steps: int = 3,
+                   modes=("eager", "graph")) -> dict:
     """Per-kernel bandwidth of the batch-``len(rows)`` step (``shape``: :func:`shape_of`), profiled
-    twice: the graph replay (what the engine runs; CUPTI reports the kernels inside a graph) and the
-    eager step; each the median of ``steps`` steps by summed kernel time."""
+    per mode: the eager step and the graph replay (what the engine runs; CUPTI reports the kernels
+    inside a graph); each the median of ``steps`` steps by summed kernel time."""
     from torch.profiler import ProfilerActivity, profile
 
     bs = len(rows)
@@ -170,7 +171,7 @@ def kernel_profile(runner: ModelRunner, rows, bw: float, shape: dict, steps: int
     kbytes = step_kernel_bytes(shape, bs, entries, num_splits=ns)
     replay_us = 1000 * replay_ms(runner, rows, steps=30)
     out = {}
-    for mode in ("graph", "eager"):
+    for mode in modes:
         runner.decode(rows) if mode == "graph" else runner.decode_body(bs, ns)
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:

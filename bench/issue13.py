@@ -39,7 +39,7 @@ from tqdm import tqdm  # noqa: E402
 
 from bench.decode_floor import steps_part  # noqa: E402  (also registers the smollm2-135m shape)
 from bench.decode_floor_attention import T0  # noqa: E402  (steps_part's clock)
-from bench.issue13_lines import LARGE, TimeBox, lines13, rewrite_summary  # noqa: E402
+from bench.issue13_lines import EARLIER, LARGE, TimeBox, lines13, rewrite_summary  # noqa: E402
 from bench.profile_decode import kernel_profile, shape_of  # noqa: E402
 from budgetllm.benchmarks.baselines import GraphedDenseStep, measured_bandwidth, weight_bytes  # noqa: E402
 from budgetllm.benchmarks.engine_bench import BENCH_WINDOW, run_batch  # noqa: E402
@@ -53,7 +53,6 @@ HF_POINTS = [(1024, 1), (8192, 16)]
 HF_PAIR = [(8192, 16, 1), (8192, 16, 8)]  # batch 1 / 1K CR 8 is in B1
 LARGE_PTS = [(ctx, b, cr) for b, ctx in LARGE for cr in (1, 8)]
 DENSE = [(1024, 1), (32768, 1), (32768, 16), (8192, 16)] + [(ctx, b) for b, ctx in LARGE]
-EARLIER = "bench/results/bench.json (the H100 matrix of 2026-11-27, commits dcca5b9 / 2d6dc1a)"
 
 
 def engine_runs(res: dict, box: TimeBox, bw: float, name: str, backend, loaded, shape: str, points,

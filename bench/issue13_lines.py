@@ -20,7 +20,9 @@ COUNTING = "median of the runs' step times counts"
 # names of the lines this issue owns in summary.json (replaced on every run; other lines are kept)
 PREFIXES = ("decode floor", "equal batch", "close to the limit", "large batch", "never slower",
             "paging costs nothing", "against users' default: paged CR 8 / HF generate (static", "long generations")
-LARGE = ((32, 8192), (64, 8192))  # (batch, context) of the large-batch points
+LARGE = ((32, 8192), (64, 8192))
+# the run behind the lines of the old H100 matrix (summary.json's former top-level card)
+EARLIER = "bench/results/bench.json (the H100 matrix of 2026-11-27, commits dcca5b9 / 2d6dc1a)"  # (batch, context) of the large-batch points
 
 
 class TimeBox:
@@ -198,21 +200,23 @@ def _paging(res: dict) -> dict:
                  f"lowest at {low[1]}; all: " + ", ".join(f"{w} {x:.3f}" for x, w in got))
 
 
-def rewrite_summary(summary: dict, new: list[dict], earlier_run: str) -> dict:
-    """Issue 13's lines replaced by ``new``; every other line kept. A top-level card / bandwidth (the
-    old matrix's, measured on another card) moves under ``earlier_matrix`` and each kept line without
-    its own card gets that card and ``earlier_run``, so no line is claimed for a card it was not run on."""
+def tag_cards(summary: dict, earlier_run: str) -> dict:
+    """A top-level card / bandwidth (the old matrix's) moves under ``earlier_matrix`` and every line
+    without its own card gets that card and ``earlier_run``: no line is claimed for a card it was not
+    run on. Idempotent (a file already tagged comes back unchanged)."""
     out = {k: v for k, v in summary.items() if k not in ("card", "bandwidth_bytes_per_s", "targets")}
     card = summary.get("card")
     if card:
         out["earlier_matrix"] = {"card": card, "bandwidth_bytes_per_s": summary.get("bandwidth_bytes_per_s"),
                                  "run": earlier_run}
-    kept = []
-    for t in summary.get("targets", []):
-        if t["name"].startswith(PREFIXES):
-            continue
-        if "card" not in t and card:
-            t = dict(t, card=card, run=t.get("run", earlier_run))
-        kept.append(t)
-    out["targets"] = kept + new
+    out["targets"] = [dict(t, card=card, run=t.get("run", earlier_run)) if "card" not in t and card else t
+                      for t in summary.get("targets", [])]
+    return out
+
+
+def rewrite_summary(summary: dict, new: list[dict], earlier_run: str) -> dict:
+    """:func:`tag_cards`, then issue 13's lines (names starting with ``PREFIXES``) replaced by ``new``;
+    every other line kept as it was."""
+    out = tag_cards(summary, earlier_run)
+    out["targets"] = [t for t in out["targets"] if not t["name"].startswith(PREFIXES)] + new
     return out

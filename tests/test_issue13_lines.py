@@ -185,3 +185,13 @@ def test_plot_writes_a_png(tmp_path):
     res["profile"] = {"qwen2.5-1.5b": {"graph": {"per_label": {"qkv": {"bw_fraction": 0.3}, "o": {"bw_fraction": 0.2}}}}}
     path = plot(res, tmp_path / "p.png")
     assert path.stat().st_size > 10_000
+
+
+def test_the_matrix_report_merges_its_lines_with_their_card():
+    from budgetllm.benchmarks.report import merge_lines
+
+    old = {"earlier_matrix": {"card": "H100"}, "targets": [{"name": "a", "card": "H100", "measured": 1},
+                                                           {"name": "b", "card": "H200", "measured": 2}]}
+    new = merge_lines(old, "H200", [{"name": "a", "measured": 3}])
+    assert new == {"earlier_matrix": {"card": "H100"}, "targets": [
+        {"name": "b", "card": "H200", "measured": 2}, {"name": "a", "card": "H200", "measured": 3}]}

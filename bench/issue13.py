@@ -39,7 +39,7 @@ from tqdm import tqdm  # noqa: E402
 
 from bench.decode_floor import steps_part  # noqa: E402  (also registers the smollm2-135m shape)
 from bench.decode_floor_attention import T0  # noqa: E402  (steps_part's clock)
-from bench.issue13_lines import EARLIER, LARGE, TimeBox, lines13, rewrite_summary  # noqa: E402
+from bench.issue13_lines import COUNTING, EARLIER, LARGE, TimeBox, lines13, rewrite_summary  # noqa: E402
 from bench.profile_decode import kernel_profile, shape_of  # noqa: E402
 from budgetllm.benchmarks.baselines import GraphedDenseStep, measured_bandwidth, weight_bytes  # noqa: E402
 from budgetllm.benchmarks.engine_bench import BENCH_WINDOW, run_batch  # noqa: E402
@@ -47,6 +47,8 @@ from budgetllm.benchmarks.matrix import _collect, paged_backend, tokens_to_decod
 from budgetllm.models.testing import random_model  # noqa: E402
 
 Q = "qwen2.5-1.5b"
+PARTS = ("replay", "smollm2", "b1", "equal", "hf_pair", "large", "long", "dense", "profile", "hf")
+ENGINE_PARTS = ("b1", "equal", "hf_pair", "large", "long", "dense")  # on the one 1.5B engine
 B1 = [(1024, 1, 1), (1024, 1, 8), (32768, 1, 1), (32768, 1, 8)]
 EQUAL = [(32768, 16, 1), (32768, 16, 8)]
 HF_POINTS = [(1024, 1), (8192, 16)]
@@ -87,10 +89,12 @@ class Run:
                     "torch": torch.__version__, "triton": triton.__version__, "budget_s": a.budget,
                     "argv": sys.argv[1:], "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "steps": [], "profile": {}, "engine": [], "graphed_dense": [], "long_generation": [],
-                    "hf_static": {}, "skipped": self.box.skipped, "parts": self.box.parts, "errors": []}
+                    "hf_static": {}, "skipped": self.box.skipped, "parts": self.box.parts, "errors": [],
+                    "counting": COUNTING}
         self.smollm2 = None
         self.q = self.backend = None
         self.to_profile: list = []
+        self.build_tried = False
 
     def save(self) -> None:
         """The JSON, its target lines and summary.json, after every part: a run cut by the call's
@@ -255,28 +259,39 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=480, help="seconds for all parts (the call's limit minus ~25 s)")
     ap.add_argument("--long-tokens", type=int, default=2048, help="tokens generated per long-generation request")
     ap.add_argument("--summary", default=str(ROOT / "bench/results/summary.json"), help="summary.json to update")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"a subset of {','.join(PARTS)} (a fix round)")
     a = ap.parse_args()
     run = Run(a)
     r = run.res
+    want = set(a.parts.split(","))
     run.part("bandwidth", 5, run.bandwidth)
     if "bandwidth_bytes_s" not in r:
         raise SystemExit("no bandwidth measured")
-    run.part("a: batch-1 graph replay", 70, lambda: run.replay(70))
-    run.part("a: SmolLM2 engine step", 25, run.smollm2_engine)
-    run.part("build the 1.5B engine", 30, run.build)
-    for name, est, fn in (("a: batch-1 engine steps", 15, lambda: run.engine("b1", run.backend, run.q, Q, B1)),
-                          ("b: equal batch 32K / 16", 30, lambda: run.engine("equal", run.backend, run.q, Q, EQUAL)),
-                          ("d: paged side of the HF pair", 8, lambda: run.engine("hf_pair", run.backend, run.q, Q, HF_PAIR)),
-                          ("c: large batch", 35, lambda: run.engine("large", run.backend, run.q, Q, LARGE_PTS)),
-                          ("e: long generations", 60, run.long),
-                          ("f: graphed dense step", 20, run.dense)):
-        if run.backend is None:
-            r["skipped"].append({"part": name, "why": "the 1.5B engine did not build (see errors)"})
+    plan = [("replay", "a: batch-1 graph replay", 70, lambda: run.replay(70)),
+            ("smollm2", "a: SmolLM2 engine step", 25, run.smollm2_engine),
+            ("b1", "a: batch-1 engine steps", 15, lambda: run.engine("b1", run.backend, run.q, Q, B1)),
+            ("equal", "b: equal batch 32K / 16", 30, lambda: run.engine("equal", run.backend, run.q, Q, EQUAL)),
+            ("hf_pair", "d: paged side of the HF pair", 8, lambda: run.engine("hf_pair", run.backend, run.q, Q, HF_PAIR)),
+            ("large", "c: large batch", 35, lambda: run.engine("large", run.backend, run.q, Q, LARGE_PTS)),
+            ("long", "e: long generations", 60, run.long),
+            ("dense", "f: graphed dense step", 20, run.dense),
+            ("profile", "per-kernel profile of the batch-1 steps", 15, run.profile)]
+    for key, name, est, fn in plan:
+        if key not in want:
+            r["skipped"].append({"part": name, "why": "not requested (--parts)"})
+            continue
+        if key in ENGINE_PARTS and not run.build_tried:  # once, before the first part that needs it
+            run.build_tried = True
+            run.part("build the 1.5B engine", 30, run.build)
+        if key in ENGINE_PARTS and run.backend is None:
+            r["skipped"].append({"part": name, "why": "the 1.5B engine did not build (see errors / skipped)"})
             continue
         run.part(name, est, fn)
-    run.part("per-kernel profile of the batch-1 steps", 15, run.profile)
     run.close()
-    run.part("d: HF static cache (child process)", 40, run.hf)
+    if "hf" in want:
+        run.part("d: HF static cache (child process)", 40, run.hf)
+    else:
+        r["skipped"].append({"part": "d: HF static cache", "why": "not requested (--parts)"})
     try:
         from bench.issue13_plot import plot
 

@@ -16,7 +16,8 @@ from bench.decode_floor_summary import lines as replay_lines
 from bench.decode_floor_summary import name_of
 from budgetllm.benchmarks.long_generation import bytes_ratio
 
-COUNTING = "median of the runs' step times counts"
+COUNTING = ("median of the runs' step times counts (each point runs >= 2 times, interleaved; the median "
+            "drops no run and is pulled less than the mean by one disturbed run)")
 # names of the lines this issue owns in summary.json (replaced on every run; other lines are kept)
 PREFIXES = ("decode floor", "equal batch", "close to the limit", "large batch", "never slower",
             "paging costs nothing", "against users' default: paged CR 8 / HF generate (static", "long generations")
@@ -216,7 +217,11 @@ def tag_cards(summary: dict, earlier_run: str) -> dict:
 
 def rewrite_summary(summary: dict, new: list[dict], earlier_run: str) -> dict:
     """:func:`tag_cards`, then issue 13's lines (names starting with ``PREFIXES``) replaced by ``new``;
-    every other line kept as it was."""
+    every other line kept as it was. A line this run did not measure keeps the earlier measurement
+    of the same name if there is one (it names its own card and run: a ``--parts`` fix round
+    does not wipe the main run's lines)."""
     out = tag_cards(summary, earlier_run)
+    before = {t["name"]: t for t in out["targets"] if t.get("measured") is not None}
+    new = [before.get(t["name"], t) if t.get("measured") is None else t for t in new]
     out["targets"] = [t for t in out["targets"] if not t["name"].startswith(PREFIXES)] + new
     return out

@@ -167,7 +167,7 @@ def test_summary_rewrite_keeps_other_lines_and_names_every_card():
         {"name": "equal batch: decode tok/s CR 8 / CR 1 at 32K, batch 16", "measured": 2.4},
         {"name": "decode floor: old", "measured": 0.4, "card": "H200"},
         {"name": "constrained decoding: x", "measured": 0.97, "card": "H200", "run": "c.json"}]}
-    new = rewrite_summary(old, [{"name": "equal batch: new", "card": "H200"}], "bench.json (old)")
+    new = rewrite_summary(old, [{"name": "equal batch: new", "card": "H200", "measured": 3.1}], "bench.json (old)")
     assert "card" not in new and "bandwidth_bytes_per_s" not in new
     assert new["earlier_matrix"] == {"card": "H100", "bandwidth_bytes_per_s": 2.9e12, "run": "bench.json (old)"}
     names = [t["name"] for t in new["targets"]]
@@ -175,6 +175,12 @@ def test_summary_rewrite_keeps_other_lines_and_names_every_card():
     assert new["targets"][0]["card"] == "H100" and new["targets"][0]["run"] == "bench.json (old)"
     assert new["targets"][1] == old["targets"][3]
     json.dumps(new)
+    # a later run that did not measure a line keeps the earlier measurement of that name (with its card)
+    again = rewrite_summary(new, [{"name": "equal batch: new", "measured": None, "card": "H200b"},
+                                  {"name": "decode floor: x", "measured": None}], "unused")
+    assert again["targets"][-2] == {"name": "equal batch: new", "card": "H200", "measured": 3.1}
+    assert again["targets"][-1] == {"name": "decode floor: x", "measured": None}
+    assert again["earlier_matrix"] == new["earlier_matrix"]
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -44,6 +44,28 @@ def hf_only(points, out: Path, compile: bool, shape: str = "qwen2.5-1.5b", repea
     return res
 
 
+def run_child(out_dir: Path, key: str, points: str, compile: bool, limit: float) -> tuple:
+    """``--hf-only`` in a child process of its own session, killed with its compile workers after
+    ``limit`` seconds: (exit code or "killed ...", its JSON so far, the tail of its log)."""
+    import os
+    import signal
+    import subprocess
+
+    tmp, log = out_dir / f"hf-static-{key}.json", out_dir / f"hf-static-{key}.log"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--hf-only", "--points", points, "--out", str(tmp)]
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd + ([] if compile else ["--no-compile"]), stdout=f, stderr=subprocess.STDOUT,
+                             cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+        try:
+            rc = p.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            rc = f"killed at its {limit:.0f} s limit"
+    got = json.loads(tmp.read_text()) if tmp.exists() else {"points": []}
+    return rc, got, log.read_text()[-1500:]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)

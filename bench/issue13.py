@@ -2,7 +2,7 @@
 bandwidth, each point at least twice (interleaved), parts time-boxed (a part that would start with
 too little time left is listed under "skipped"), then the JSON, the plot and summary.json's lines.
 
-    python bench/issue13.py --out "$OUT" --budget 480        # <= 8.5 minutes on one H200
+    python3 bench/issue13.py --out "$OUT" --budget 455 [--parts replay,b1,...]   # <= 8.5 min, one H200
 
 (a) batch 1: Qwen2.5-1.5B 1K / 32K (CR 1, CR 8), bytes / bandwidth from the graph replay
     (bench/decode_floor.py's steps, the engine's own path) and the engine step (PagedBackend loop);
@@ -22,9 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -39,6 +36,7 @@ from tqdm import tqdm  # noqa: E402
 
 from bench.decode_floor import steps_part  # noqa: E402  (also registers the smollm2-135m shape)
 from bench.decode_floor_attention import T0  # noqa: E402  (steps_part's clock)
+from bench.hf_static import run_child  # noqa: E402
 from bench.issue13_lines import COUNTING, EARLIER, LARGE, TimeBox, lines13, rewrite_summary  # noqa: E402
 from bench.profile_decode import kernel_profile, shape_of  # noqa: E402
 from budgetllm.benchmarks.baselines import GraphedDenseStep, measured_bandwidth, weight_bytes  # noqa: E402
@@ -230,21 +228,8 @@ class Run:
             if limit < 30:
                 self.res["skipped"].append({"hf_static": key, "why": f"{limit:.0f} s left for it"})
                 continue
-            tmp = Path(self.a.out) / f"hf-static-{key}.json"
-            cmd = [sys.executable, str(ROOT / "bench/hf_static.py"), "--hf-only", "--points", pts, "--out", str(tmp)]
             t = time.monotonic()
-            log = Path(self.a.out) / f"hf-static-{key}.log"
-            with open(log, "w") as f:  # its own session: a timeout kills it with its compile workers
-                p = subprocess.Popen(cmd + ([] if compile_ else ["--no-compile"]), stdout=f, stderr=subprocess.STDOUT,
-                                     cwd=ROOT, start_new_session=True)
-                try:
-                    rc = p.wait(timeout=limit)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
-                    rc = f"killed at its {limit:.0f} s limit"
-            tail = log.read_text()[-1500:]
-            got = json.loads(tmp.read_text()) if tmp.exists() else {"points": []}
+            rc, got, tail = run_child(Path(self.a.out), key, pts, compile_, limit)
             new = [p for p in got["points"] if (p["context"], p["batch"]) not in have]
             out.setdefault("points", []).extend(new)
             out[key] = {"rc": rc, "seconds": round(time.monotonic() - t, 1), "points": len(new), "tail": tail}
@@ -256,7 +241,7 @@ class Run:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results")
-    ap.add_argument("--budget", type=float, default=480, help="seconds for all parts (the call's limit minus ~25 s)")
+    ap.add_argument("--budget", type=float, default=455, help="seconds for all parts (the call's limit minus ~50 s)")
     ap.add_argument("--long-tokens", type=int, default=2048, help="tokens generated per long-generation request")
     ap.add_argument("--summary", default=str(ROOT / "bench/results/summary.json"), help="summary.json to update")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"a subset of {','.join(PARTS)} (a fix round)")

@@ -201,3 +201,13 @@ def test_the_matrix_report_merges_its_lines_with_their_card():
     new = merge_lines(old, "H200", [{"name": "a", "measured": 3}])
     assert new == {"earlier_matrix": {"card": "H100"}, "targets": [
         {"name": "b", "card": "H200", "measured": 2}, {"name": "a", "card": "H200", "measured": 3}]}
+
+
+def test_hf_child_is_killed_at_its_limit_and_says_so(tmp_path):
+    """The HF static-cache child (a torch.compile may outlast its share of the GPU call) is killed with
+    its process group at the limit; what it wrote so far (nothing here) is returned, and the reason."""
+    from bench.hf_static import run_child
+
+    rc, got, tail = run_child(tmp_path, "compiled_child", "1024x1", True, limit=0.5)
+    assert rc == "killed at its 0 s limit" and got == {"points": []}
+    assert (tmp_path / "hf-static-compiled_child.log").exists()

@@ -224,7 +224,8 @@ def steps_part(bw: float, budget: float, out: list, best: dict, plan=STEP_POINTS
             H = loaded.hf_model.config.num_key_value_heads
             pages = batch * L * H * (math.ceil((ctx + 1024) / 16) + 2) + 4096
             runner = ModelRunner(loaded, RunnerConfig(max_seqs=batch, max_context=ctx + 1024, num_pages=pages,
-                                                      window=256, small_batch_gemv=None if variants else False))
+                                                      window=256, small_batch_gemv=None if variants else False,
+                                                      prefill_buckets=()))  # eager fill: no prefill graphs to capture
             runner.engine_fast = runner.fast
             fill(runner, batch, ctx, rule)
             rows = [(s, 1000 + s, rule) for s in range(batch)]

@@ -252,7 +252,7 @@ def main() -> None:
     run.part("bandwidth", 5, run.bandwidth)
     if "bandwidth_bytes_s" not in r:
         raise SystemExit("no bandwidth measured")
-    plan = [("replay", "a: batch-1 graph replay", 70, lambda: run.replay(70)),
+    plan = [("replay", "a: batch-1 graph replay", 100, lambda: run.replay(100)),
             ("smollm2", "a: SmolLM2 engine step", 25, run.smollm2_engine),
             ("b1", "a: batch-1 engine steps", 15, lambda: run.engine("b1", run.backend, run.q, Q, B1)),
             ("equal", "b: equal batch 32K / 16", 30, lambda: run.engine("equal", run.backend, run.q, Q, EQUAL)),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bench.issue13_lines import PREFIXES, TimeBox, lines13, rewrite_summary
 from bench.profile_decode import kernel_rows, label_kernels, step_kernel_bytes
@@ -211,3 +212,21 @@ def test_hf_child_is_killed_at_its_limit_and_says_so(tmp_path):
     rc, got, tail = run_child(tmp_path, "compiled_child", "1024x1", True, limit=0.5)
     assert rc == "killed at its 0 s limit" and got == {"points": []}
     assert (tmp_path / "hf-static-compiled_child.log").exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_step_bytes_read_every_weight_of_a_real_family_once(arch):
+    """With no rows and no KV the per-kernel bytes are the weights alone: they add up to the model's
+    parameter bytes (tied embedding = the LM head, counted once; Qwen2's QKV bias, both norms)."""
+    from transformers import AutoModelForCausalLM
+
+    from bench.profile_decode import shape_of
+    from budgetllm.benchmarks.baselines import weight_bytes
+    from budgetllm.models.testing import tiny_config
+
+    cfg = tiny_config(arch, vocab_size=512, tie_word_embeddings=True)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    shape = shape_of(cfg)
+    assert shape["qkv_bias"] == (arch == "qwen2")
+    kb = step_kernel_bytes(shape, batch=0, kv_entries=[0] * shape["layers"])
+    assert sum(sum(v) for v in kb.values()) == weight_bytes(model)

@@ -138,7 +138,21 @@ def kernels_part(bw: float, budget: float, out: list, best: dict, mats: str | No
 def set_variant(runner: ModelRunner, variant: str, best: dict, capture: bool = True) -> None:
     """Variants: "cublas"; "l8_pdl" (gemv + qkv_rope + store + attention + reduce + 3 gemv per layer),
     "l6_pdl" (qkv_store: QKV, RoPE, decision and store in one launch), "l5_pdl" (and the attention's
-    reduce inside the attention kernel), "_default": ``plan_for``'s plans even when a sweep ran."""
+    reduce inside the attention kernel), "_default": ``plan_for``'s plans even when a sweep ran;
+    "engine": the path the runner chose itself (its ``RunnerConfig`` defaults, as the engine runs)."""
+    if variant == "engine":
+        runner.fast = runner.engine_fast
+    else:
+        _set_fast(runner, variant, best)
+    if not capture:
+        return
+    runner.graphs = None
+    gc.collect()
+    runner.graphs = DecodeGraphs(runner, runner.buckets)
+    runner.graphs.capture()
+
+
+def _set_fast(runner: ModelRunner, variant: str, best: dict) -> None:
     plans = {} if "default" in variant else {k: v for k, v in best.items() if k[0] != "pairs"}
     if "default" not in variant:  # the gate/up plans swept with separate gate and up programs (the default)
         plans.update({(N, K, True, m): p for (tag, N, K, m), p in
@@ -146,12 +160,6 @@ def set_variant(runner: ModelRunner, variant: str, best: dict, capture: bool = T
     runner.fast = None if variant == "cublas" else DecodeLayers(
         runner.model, runner.device, pdl="pdl" in variant, plans=plans, max_rows=16 if "16" in variant else 4,
         fuse_qkv="l5" in variant or "l6" in variant, fuse_reduce="l5" in variant)
-    if not capture:
-        return
-    runner.graphs = None
-    gc.collect()
-    runner.graphs = DecodeGraphs(runner, runner.buckets)
-    runner.graphs.capture()
 
 
 def timed_steps(runner: ModelRunner, rows, steps: int = 40, readback: bool = False) -> float:
@@ -199,10 +207,14 @@ def parse_points(spec: str):
     return tuple(by_shape.items())
 
 
-def steps_part(bw: float, budget: float, out: list, best: dict, plan=STEP_POINTS) -> None:
-    """Without ``best`` (no kernel sweep in this run) the small-batch path uses ``gemv_plan``'s plans."""
+def steps_part(bw: float, budget: float, out: list, best: dict, plan=STEP_POINTS, variants=None, load=None,
+               on_point=None) -> None:
+    """Without ``best`` (no kernel sweep in this run) the small-batch path uses ``gemv_plan``'s plans.
+    ``variants``: the paths to time (default: cuBLAS and the fused layers; "engine": the runner's own
+    choice); ``load(shape)``: the model (default random weights); ``on_point(runner, rows, point,
+    loaded, variant)``: called after each variant's timings, its graphs still captured."""
     for shape, points in plan:
-        loaded = random_model(shape)
+        loaded = (load or random_model)(shape)
         wbytes = sum(p.numel() * p.element_size() for p in loaded.hf_model.parameters())
         for batch, ctx, cr in points:
             if left(budget) < 20:
@@ -212,7 +224,9 @@ def steps_part(bw: float, budget: float, out: list, best: dict, plan=STEP_POINTS
             H = loaded.hf_model.config.num_key_value_heads
             pages = batch * L * H * (math.ceil((ctx + 1024) / 16) + 2) + 4096
             runner = ModelRunner(loaded, RunnerConfig(max_seqs=batch, max_context=ctx + 1024, num_pages=pages,
-                                                      window=256, small_batch_gemv=False))
+                                                      window=256, small_batch_gemv=None if variants else False,
+                                                      prefill_buckets=()))  # eager fill: no prefill graphs to capture
+            runner.engine_fast = runner.fast
             fill(runner, batch, ctx, rule)
             rows = [(s, 1000 + s, rule) for s in range(batch)]
             runner.fill_decode(rows, batch)
@@ -220,14 +234,14 @@ def steps_part(bw: float, budget: float, out: list, best: dict, plan=STEP_POINTS
             kv_bytes = int(runner.kv.row_lens[:, :batch].sum()) * m.D * 2 * 2
             point = {"shape": shape, "batch": batch, "context": ctx, "compression": cr, "weight_bytes": wbytes,
                      "kv_bytes": kv_bytes, "floor_ms": round((wbytes + kv_bytes) / bw * 1e3, 4)}
-            variants = ["cublas", "l8_pdl", "l5_pdl"] if ctx > 1024 or batch > 4 else \
+            names = list(variants) if variants else ["cublas", "l8_pdl", "l5_pdl"] if ctx > 1024 or batch > 4 else \
                 ["cublas", "l8_pdl", "l6_pdl", "l5_pdl"] + (["l5_pdl_default"] if best else [])
             logits = {}
-            for variant in variants:  # every path from the same state, before any timing
+            for variant in names:  # every path from the same state, before any timing
                 set_variant(runner, variant, best, capture=False)
                 runner.fill_decode(rows, batch)
                 logits[variant] = one_step_logits(runner, batch)
-            for variant in variants:
+            for variant in names:
                 set_variant(runner, variant, best)
                 runner.fill_decode(rows, batch)
                 if batch == 1 and ctx == 1024:
@@ -240,12 +254,16 @@ def steps_part(bw: float, budget: float, out: list, best: dict, plan=STEP_POINTS
                                   "engine_step_ms_runs": [round(x, 4) for x in engine],
                                   "replay_bw_fraction": round(point["floor_ms"] / statistics.median(replay), 3),
                                   "engine_tok_s": round(batch * 1000 / statistics.median(engine), 1)}
-            ref = logits["cublas"].double()
-            point["logits_rel_err_vs_cublas"] = {v: float((lg.double() - ref).norm() / ref.norm())
-                                                 for v, lg in logits.items() if v != "cublas"}
+                if on_point is not None:
+                    on_point(runner, rows, point, loaded, variant)
+            if "cublas" in logits:
+                ref = logits["cublas"].double()
+                point["logits_rel_err_vs_cublas"] = {v: float((lg.double() - ref).norm() / ref.norm())
+                                                     for v, lg in logits.items() if v != "cublas"}
             # same device functions, same plans; the in-kernel reduce's compiled sums may differ (NOTES v5)
-            point["l5_bit_identical_to_l8"] = bool(torch.equal(logits["l5_pdl"], logits["l8_pdl"]))
-            if "l6_pdl" in logits:
+            if "l5_pdl" in logits and "l8_pdl" in logits:
+                point["l5_bit_identical_to_l8"] = bool(torch.equal(logits["l5_pdl"], logits["l8_pdl"]))
+            if "l6_pdl" in logits and "l8_pdl" in logits:
                 point["l6_bit_identical_to_l8"] = bool(torch.equal(logits["l6_pdl"], logits["l8_pdl"]))
             print(json.dumps(point), flush=True)
             out.append(point)

@@ -42,6 +42,11 @@ def _value(p: dict, variant: str, kind: str) -> tuple[float, list[float]] | None
     return p["batch"] * 1000 / statistics.median(v["engine_step_ms_runs"]), runs
 
 
+def name_of(shape: str, batch: int, ctx: int, cr: int, kind: str) -> str:
+    what = "bytes / measured bandwidth (graph replay)" if kind == "bw" else "runner step tok/s (replay + readback)"
+    return f"{PREFIX}: {shape} batch {batch}, {ctx // 1024}K CR {cr}, {what}"
+
+
 def lines(res: dict, run_name: str, variant: str, earlier: dict | None = None, earlier_variant: str = "gemv_pdl",
           earlier_name: str = "") -> list[dict]:
     out = []
@@ -51,8 +56,7 @@ def lines(res: dict, run_name: str, variant: str, earlier: dict | None = None, e
         if got is None:  # not measured in this run: no line
             continue
         val, runs = got
-        what = "bytes / measured bandwidth (graph replay)" if kind == "bw" else "engine tok/s"
-        name = f"{PREFIX}: {shape} batch {batch}, {ctx // 1024}K CR {cr}, {what}"
+        name = name_of(shape, batch, ctx, cr, kind)
         rnd = 3 if kind == "bw" else 1
         note = (f"median of {len(runs)} runs counts; runs {', '.join(str(round(r, rnd)) for r in runs)}; "
                 f"variant {variant} (the default small-batch path)")

@@ -48,21 +48,31 @@ class _TokenClock:
 
 
 @torch.no_grad()
-def hf_generate_decode_rate(hf_model, batch: int, context: int, new_tokens: int = 32, static: bool = False) -> dict:
-    """Decode tokens/s of HF ``generate`` (dense cache; or its static cache + compiled step).
+def hf_generate_decode_rate(hf_model, batch: int, context: int, new_tokens: int = 32, static: bool = False,
+                            compile: bool = True) -> dict:
+    """Decode tokens/s of HF ``generate`` (dense cache; or its static cache + compiled step;
+    ``compile=False``: the static cache with generate's auto-compile off).
 
     Every call has the same shapes (a static cache is sized by prompt + max_new_tokens, and a
     different size recompiles), and the decode time is read between the first and the last
-    generated token on the host, so neither compilation nor prefill is counted.
+    generated token on the host, so neither compilation nor prefill is counted. ``compiled`` in the
+    result says whether torch.compile actually produced graphs in these calls (dynamo's counter),
+    so a static run is never called compiled when generate chose not to compile.
     """
+    from torch._dynamo.utils import counters
+
     ids = torch.randint(100, 30000, (batch, context), device="cuda")
     kw = dict(do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=0, eos_token_id=None,
               max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     if static:
         kw.update(cache_implementation="static")
+        if not compile:
+            kw.update(disable_compile=True)
     for _ in range(2):  # warm-up (and compile) with exactly the timed shapes
         hf_model.generate(ids, **kw)
     torch.cuda.synchronize()
+    # a later call re-uses the graphs an earlier one compiled: count from the process start
+    compiled = bool(static and compile and counters["stats"]["unique_graphs"] > 0)
     clock = _TokenClock()
     t0 = time.perf_counter()
     hf_model.generate(ids, streamer=clock, **kw)
@@ -70,7 +80,7 @@ def hf_generate_decode_rate(hf_model, batch: int, context: int, new_tokens: int 
     times = clock.times[1:]  # the first put() is the prompt itself
     decode = max(times[-1] - times[0], 1e-9)
     return {"tok_s": batch * (len(times) - 1) / decode, "step_ms": 1000 * decode / (len(times) - 1),
-            "ttft_s": times[0] - t0}
+            "ttft_s": times[0] - t0, "compiled": compiled}
 
 
 class GraphedDenseStep:

@@ -155,8 +155,21 @@ def merge_parts(parts: list[dict]) -> dict:
     return results
 
 
+def merge_lines(old: dict, card: str, lines: list[dict]) -> dict:
+    """``old`` summary.json with ``lines`` (measured on ``card``) replacing the lines of the same
+    name; every line names its card, so the file has no top-level card (its lines come from several
+    runs and cards)."""
+    new = [dict(t, card=t.get("card", card)) for t in lines]
+    names = {t["name"] for t in new}
+    out = {k: v for k, v in old.items() if k not in ("targets", "card", "bandwidth_bytes_per_s")}
+    out["targets"] = [t for t in old.get("targets", []) if t["name"] not in names] + new
+    return out
+
+
 def write_report(results: dict, out_dir: str | Path) -> dict:
     summary = summarize(results)
-    Path(out_dir, "summary.json").write_text(json.dumps(summary, indent=1))
+    path = Path(out_dir, "summary.json")
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(merge_lines(old, summary["card"], summary["targets"]), indent=1))
     plot(results, out_dir)
     return summary

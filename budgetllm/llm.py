@@ -64,8 +64,7 @@ class LLM:
         self._closed = True
         backend, self.backend, self.loaded = self.backend, None, None
         self._grammar = None
-        if hasattr(backend, "close"):
-            backend.close()
+        backend.close()  # part of the Backend protocol (budgetllm.engine)
         del backend
         _free_memory()
 

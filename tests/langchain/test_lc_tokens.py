@@ -4,11 +4,10 @@ on a local engine (its tokenizer here) and a remote one (no tokenizer: the serve
 from __future__ import annotations
 
 import pytest
-from langchain_core.messages import HumanMessage
-
 from langchain_budgetllm import ChatDMS
 from langchain_budgetllm.engines import chat_profile
 from langchain_budgetllm.tokens import format_tools, num_tokens, num_tokens_from_messages, token_ids
+from langchain_core.messages import HumanMessage
 
 
 class WordTokenizer:

@@ -18,6 +18,7 @@ from budgetllm.errors import InvalidRequestError
 from budgetllm.options import CallOptions, check_option, check_policy_tier, validate_messages
 from budgetllm.policy.base import BudgetPolicy, CallContext, FixedPolicy, ModelProfile, RequestedLimits
 from budgetllm.policy.fit import PlannedPolicy, check_fitted, escalate_call, plan_call
+from budgetllm.policy.shipped import shipped_calibration
 from budgetllm.prompting import Prompter
 from budgetllm.types import Generation, SamplingParams, StreamEvent, ThinkingConfig
 
@@ -64,8 +65,7 @@ class LLM:
         self._closed = True
         backend, self.backend, self.loaded = self.backend, None, None
         self._grammar = None
-        if hasattr(backend, "close"):
-            backend.close()
+        backend.close()  # part of the Backend protocol (budgetllm.engine)
         del backend
         _free_memory()
 
@@ -136,7 +136,7 @@ class LLM:
             name=self.model_name, kv_bytes_per_token=self.kv_shape.token_bytes, window=dms.window,
             native_compression=dms.native_cr if dms.has_decisions else 1.0, max_context=self.max_context,
             supports_compression=dms.has_decisions, thinking_open_tokens=self._think_tokens[0],
-            thinking_close_tokens=self._think_tokens[1],
+            thinking_close_tokens=self._think_tokens[1], calibration=shipped_calibration(self.model_name),
         )
 
     def count_tokens(self, messages, tools: list[dict] | None = None) -> int:

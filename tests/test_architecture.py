@@ -69,3 +69,14 @@ def test_integrations_use_only_the_public_api():
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     assert alias.name == "budgetllm" or not alias.name.startswith("budgetllm."), alias.name
+
+
+def test_source_files_stay_within_300_lines():
+    """The project's rule: modules of at most 300 lines (split along a seam when one grows past it)."""
+    over = []
+    for folder in ("budgetllm", "integrations"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            if lines > 300:
+                over.append(f"{path.relative_to(ROOT)}: {lines} lines")
+    assert not over, "\n".join(over)

@@ -143,3 +143,13 @@ async def test_closing_astream_during_the_prefill_cancels_the_request_at_once(ti
         assert seen[0].cancelled  # set while the prefill still runs, not after it
     finally:
         release.set()
+
+
+def test_close_calls_the_backends_close_which_the_protocol_requires(tiny_dir):
+    """``close`` is part of the Backend protocol (every backend has it: test_architecture), so
+    LLM.close() calls it and never skips a backend without one."""
+    llm = LLM.from_pretrained(str(tiny_dir("llama")), backend="reference", device="cpu", progress=False)
+    real, llm.backend = llm.backend, type("NoClose", (), {"name": "no-close"})()  # not a Backend
+    with pytest.raises(AttributeError, match="close"):
+        llm.close()  # a silent skip would leak the engine's memory and threads
+    real.close()

@@ -4,6 +4,8 @@ Phases: "thinking" (reasoning tokens are counted from the open tag in the prompt
 budget is spent: the hand-off text and the close tag are fed as forced tokens), "answer" (the
 model writes its answer; it may not reopen a thinking block). The reasoning count includes the
 forced hand-off and close tag, so it never exceeds the budget; the answer keeps its own reserve.
+The close starts early enough for both to fit; a budget too small for the hand-off gets the close
+tag alone, and an EOS inside the block closes it with the tag alone (nothing was cut off).
 
 The controller watches the model's own think tags by token ids (a multi-token tag is matched as a
 token sequence): the close tag ends the thinking phase, an open tag at the very start of the answer
@@ -66,13 +68,19 @@ class ThinkingController:
 
     def next_forced(self) -> int | None:
         """The token to feed instead of sampling: the closing sequence, or the answer prefix."""
-        if self.phase == "thinking" and self.reasoning_tokens + len(self._close_ids) >= self.budget:
+        if self.phase == "thinking" and self.reasoning_tokens + self._closing_length() >= self.budget:
             self._begin_close(with_handoff=True)
         if self._forced:
             return self._forced[0]
         if self.phase == "answer" and self.answer_prefix and self.answer_tokens < len(self.answer_prefix):
             return self.answer_prefix[self.answer_tokens]
         return None
+
+    def _closing_length(self) -> int:
+        """Tokens a budget close writes: the hand-off and the close tag, or the tag alone when the
+        budget cannot hold both (it always holds the tag: the plan is fitted so)."""
+        both = len(self._handoff_ids) + len(self._close_ids)
+        return both if self.budget >= both else len(self._close_ids)
 
     def _begin_close(self, with_handoff: bool) -> None:
         self.phase = "closing"

@@ -1,7 +1,8 @@
 """Budget policies: per call, how long the model may think and how hard its KV cache is compressed.
 
 Owns: the policy contract (``CallContext`` -> ``Plan``), the built-in policies, policy files
-(YAML/TOML, validated with pydantic at the edge), calibration tables.
+(YAML/TOML, validated with pydantic at the edge), calibration tables and the map from a model to
+the table budgetllm ships for it (``shipped``).
 Must not import: torch, the engine, models, kernels, or ``budgetllm.accounting``.
 
 The one extension point is ``BudgetPolicy``: anything with ``plan(context) -> Plan``. Stages

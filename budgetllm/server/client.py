@@ -21,6 +21,7 @@ import httpx
 
 from budgetllm.errors import InvalidRequestError
 from budgetllm.policy.base import ModelProfile
+from budgetllm.policy.shipped import shipped_calibration
 from budgetllm.server import wire
 from budgetllm.server.client_http import (
     AuthenticationError,
@@ -94,7 +95,8 @@ class RemoteLLM:
     def profile(self) -> ModelProfile:
         known = {f.name for f in dataclasses.fields(ModelProfile)}
         d = {k: v for k, v in (self._model_card().get("profile") or {}).items() if k in known}
-        return ModelProfile(**d)
+        profile = ModelProfile(**d)  # the calibration table is not sent: it is package data on both sides
+        return dataclasses.replace(profile, calibration=shipped_calibration(profile.name))
 
     def count_tokens(self, messages: str | list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
         body: dict[str, Any] = {"messages": _wire_messages(messages)}

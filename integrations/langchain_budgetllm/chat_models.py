@@ -3,29 +3,29 @@
 Stream-first, as langchain-ollama: ``_stream`` / ``_astream`` turn the engine's StreamEvents into
 chunks (``chunks.ChunkBuilder``); ``_generate`` / ``_agenerate`` aggregate those same streams.
 Messages are converted in ``messages``, per-call options are gathered and checked in
-``options`` (against budgetllm's CallOptions), structured output lives in ``structured``.
+``options`` (against budgetllm's CallOptions), structured output lives in ``structured``, token
+counting in ``tokens``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
-from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
-from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
 import budgetllm
 from langchain_budgetllm.chunks import PROVIDER, ChunkBuilder
-from langchain_budgetllm.engines import LazyProfile, remote_llm
+from langchain_budgetllm.engines import chat_profile, remote_llm
 from langchain_budgetllm.messages import convert_messages
 from langchain_budgetllm.options import FIELD_OPTIONS, call_options, check_option
+from langchain_budgetllm.tokens import ToolLike, format_tools, num_tokens, num_tokens_from_messages, token_ids
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 __all__ = ["ChatDMS", "PROVIDER", "convert_messages"]
@@ -182,21 +182,7 @@ class ChatDMS(BaseChatModel):
         return params
 
     def _resolve_model_profile(self) -> dict[str, Any] | None:
-        static: dict[str, Any] = {
-            "text_inputs": True, "text_outputs": True, "reasoning_output": True, "tool_calling": True,
-            "tool_choice": True,  # a grammar forces the call (budgetllm.constrain)
-            "structured_output": True,  # response_format json_schema / json_object, constrained
-        }
-        if self.max_tokens:
-            static["max_output_tokens"] = self.max_tokens
-
-        def context() -> int | None:
-            try:
-                return getattr(self.llm, "max_context", None)
-            except Exception:
-                return None
-
-        return LazyProfile(static, context)  # type: ignore[return-value]
+        return chat_profile(self.max_tokens, lambda: getattr(self.llm, "max_context", None))  # type: ignore[return-value]
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -259,7 +245,7 @@ class ChatDMS(BaseChatModel):
 
     # -- tools, structured output and tokens ---------------------------------------------------
 
-    def bind_tools(self, tools: Sequence[dict[str, Any] | type | Callable | BaseTool], *,
+    def bind_tools(self, tools: Sequence[ToolLike], *,
                    tool_choice: dict | str | Literal["auto", "any", "none", "required"] | bool | None = None,
                    **kwargs: Any) -> Runnable[Any, AIMessage]:
         """Bind tools (rendered through the model's chat template) and any extra call options.
@@ -268,7 +254,7 @@ class ChatDMS(BaseChatModel):
         arguments follow its schema. ``tool_choice`` "any"/"required"/True/a tool name forces a
         call; ``"none"`` leaves the tools out of the prompt.
         """
-        formatted = [convert_to_openai_tool(t) for t in tools]
+        formatted = format_tools(tools)
         if tool_choice is not None and tool_choice is not False:
             kwargs["tool_choice"] = "any" if tool_choice is True else tool_choice
         return super().bind(tools=formatted, **kwargs)
@@ -284,24 +270,14 @@ class ChatDMS(BaseChatModel):
 
         return structured_output(self, schema, method=method, include_raw=include_raw, **kwargs)
 
-    def get_num_tokens_from_messages(
-        self, messages: list[BaseMessage], tools: Sequence[dict[str, Any] | type | Callable | BaseTool] | None = None
-    ) -> int:
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage],
+                                     tools: Sequence[ToolLike] | None = None) -> int:
         """Prompt tokens of ``messages`` (and ``tools``) through the model's chat template."""
-        formatted = [convert_to_openai_tool(t) for t in tools] if tools else None
-        return int(self.llm.count_tokens(convert_messages(convert_to_messages(messages)), tools=formatted))
+        return num_tokens_from_messages(self.llm, messages, tools)
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids from the model's tokenizer (a remote engine has none: see get_num_tokens)."""
-        tokenizer = self.llm.tokenizer
-        if tokenizer is None:
-            raise NotImplementedError("the tokenizer is on the server; use get_num_tokens / get_num_tokens_from_messages")
-        return list(tokenizer.encode(text, add_special_tokens=False))
+        return token_ids(self.llm, text)
 
     def get_num_tokens(self, text: str) -> int:
-        tokenizer = self.llm.tokenizer
-        if tokenizer is not None:
-            return len(tokenizer.encode(text, add_special_tokens=False))
-        # Remote: the text as one user turn, less the template's overhead.
-        full = self.llm.count_tokens([{"role": "user", "content": text}])
-        return max(0, int(full) - int(self.llm.count_tokens([{"role": "user", "content": ""}])))
+        return num_tokens(self.llm, text)

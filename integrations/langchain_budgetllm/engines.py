@@ -27,6 +27,26 @@ def remote_llm(base_url: str, api_key: str | None, timeout: float | None, max_re
         return _REMOTE[key]
 
 
+def chat_profile(max_tokens: int | None, context: Callable[[], int | None]) -> LazyProfile:
+    """ChatDMS's model profile: what it can do, its output cap, and (read lazily) its context length.
+    ``context`` loads the engine; an engine that fails to load leaves the context length out."""
+    static: dict[str, Any] = {
+        "text_inputs": True, "text_outputs": True, "reasoning_output": True, "tool_calling": True,
+        "tool_choice": True,  # a grammar forces the call (budgetllm.constrain)
+        "structured_output": True,  # response_format json_schema / json_object, constrained
+    }  # fmt: skip
+    if max_tokens:
+        static["max_output_tokens"] = max_tokens
+
+    def safe_context() -> int | None:
+        try:
+            return context()
+        except Exception:
+            return None
+
+    return LazyProfile(static, safe_context)
+
+
 class LazyProfile(dict):
     """A model profile whose ``max_input_tokens`` is read from the engine on first use.
 

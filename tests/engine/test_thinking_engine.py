@@ -58,3 +58,29 @@ def test_model_closed_and_budget_closed_blocks_match_the_reference(tiny_dir):
         assert want[1].usage.forced_close and want[1].usage.reasoning_tokens <= at - 1
     finally:
         backend.close()
+
+
+def test_a_spent_budget_writes_the_handoff_then_the_close_in_both_backends(tiny_dir):
+    """The budget close is the hand-off text, then the close tag, counted inside the budget: the
+    same tokens on the reference and the paged backend (the tiny model never closes by itself)."""
+    from budgetllm.engine.paged.backend import PagedBackend
+    from budgetllm.engine.reference.backend import ReferenceBackend
+
+    ref = LLM.from_pretrained(str(tiny_dir("qwen3", "borrowed")), backend="reference", device="cpu", progress=False)
+    cfg = ThinkingConfig(handoff="\nTime is up, so I answer now.\n")
+    scratch = LLM(ref.loaded, ReferenceBackend(ref.loaded, prefix_cache=False), thinking=cfg)
+    backend = PagedBackend(ref.loaded, max_seqs=2, page_size=4, num_pages=200, cuda_graphs=False, max_context=128)
+    paged = LLM(ref.loaded, backend, thinking=cfg)
+    handoff = scratch.prompter.encode_text(cfg.handoff)
+    close = scratch.prompter.encode_text(cfg.close_tag + cfg.after_close)
+    budget = len(handoff) + len(close) + 5  # room for 5 of the model's own reasoning tokens
+    try:
+        kw = dict(compression=8, max_tokens=budget + 6, thinking_budget=budget)
+        want = scratch.generate(PROMPT, **kw)
+        got = paged.generate(PROMPT, **kw)
+        assert got.token_ids == want.token_ids
+        assert want.usage.forced_close and want.usage.reasoning_tokens == budget
+        assert want.token_ids[5:budget] == handoff + close
+        assert want.reasoning.rstrip().endswith(cfg.handoff.strip()) and cfg.handoff.strip() not in want.text
+    finally:
+        backend.close()

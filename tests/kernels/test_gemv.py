@@ -16,7 +16,8 @@ import torch
 from kvtestlib import DEVICE
 
 from budgetllm.kernels import reference as ref
-from budgetllm.kernels.gemv import GemvWorkspace, gemv, plan_for
+from budgetllm.kernels.gemv import GemvWorkspace, gemv
+from budgetllm.kernels.gemv_plans import plan_for
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -92,6 +93,19 @@ def test_plan_rule_reproduces_the_swept_best_plans():
     bn, bk, _, _, _ = plan_for(2048, 1536, 4, 2, 132)  # 4 rows: a quarter of the K tile (registers)
     assert (bn, bk) == (8, 256)
     assert plan_for(2048, 1536, 1, 4, 132)[1] == 512  # fp32: same bytes per tile
+
+
+def test_the_plan_rule_lives_in_gemv_plans_and_gemv_re_exports_it():
+    """Callers import the plan names from kernels.gemv (qkv_store, decode_layer, bench): the same objects."""
+    from budgetllm.kernels import gemv as launch
+    from budgetllm.kernels import gemv_plans
+
+    for name in gemv_plans.__all__:
+        assert getattr(launch, name) is getattr(gemv_plans, name), name
+        assert name in launch.__all__, name
+    assert gemv_plans.plan_for.__module__ == "budgetllm.kernels.gemv_plans"
+    mp = gemv_plans.m_pad(3)
+    assert (mp, gemv_plans.mode(mp, []), gemv_plans.mode(mp, [True]), gemv_plans.mode(gemv_plans.m_pad(5), [])) == (4, 0, 2, 1)
 
 
 def test_gemv_rejects_more_than_16_rows():

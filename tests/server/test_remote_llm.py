@@ -153,3 +153,23 @@ def test_closing_a_remote_stream_cancels_on_the_server():
         asyncio.run(async_case())
         assert wait_until(lambda: slow.cancelled == 2, timeout=10)
         assert slow.active == 0
+
+
+def test_the_embedded_models_shipped_calibration_is_in_the_remote_profile_too():
+    """The table does not travel (it is package data): the client looks it up by the model's name,
+    so a remote profile equals the local one for the embedded model as for any other."""
+    from budgetllm.models.loading import EMBEDDED_NAME
+    from budgetllm.policy.shipped import shipped_calibration
+
+    class Embedded(FakeLLM):
+        model_name = EMBEDDED_NAME
+
+        @property
+        def profile(self):
+            import dataclasses
+
+            return dataclasses.replace(super().profile, calibration=shipped_calibration(EMBEDDED_NAME))
+
+    with LiveServer(create_app(Embedded())) as srv:
+        remote, local = RemoteLLM(srv.url).profile, Embedded().profile
+    assert remote == local and remote.calibration is not None and remote.calibration.points

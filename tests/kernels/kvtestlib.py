@@ -20,19 +20,6 @@ def relerr(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def assert_within_one_bf16_step(fused: torch.Tensor, two: torch.Tensor, share: float = 0.01) -> None:
-    """bf16 outputs of two valid fp32 sums that differ only in order (bench/NOTES.md v5, "l5 not
-    bit-identical to l8"): each output within one bf16 rounding step (2^-7 of its magnitude) plus the
-    fp32 sums' own noise for an output that cancels to near zero (1e-6 of the largest output), and at
-    most ``share`` of the outputs different (a few-ulp fp32 difference flips only the outputs that
-    lie that close to a rounding boundary; a wrong combine moves them all)."""
-    f, t = fused.float(), two.float()
-    tol = torch.maximum(f.abs(), t.abs()) * 2.0**-7 + 1e-6 * float(t.abs().max())
-    assert bool(((f - t).abs() <= tol).all()), f"off by {float(((f - t).abs() / tol).max()):.3g} x the bound"
-    n = int((f != t).sum())
-    assert n <= share * t.numel(), f"{n} of {t.numel()} outputs differ"
-
-
 def make_kv(*, P=200, PAGE=4, D=16, L=2, S=5, H=2, MAXP=16, window=5, dtype=torch.float32, seed=0) -> PagedKV:
     """An empty cache whose non-live memory is poisoned and whose free stack is shuffled."""
     g = torch.Generator().manual_seed(seed)

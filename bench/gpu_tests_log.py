@@ -21,9 +21,10 @@ PARTS = ("kernels", "rest")
 OUTCOMES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
 _TS = re.compile(r"^\d{9,}\s")  # a unix-time prefix (logs piped through ts)
 _SUMMARY = re.compile(rf"^({'|'.join(OUTCOMES)}) (tests/\S+?)(?: - .*)?$")
-_VERBOSE = re.compile(rf"^(tests/\S+::\S+)(?: .*?)? ?({'|'.join(OUTCOMES)})\s+\[\s*\d+%\]")
+_WORD = rf"\b({'|'.join(OUTCOMES)})\b(?: \(.*\))?\s+\[\s*\d+%\]\s*$"  # "SKIPPED (reason) [ 40%]"
+_VERBOSE = re.compile(rf"^(tests/\S+::\S+) .*?{_WORD}")
 _START = re.compile(r"^(tests/\S+::\S+)")
-_LATE = re.compile(rf"^({'|'.join(OUTCOMES)})\s+\[\s*\d+%\]")
+_LATE = re.compile(rf"^{_WORD}")
 
 
 def _lines(path: Path) -> list[str]:

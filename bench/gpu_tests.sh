@@ -11,9 +11,9 @@
 # past 60 s (a hang shows where it hangs). -v and -r...p list every test with its result; a module that
 # fails to import (e.g. no openai wheel) is an ERROR line, not the end of the run.
 # Back here, one log for the issue (card and commit first, then a per-test table, then both logs):
-#   bash bench/gpu_tests.sh merge DIR    (DIR holds the two logs)  -> bench/results/gpu-tests.log
+#   bash bench/gpu_tests.sh merge DIR... (the directories or files holding the two logs) -> bench/results/gpu-tests.log
 set -u
-part=${1:?usage: bash bench/gpu_tests.sh kernels|rest|header|merge DIR}
+part=${1:?usage: bash bench/gpu_tests.sh kernels|rest|header|merge DIR...}
 
 header() { nvidia-smi -L; echo "commit $(cat .gpu-commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)"; date -u; }
 
@@ -49,6 +49,7 @@ case $part in
     PRE=$(python3 -c "$PREBUILD" 2>&1 | tail -3)
     run_part rest 300 200 tests --ignore=tests/kernels --ignore=tests/models ;;
   merge)
-    python3 bench/gpu_tests_log.py "${2:?the directory holding gpu-tests-kernels.log and gpu-tests-rest.log}" ;;
-  *) echo "unknown part $part (kernels, rest, header, merge DIR)"; exit 2 ;;
+    shift
+    python3 bench/gpu_tests_log.py "${@:?the directories (or files) holding gpu-tests-kernels.log and gpu-tests-rest.log}" ;;
+  *) echo "unknown part $part (kernels, rest, header, merge DIR...)"; exit 2 ;;
 esac

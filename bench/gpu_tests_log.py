@@ -6,7 +6,10 @@ checkout collects with ``-m gpu`` but neither log reports, e.g. a part cut by it
 counts, and then both logs in full. A test's result comes from pytest's short summary (``-rfEsxXp``),
 else from its ``-v`` line; a stack dump (faulthandler) between a test's name and its result is skipped.
 
-    python3 bench/gpu_tests_log.py DIR [--out bench/results/gpu-tests.log] [--no-collect]
+    python3 bench/gpu_tests_log.py PATH... [--out bench/results/gpu-tests.log] [--no-collect]
+
+PATH: a directory holding gpu-tests-<part>.log, or such a file (the two calls' logs may come back
+in two directories).
 """
 
 from __future__ import annotations
@@ -68,10 +71,21 @@ def collected() -> list[str]:
     return [x.strip() for x in out.splitlines() if x.startswith("tests/") and "::" in x]
 
 
-def merge(directory: Path, out: Path, expect: list[str]) -> str:
-    logs = {p: _lines(directory / f"gpu-tests-{p}.log") for p in PARTS if (directory / f"gpu-tests-{p}.log").exists()}
+def _find(paths: list[Path]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in paths:
+        for part in PARTS:
+            f = path / f"gpu-tests-{part}.log" if path.is_dir() else path
+            if f.name == f"gpu-tests-{part}.log" and f.exists():
+                found[part] = f
+    return found
+
+
+def merge(paths: Path | list[Path], out: Path, expect: list[str]) -> str:
+    files = _find([paths] if isinstance(paths, Path) else list(paths))
+    logs = {p: _lines(files[p]) for p in PARTS if p in files}
     if not logs:
-        raise SystemExit(f"no gpu-tests-<part>.log in {directory}")
+        raise SystemExit(f"no gpu-tests-<part>.log in {paths}")
     cards, commits, results, closing = [], [], {}, []
     for part, lines in logs.items():
         c, commit, r, end = parse(lines)
@@ -96,11 +110,11 @@ def merge(directory: Path, out: Path, expect: list[str]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("directory", type=Path)
+    ap.add_argument("paths", type=Path, nargs="+")
     ap.add_argument("--out", type=Path, default=Path("bench/results/gpu-tests.log"))
     ap.add_argument("--no-collect", action="store_true", help="do not list the tests that no log reports")
     a = ap.parse_args()
-    print(merge(a.directory, a.out, [] if a.no_collect else collected()))
+    print(merge(a.paths, a.out, [] if a.no_collect else collected()))
 
 
 if __name__ == "__main__":

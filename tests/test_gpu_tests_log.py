@@ -50,3 +50,12 @@ def test_a_commit_mismatch_between_the_parts_is_said(tmp_path):
     (tmp_path / "gpu-tests-rest.log").write_text(REST.replace("abc1234", "def5678"))
     merge(tmp_path, tmp_path / "m.log", [])
     assert (tmp_path / "m.log").read_text().splitlines()[1] == "commit MISMATCH: abc1234 / def5678"
+
+
+def test_the_two_logs_may_come_back_in_two_directories(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "gpu-tests-kernels.log").write_text(KERNELS)
+    (tmp_path / "b" / "gpu-tests-rest.log").write_text(REST)
+    merge([tmp_path / "a", tmp_path / "b" / "gpu-tests-rest.log"], tmp_path / "m.log", [])
+    assert (tmp_path / "m.log").read_text().splitlines()[2].startswith("parts: kernels, rest; 2 PASSED, 1 FAILED")

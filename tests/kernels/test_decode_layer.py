@@ -80,6 +80,16 @@ def test_thresholds_are_written_per_slot_when_its_rule_changes(tiny_llm):
     assert bool((r.thr_slot[:, 1] == -0.5).all()) and r.thr_rule[1] is b2
 
 
+def test_device_context_places_modules_under_the_nan_poison():
+    """random_model builds the real-shape model under ``with torch.device("cuda")`` while this directory's
+    NaN poison replaces torch.empty: the module weights must still land on the context's device (here
+    meta), not on the CPU (tests/kernels/conftest.py: the H200 run of f44dd4d built 1.5B on the CPU)."""
+    assert torch.empty.__name__ == "<lambda>"  # the poison is on
+    with torch.device("meta"):
+        lin = torch.nn.Linear(8, 8)
+    assert lin.weight.device.type == "meta"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(("dtype", "fuse_reduce"), [(torch.bfloat16, False), (torch.bfloat16, True),
                                                     (torch.float32, True)], ids=["bf16-l6", "bf16-l5", "fp32-l5"])

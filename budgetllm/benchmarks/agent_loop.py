@@ -67,7 +67,8 @@ def run_loop(backend, loaded, history: int, steps: int, answer_tokens: int = 64,
         row = {"turn": i + 1, "prompt_tokens": len(prompt), "history_tokens": prev_history,
                "cached_tokens": req.cached_tokens, "prefilled_tokens": len(prompt) - req.cached_tokens,
                "added_tokens": len(prompt) - prev_prompt, "ttft_s": req.prefill_seconds, "seconds": seconds,
-               "pages_used": st["pages_used"], "prefix_pages": st.get("prefix_pages", 0)}
+               "pages_used": st["pages_used"], "prefix_pages": st.get("prefix_pages", 0),
+               "phases_ms": {k: round(1000 * v, 3) for k, v in req.phases.items()}}
         if hf is not None:  # outside the loop's own seconds (HF is the baseline, not the agent)
             t_hf = time.perf_counter()
             row["hf_ttft_s"] = hf_ttft(hf, prompt)

@@ -30,29 +30,28 @@ def new_refs(kv: PagedKV) -> torch.Tensor:
     return torch.zeros(kv.num_pages, dtype=torch.int32, device=kv.k_pool.device)
 
 
-def _candidates(kv: PagedKV, slot: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[L, H, K]`` row-local page indices a later step may write (the window's pages and the partly
-    filled last page; K = min(W1, seq_len) + 1), sorted per row, and which are real and first of
-    their kind (duplicates and pages the row does not hold are False)."""
-    MAXP = kv.block_tables.shape[-1]
+def _candidates(kv: PagedKV, slot: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[L, H, K]`` row-local page indices a later step may write (the window's pages and the last
+    page; K = min(W1, seq_len) + 1), sorted per row; which of them are real and first of their kind
+    (duplicates, and a last page index that is past the row, are False); and the rows' pages
+    ``[L, H, MAXP + 1]`` with a column of -1 (where the left-out candidates point)."""
     P, W1 = kv.page_size, kv.ring.shape[-1]
-    lens = kv.row_lens[:, slot]  # [L, H]
-    ring = kv.ring[:, slot, :, :min(W1, seq_len)]  # row-local indices of the window's tokens
-    tail = torch.where(lens % P != 0, lens // P, MAXP)  # the partly filled last page (MAXP = none)
-    marks = torch.cat([ring // P, tail[..., None]], dim=-1).clamp(0, MAXP).sort(dim=-1).values
-    first = torch.ones_like(marks, dtype=torch.bool)
-    first[..., 1:] = marks[..., 1:] != marks[..., :-1]
-    held = kv.block_tables[:, slot].gather(2, marks.clamp(max=MAXP - 1).long()) >= 0
-    return marks, first & (marks < MAXP) & held
+    bt = kv.block_tables[:, slot]
+    # rows have no holes: lens // P is the partly filled last page, or (a full last page) the first
+    # page past the row, which holds -1 (or is MAXP: the extra column): left out below
+    marks = torch.cat([kv.ring[:, slot, :, :min(W1, seq_len)], kv.row_lens[:, slot, :, None]], dim=-1)
+    marks = (marks // P).sort(dim=-1).values.long()
+    btp = torch.nn.functional.pad(bt, (0, 1), value=-1)
+    first = marks != torch.nn.functional.pad(marks, (1, 0), value=-1)[..., :-1]
+    return marks, first & (btp.gather(2, marks) >= 0), btp
 
 
 def writable_pages(kv: PagedKV, slot: int, seq_len: int) -> torch.Tensor:
     """``[L, H, MAXP] bool``: the pages of ``slot``'s rows that a later step may write."""
-    L, _, H, MAXP = kv.block_tables.shape
-    marks, ok = _candidates(kv, slot, seq_len)
-    wr = torch.zeros(L, H, MAXP + 1, dtype=torch.bool, device=marks.device)
-    wr.scatter_(2, torch.where(ok, marks, MAXP).long(), True)
-    return wr[..., :MAXP]
+    marks, ok, btp = _candidates(kv, slot, seq_len)
+    wr = torch.zeros_like(btp, dtype=torch.bool)
+    wr.scatter_(2, torch.where(ok, marks, btp.shape[-1] - 1), True)
+    return wr[..., :-1]
 
 
 def fork_slot(kv: PagedKV, refs: torch.Tensor, src: int, dst: int, seq_len: int) -> torch.Tensor:
@@ -63,29 +62,28 @@ def fork_slot(kv: PagedKV, refs: torch.Tensor, src: int, dst: int, seq_len: int)
     its overflow flag set (``slot_oom``, copied by later forks of it), so the request on it is
     preempted and recomputed rather than run on a wrong cache. Returns the pages copied (a device
     tensor ``[1]``)."""
-    L, _, H, MAXP = kv.block_tables.shape
+    MAXP = kv.block_tables.shape[-1]
     bt = kv.block_tables[:, src]  # [L, H, MAXP]
-    marks, ok = _candidates(kv, src, seq_len)  # [L, H, K]
-    old = bt.gather(2, marks.clamp(max=MAXP - 1).long())
+    marks, ok, btp = _candidates(kv, src, seq_len)  # [L, H, K]
+    old = btp.gather(2, marks)
     flat = ok.flatten()
     rank = flat.cumsum(0) - 1  # the copy's place among the pages taken
     n = rank[-1:] + 1  # pages to copy (a device tensor)
-    top = kv.alloc_state[:1].long()
+    top = kv.alloc_state[:1]
     fits = top + n <= kv.num_pages  # [1] bool
     take = flat & fits
-    new = kv.free_stack[(top + rank).clamp(0, kv.num_pages - 1)].long()
-    pad = bt.amax().clamp(min=0).long().expand(flat.shape)  # a page src holds (never a free one): a self-copy
-    o = torch.where(take, old.flatten().long(), pad)
+    new = kv.free_stack[(top + rank).clamp(0, kv.num_pages - 1)]
+    pad = bt.amax().clamp(min=0)  # a page src holds (never a free one): the left-out copy onto itself
+    o = torch.where(take, old.flatten(), pad)
     d = torch.where(take, new, pad)
     for pool in (kv.k_pool, kv.v_pool, kv.slot_pos, kv.slot_flag):
         pool[d] = pool[o]
     kv.alloc_state[:1] += torch.where(fits, n, 0).to(kv.alloc_state.dtype)
-    # the new pages into dst's table; an extra column takes the writes of the candidates left out
-    nbt = torch.cat([bt, bt[..., :1]], dim=-1)
-    nbt.scatter_(2, torch.where(ok, marks, MAXP).long(), torch.where(take, d, o).view(L, H, -1).to(nbt.dtype))
+    # the new pages into dst's table; the extra column takes the writes of the candidates left out
+    nbt = btp.scatter(2, torch.where(ok, marks, MAXP), torch.where(take, d, o).view_as(marks).to(btp.dtype))
     nbt = nbt[..., :MAXP]
-    shared = (bt >= 0) & (nbt == bt)  # held and not copied (a copy gets a free page: never equal)
-    refs.index_add_(0, bt.flatten().clamp(min=0).long(), (shared & fits).flatten().to(refs.dtype))
+    shared = (bt >= 0) & (nbt == bt) & fits  # held and not copied (a copy gets a free page: never equal)
+    refs.index_add_(0, bt.flatten().clamp(min=0), shared.flatten().to(refs.dtype))
     kv.block_tables[:, dst] = torch.where(fits, nbt, -1)
     kv.row_lens[:, dst] = torch.where(fits, kv.row_lens[:, src], 0)
     kv.ring[:, dst] = kv.ring[:, src]

@@ -155,8 +155,9 @@ class EngineLoop:
         if decoded:
             with self._stats_lock:  # one locked add per step, not per token
                 self.tokens_generated += decoded
-        for h in firsts:  # first tokens go out now, before the kept states' work and the next launch
-            h.deliver()
+        for s in samplers:  # first tokens go out now, before the kept states' work and the next launch
+            if s.payload.pending and "delivered" not in s.payload.req.phases:
+                s.payload.deliver()
         sched.keep_deferred()
         self._release()
         if batch.kind == "decode":

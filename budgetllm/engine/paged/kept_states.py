@@ -23,7 +23,6 @@ after the first token went out: :meth:`KeptStates.keep_deferred`).
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from budgetllm.engine.paged.sequence import SeqStatus, Sequence

@@ -37,6 +37,9 @@ def run_loop(backend, loaded, history: int, steps: int, answer_tokens: int = 64,
              seed: int = 0, hf=None, turn_tokens: int | None = None, system_tokens: int = 1024) -> dict:
     """One scripted agent conversation on ``backend`` (``hf``: also time HF's prefill per turn).
 
+    ``seconds`` is the loop's own wall time (HF's prefills, when ``hf`` is given, are timed apart:
+    ``hf_seconds``), so a loop run with ``hf`` compares with one run without it.
+
     ``turn_tokens`` None: a ``system_tokens`` (1K) system prompt and turns that grow the history to ``history`` in
     ``steps`` (big tool results: each turn adds ~history/steps). ``turn_tokens`` given (the full
     mode, a realistic agent): the first prompt is the long context an agent has built by then
@@ -52,7 +55,7 @@ def run_loop(backend, loaded, history: int, steps: int, answer_tokens: int = 64,
         per_turn = max(1, turn_tokens - answer_tokens - 32)  # the tool result (answer + call + result added)
         system = history - (steps - 1) * (answer_tokens + 32 + per_turn)
     prompt = _ids(g, system, vocab)
-    turns, t_loop = [], time.perf_counter()
+    turns, t_loop, hf_seconds = [], time.perf_counter(), 0.0
     prev_history = prev_prompt = 0
     for i in range(steps):
         req = make_request(loaded, len(prompt), answer_tokens, cr, seed=i, prompt=list(prompt),
@@ -64,13 +67,16 @@ def run_loop(backend, loaded, history: int, steps: int, answer_tokens: int = 64,
         row = {"turn": i + 1, "prompt_tokens": len(prompt), "history_tokens": prev_history,
                "cached_tokens": req.cached_tokens, "prefilled_tokens": len(prompt) - req.cached_tokens,
                "added_tokens": len(prompt) - prev_prompt, "ttft_s": req.prefill_seconds, "seconds": seconds,
-               "pages_used": st["pages_used"], "prefix_pages": st.get("prefix_pages", 0)}
-        if hf is not None:
+               "pages_used": st["pages_used"], "prefix_pages": st.get("prefix_pages", 0),
+               "phases_ms": {k: round(1000 * v, 3) for k, v in req.phases.items()}}
+        if hf is not None:  # outside the loop's own seconds (HF is the baseline, not the agent)
+            t_hf = time.perf_counter()
             row["hf_ttft_s"] = hf_ttft(hf, prompt)
+            hf_seconds += time.perf_counter() - t_hf
         turns.append(row)
         prev_history, prev_prompt = len(prompt) + len(answer), len(prompt)
         prompt = prompt + answer[:-2] + MARKUP + _ids(g, 32, vocab) + _ids(g, per_turn, vocab)
-    return {"turns": turns, "seconds": time.perf_counter() - t_loop}
+    return {"turns": turns, "seconds": time.perf_counter() - t_loop - hf_seconds, "hf_seconds": hf_seconds}
 
 
 @torch.inference_mode()
@@ -101,7 +107,8 @@ def loop_summary(reuse: dict, fresh: dict) -> dict:
             "ttft_last_s": last[0]["ttft_s"] if last else None,
             "ttft_last_no_reuse_s": last[1]["ttft_s"] if last else None,
             "hf_ttft_ratio_median": statistics.median(hf) if hf else None,
-            "end_to_end_s": reuse["seconds"], "end_to_end_no_reuse_s": fresh["seconds"]}
+            "end_to_end_s": reuse["seconds"], "end_to_end_no_reuse_s": fresh["seconds"],
+            "hf_seconds": reuse.get("hf_seconds", 0.0) + fresh.get("hf_seconds", 0.0)}
 
 
 def _think_encode(vocab: int):

@@ -8,6 +8,9 @@ Full mode (~2-3 minutes): a realistic agent. Both loops run 8 turns of ``TURN_TO
 previous 64-token answer, a tool call and a ~290-token tool result) up to 8K / 32K, HF on every
 turn, and the embedded SmolLM2 runs the same loop to 6K (real weights) besides its call latencies.
 Every turn row says how many tokens it prefilled (``prefilled_tokens``) and added (``added_tokens``).
+
+One part alone: ``python -m budgetllm.benchmarks.agent_report --out DIR --parts loop-1.5b`` (the
+8K loop with and without reuse and HF, ~40 s in full mode); it replaces only its own summary lines.
 """
 
 from __future__ import annotations
@@ -134,7 +137,12 @@ def targets(results: dict) -> list[dict]:
     return out
 
 
-def main(out_dir: str, quick: bool = False) -> dict:
+PARTS = ("loop-1.5b", "bursts", "loop-8b", "smollm2")
+
+
+def main(out_dir: str, quick: bool = False, parts: tuple | None = None) -> dict:
+    """Run the agent parts (``parts``: a subset of :data:`PARTS`, default all) and write the results.
+    A subset replaces only its own lines of ``summary.json``."""
     card = torch.cuda.get_device_name(0)
     results = {"card": card, "loops": [], "bursts": [], "latency": [], "skipped": [], "quick": quick}
     t0 = time.perf_counter()
@@ -142,13 +150,17 @@ def main(out_dir: str, quick: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
     turn = None if quick else TURN_TOKENS
-    parts = [lambda: agent_loops("qwen2.5-1.5b", 8192, 5 if quick else 8, results, hf_every_turn=not quick,
-                                 turn_tokens=turn),
-             lambda: thinking_bursts(results, max_tokens=256 if quick else 512),
-             lambda: agent_loops("qwen3-8b", 32768, 4 if quick else 8, results, hf_every_turn=not quick,
-                                 turn_tokens=turn),
-             lambda: smollm2_latency(results, loop=not quick)]
-    for part in parts:  # results are written after every part: a run cut short keeps what it measured
+    runs = {"loop-1.5b": lambda: agent_loops("qwen2.5-1.5b", 8192, 5 if quick else 8, results,
+                                             hf_every_turn=not quick, turn_tokens=turn),
+            "bursts": lambda: thinking_bursts(results, max_tokens=256 if quick else 512),
+            "loop-8b": lambda: agent_loops("qwen3-8b", 32768, 4 if quick else 8, results, hf_every_turn=not quick,
+                                           turn_tokens=turn),
+            "smollm2": lambda: smollm2_latency(results, loop=not quick)}
+    unknown = set(parts or ()) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown agent parts {sorted(unknown)}; choose from {PARTS}")
+    results["parts"] = list(parts or PARTS)
+    for part in (runs[p] for p in results["parts"]):  # results are written after every part: a run cut short keeps what it measured
         try:
             part()
         except Exception as e:  # noqa: BLE001 - the other parts still run; the error is recorded
@@ -159,7 +171,21 @@ def main(out_dir: str, quick: bool = False) -> dict:
         (out / f"agent-loop-{slug}.json").write_text(json.dumps(results, indent=1))
     summary_path = out / "summary.json"  # add (or replace) the agent-loop lines of the summary
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"card": card, "targets": []}
-    keep = [t for t in summary.get("targets", []) if not t["name"].startswith(("agent loop", "thinking burst", "TTFT of"))]
+    new = {t["name"] for t in results["targets"]}
+    keep = [t for t in summary.get("targets", []) if t["name"] not in new
+            and (parts is not None or not t["name"].startswith(("agent loop", "thinking burst", "TTFT of")))]
     summary["targets"] = keep + [dict(t, card=card) for t in results["targets"]]
     summary_path.write_text(json.dumps(summary, indent=1))
     return results
+
+
+if __name__ == "__main__":  # python -m budgetllm.benchmarks.agent_report --out DIR [--quick] [--parts loop-1.5b ...]
+    import argparse
+
+    ap = argparse.ArgumentParser(description="the agent parts of `budgetllm bench --only agent`")
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, help="a subset of the parts (default: all)")
+    args = ap.parse_args()
+    for t in main(args.out, args.quick, tuple(args.parts) if args.parts else None)["targets"]:
+        print(f"{'MET ' if t['met'] else 'MISS'} {t['name']}: {t['measured']} (goal {t['goal']})")

@@ -60,3 +60,48 @@ def test_full_mode_turns_add_a_few_hundred_tokens(tiny_dir):
     assert [t["prefilled_tokens"] for t in fresh] == [t["prompt_tokens"] for t in fresh]
     s = loop_summary(runs[None], runs[0])
     assert s["prefilled_tokens_per_turn"] == [120, 40, 40, 40] and s["ttft_speedup_last3_median"] > 0
+
+
+def test_the_loops_seconds_leave_hf_out():
+    """HF's prefills (the baseline) are timed apart from the agent loop's own seconds: a loop run
+    with a slow HF must report about the same seconds as its turns took, and HF's time separately
+    (the old loop counted HF inside, so the reuse loop looked slower than the loop without reuse)."""
+    import time
+    from types import SimpleNamespace
+
+    from budgetllm.benchmarks.agent_loop import loop_summary, run_loop
+    from budgetllm.engine.request import StepOutput
+
+    cfg = SimpleNamespace(vocab_size=1000, num_hidden_layers=2, num_key_value_heads=1, head_dim=8,
+                          hidden_size=16, num_attention_heads=2)
+    loaded = SimpleNamespace(config=cfg, dtype=torch.float32)
+
+    class FakeBackend:  # 20 ms a call, 4 answer tokens
+        window = 16
+
+        def run(self, req):
+            time.sleep(0.02)
+            req.prefill_seconds, req.cached_tokens = 0.01, 0
+            for t in range(4):
+                yield StepOutput(100 + t, False)
+            yield StepOutput(-1, False, finished="length")
+
+        def pool_stats(self):
+            return {"pages_used": 0}
+
+    class SlowHF:  # 150 ms a prefill
+        device = torch.device("cpu")
+
+        def generate(self, ids, **kw):
+            time.sleep(0.15)
+            return ids
+
+    steps = 3
+    with_hf = run_loop(FakeBackend(), loaded, history=400, steps=steps, answer_tokens=4, hf=SlowHF(), system_tokens=64)
+    without = run_loop(FakeBackend(), loaded, history=400, steps=steps, answer_tokens=4, system_tokens=64)
+    turns = sum(t["seconds"] for t in with_hf["turns"])
+    assert with_hf["hf_seconds"] >= 0.15 * steps and without["hf_seconds"] == 0
+    assert turns <= with_hf["seconds"] < turns + 0.1  # HF's 0.45 s are not in the loop's seconds
+    assert with_hf["seconds"] < without["seconds"] + 0.1
+    s = loop_summary(with_hf, without)
+    assert s["end_to_end_s"] == with_hf["seconds"] and s["hf_seconds"] == with_hf["hf_seconds"]

@@ -101,3 +101,22 @@ class TreeMachine(RuleBasedStateMachine):
 
 TreeMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 TestTreeMachine = TreeMachine.TestCase
+
+
+def test_long_histories_split_where_they_part():
+    """Agent-sized histories (6K tokens) that part at any point: the edge splits exactly there (the
+    split is found by slice comparisons, not token by token), and each lookup finds its own state."""
+    import random
+
+    rng = random.Random(3)
+    base = [rng.randrange(50) for _ in range(6000)]
+    for cut in (1, 2, 777, 3000, 5999):
+        t = PrefixTree(10 ** 9)
+        other = base[:cut] + [99] + base[cut + 1:]
+        assert t.insert(base, "k", "a", 1)[0] and t.insert(other, "k", "b", 1)[0]
+        assert t.insert(base[:cut], "k", "p", 1)[0]
+        (mid,) = t.root.children.values()
+        assert len(mid.edge) == cut and len(mid.children) == 2 and "k" in mid.entries
+        assert t.match(base + [1], "k").state == "a" and t.match(other + [1], "k").state == "b"
+        assert t.match(base[:cut] + [98, 1], "k").state == "p"
+        assert t.match(base[:cut], "k") is None  # at least one token is left to feed

@@ -8,7 +8,8 @@ class): the backend's ``run`` puts commands into ``_inbox`` ("add", "cancel", "c
 ``runner`` (ModelRunner), ``bm`` (BlockManager), ``model``, ``window`` and ``page_bytes``.
 Finishing items wait until the device has released the request's pages (``_release``), and
 staged tokens are delivered once the next step is launched (``_deliver``), so consumer threads
-wake while the GPU works.
+wake while the GPU works; a request's first token goes out right after its readback, before the
+step's kept-state work (``sched.keep_deferred``) and the next launch.
 """
 
 from __future__ import annotations
@@ -93,18 +94,7 @@ class EngineLoop:
     def _release(self) -> None:
         """Apply the scheduler's device work (releases, forks of kept states, in order), then deliver
         the final items of ended requests."""
-        ops = self.sched.device_ops
-        if ops:
-            batch: list[int] = []
-            for op in ops:
-                if op[0] == "release":
-                    batch.append(op[1])
-                    continue
-                self.runner.release(batch)
-                batch = []
-                self.runner.fork(*op[1:])
-            self.runner.release(batch)
-            ops.clear()
+        self.sched.apply_device_ops(self.runner)
         for seq, err in self.sched.failed:
             seq.payload.fail(err)
             self._ended.append(seq.payload)
@@ -140,14 +130,14 @@ class EngineLoop:
             samplers = list(batch.seqs)
         t_launched = time.perf_counter()
         self._deliver()  # the previous step's tokens, while the GPU runs this one
-        firsts = [s.payload for s in batch.seqs if not s.payload.req.phases]
+        firsts = [s.payload for s in batch.seqs if "read" not in s.payload.req.phases]
         sb = sampling_for([s.payload for s in samplers], runner.device) if samplers else None
         rb = runner.sample_and_read(logits if samplers else None, sb, decoded=batch.kind == "decode")
         self.device_free_pages = rb.free_pages
         t_read = time.perf_counter()
         for h in firsts:
             h.req.phases.update(scheduled=t0 - h.t_start, launched=t_launched - h.t_start, read=t_read - h.t_start)
-        ready = set(id(s) for s in sched.after_step(batch, rb.stats))
+        ready = set(id(s) for s in sched.after_step(batch, rb.stats, defer_keeps=True))
         dt = time.perf_counter() - t0
         decoded = 0
         for s, tok in zip(samplers, rb.tokens, strict=True):
@@ -165,6 +155,10 @@ class EngineLoop:
         if decoded:
             with self._stats_lock:  # one locked add per step, not per token
                 self.tokens_generated += decoded
+        for s in samplers:  # first tokens go out now, before the kept states' work and the next launch
+            if s.payload.pending and "delivered" not in s.payload.req.phases:
+                s.payload.deliver()
+        sched.keep_deferred()
         self._release()
         if batch.kind == "decode":
             self.decode_log.append((len(batch.seqs), t0, dt, time.perf_counter() - t0, t_launched - t0, self.steps))

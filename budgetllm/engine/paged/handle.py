@@ -49,9 +49,17 @@ class Handle:
             self.pending.append(step)
 
     def deliver(self) -> None:
+        if not self.pending:
+            return
+        if "delivered" not in self.req.phases:
+            self.mark("delivered")  # the first token reaches the caller's queue now
         for step in self.pending:
             self.out.put(step)
         self.pending.clear()
+
+    def mark(self, phase: str) -> None:
+        """Record ``phase`` in the request's phases: seconds since its start (the first time only)."""
+        self.req.phases.setdefault(phase, time.perf_counter() - self.t_start)
 
     def cancel(self) -> None:
         if not self.done:

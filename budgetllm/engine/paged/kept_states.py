@@ -10,18 +10,33 @@ waits for pages or is preempted.
 class): it reads the scheduler's ``bm`` (BlockManager), ``prefix`` (PrefixTree), ``page_bytes``,
 ``running`` and ``device_ops``, and releases slots through ``Scheduler._release``. What the device
 must do (fork a slot into a kept state, release one) is queued in ``device_ops`` like every other
-slot operation.
+slot operation; :meth:`KeptStates.apply_device_ops` runs it (the engine calls it before each batch)
+and records the reuse path's phases of the request it serves (:func:`mark`).
+
+Phases (``GenerationRequest.phases``, seconds from the request's start, set through the payload's
+``mark``; the engine loop adds ``scheduled`` / ``launched`` / ``read``): ``matched`` (the prefix
+tree found its kept state), ``released`` (kept states pushed out to make room, released on the
+device), ``forked`` (its twin of the kept state made on the device), ``delivered`` (its first token
+handed to the caller: engine/paged/handle.py) and ``kept`` (its prompt-end state kept, a fork made
+after the first token went out: :meth:`KeptStates.keep_deferred`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from budgetllm.engine.paged.sequence import Sequence
+from budgetllm.engine.paged.sequence import SeqStatus, Sequence
 
 if TYPE_CHECKING:
     from budgetllm.engine.paged.block_manager import BlockManager
     from budgetllm.engine.prefix_tree import PrefixTree
+
+
+def mark(seq: Sequence | None, phase: str) -> None:
+    """Record ``phase`` now for the request behind ``seq`` (its payload's ``mark``; the first time only)."""
+    m = getattr(getattr(seq, "payload", None), "mark", None)
+    if m is not None:
+        m(phase)
 
 
 class KeptStates:
@@ -33,6 +48,43 @@ class KeptStates:
     running: list
     device_ops: list
     min_shared: int
+    fork_marks: dict  # dst slot of a queued fork -> (the request it serves, its phase)
+    keep_later: list  # requests whose prompt-end state is kept by keep_deferred()
+
+    def apply_device_ops(self, runner) -> None:
+        """Run the queued device work in order on ``runner`` (its ``release(slots)`` and
+        ``fork(src, dst, tokens)``): consecutive releases in one call, forks between them."""
+        ops = self.device_ops
+        if not ops:
+            return
+        batch: list[int] = []
+        released = False
+        for op in ops:
+            if op[0] == "release":
+                batch.append(op[1])
+                continue
+            if batch:
+                runner.release(batch)
+                batch, released = [], True
+            runner.fork(*op[1:4])
+            seq, phase = self.fork_marks.pop(op[2], (None, None))
+            if phase is not None:
+                if released and phase == "forked":
+                    mark(seq, "released")
+                mark(seq, phase)
+        runner.release(batch)
+        ops.clear()
+        self.fork_marks.clear()
+
+    def keep_deferred(self) -> None:
+        """Keep the prompt-end states that ``after_step(..., defer_keeps=True)`` left for later (the
+        engine calls this once the step's first tokens are handed out: the twin's bookkeeping and its
+        fork are not on the time to first token). A request that ended in the step kept its state
+        with its slot (``finish(keep=True)``)."""
+        later, self.keep_later = self.keep_later, []
+        for s in later:
+            if s.slot is not None and s.num_cached and s.status is SeqStatus.RUNNING:
+                self._keep_prompt_state(s)
 
     def _evict_parked(self) -> bool:
         """Release the least recently used kept state (before queueing or preempting anyone). False if none."""
@@ -69,18 +121,25 @@ class KeptStates:
         kept = Sequence(tokens, 0, cache_key=seq.cache_key)
         self.bm.fork(seq, kept)
         self.device_ops.append(("fork", seq.slot, kept.slot, seq.num_cached))
+        self.fork_marks[kept.slot] = (seq, "kept")
         self._keep(kept)
 
     def _start_from_kept(self, s: Sequence, promised: int) -> bool:
-        """Admit ``s`` on top of the longest kept state its prompt extends. False if none."""
+        """Admit ``s`` on top of the longest kept state its prompt extends. False if none, or if ``s``
+        ran out of pages before (a twin the pool could not give is flagged like that:
+        cache/sharing.py; the retry recomputes from scratch)."""
+        if s.prefill_overflows:
+            return False
         e = self.prefix.match(s.token_ids, s.cache_key)
         if e is None:
             return False
+        mark(s, "matched")
         kept, bm = e.state, self.bm
         pages = bm.held.get(kept.seq_id, 0)
         if self._room_for_twin(pages, promised) and e.node is not None:
             bm.fork(kept, s)  # the state stays kept for other branches of the conversation
             self.device_ops.append(("fork", kept.slot, s.slot, e.length))
+            self.fork_marks[s.slot] = (s, "forked")
         else:  # too tight for a twin: take the state over
             if e.node is not None:
                 self.prefix.remove(e)
@@ -104,6 +163,7 @@ class KeptStates:
             if twin is None or any(o[1] in (op[1], op[2]) for o in ops[i + 1:]):
                 return False
             del ops[i]
+            self.fork_marks.pop(op[2], None)
             self.bm.release(twin)  # its slot was never filled on the device
             self.bm.transfer(seq, twin)
             return True

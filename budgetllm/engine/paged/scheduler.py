@@ -64,6 +64,8 @@ class Scheduler(KeptStates):
     # requests that start with the same >= min_shared tokens as a running prefill wait for its state
     # there (kept on the way) and continue from a twin: concurrent prompts share their prefix's pages
     min_shared: int = 32
+    fork_marks: dict = field(default_factory=dict)  # queued fork's dst slot -> (request, phase): KeptStates
+    keep_later: list = field(default_factory=list)  # prompt-end states to keep after the step (defer_keeps)
     _last_kind: str = "decode"
 
     # -- requests ---------------------------------------------------------------------------
@@ -245,10 +247,12 @@ class Scheduler(KeptStates):
                 return None
             self.preempt(victim)
 
-    def after_step(self, batch: Batch, stats: dict[int, SlotStats]) -> list[Sequence]:
+    def after_step(self, batch: Batch, stats: dict[int, SlotStats], defer_keeps: bool = False) -> list[Sequence]:
         """Record the GPU's readback; returns the sequences of ``batch`` that must sample now.
 
         A sequence whose row ran out of pages (``oom``) is preempted: its cache is incomplete.
+        ``defer_keeps``: the states to keep at prompt ends wait for :meth:`keep_deferred` (the engine
+        first hands out the step's tokens), else they are kept here.
         """
         for s in self.running:
             st = stats.get(s.slot)
@@ -272,5 +276,8 @@ class Scheduler(KeptStates):
             if s.num_cached == len(s.token_ids):  # everything fed: the last logits give the next token
                 ready.append(s)
             if batch.kind == "prefill" and (s.num_cached == s.num_prompt or s.num_cached in s.keep_at):
-                self._keep_prompt_state(s)
+                if defer_keeps:
+                    self.keep_later.append(s)
+                else:
+                    self._keep_prompt_state(s)
         return ready

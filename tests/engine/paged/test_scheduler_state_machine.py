@@ -71,13 +71,16 @@ class EngineMachine(RuleBasedStateMachine):
         for s in sched.running:
             st_ = stats[s.slot]
             assert not (st_.oom and batch.kind == "decode"), "the decode margin let a row run dry"
-        ready = sched.after_step(batch, stats)
+        defer = stop % 2 == 1  # as the engine: prompt-end states kept after the step's tokens are out
+        ready = sched.after_step(batch, stats, defer_keeps=defer)
         for s in ready:
             self.out[s.seq_id] += 1
             if self.out[s.seq_id] >= s.max_new_tokens or (stop == 0 and self.nth[s.seq_id] % 3 == 0):
                 sched.finish(s, "stop", keep=True)
             else:
                 s.append_token(7)
+        sched.keep_deferred()
+        assert not sched.keep_later
 
     @rule(i=st.integers(0, 50))
     def cancel(self, i):

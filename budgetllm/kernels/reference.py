@@ -159,6 +159,32 @@ def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
     return out
 
 
+def compact_unflagged(dec: torch.Tensor, cu_seqlens: torch.Tensor, block: int = 256):
+    """kernels/compact.py: per sequence and KV head, the unflagged chunk tokens (flag(i) = dec[i + 1],
+    the last token unflagged) listed in order, and the exclusive count restarting at each sequence."""
+    N, H = dec.shape
+    keep_idx = torch.full((N, H), -1, dtype=torch.int32)
+    keep_cnt = torch.zeros(N, H, dtype=torch.int32)
+    cu = cu_seqlens.tolist()
+    for b in range(len(cu) - 1):
+        for h in range(H):
+            r = 0
+            for i in range(cu[b], cu[b + 1]):
+                keep_cnt[i, h] = r
+                if i + 1 == cu[b + 1] or int(dec[i + 1, h]) == 0:
+                    keep_idx[cu[b] + r, h] = i
+                    r += 1
+    return keep_idx.to(dec.device), keep_cnt.to(dec.device)
+
+
+def adapter_logits(x, norm_w, proj_w, proj_b, eps: float, alpha_scale: float, alpha_offset: float, per_layer: bool):
+    """kernels/adapter_logits.py: as ``DMSSpec.adapter_logits`` (float32 RMSNorm, projection, scale, offset)."""
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * norm_w
+    lg = torch.nn.functional.linear(x, proj_w, proj_b) * alpha_scale - alpha_offset
+    return lg[:, :1].expand_as(lg).contiguous() if per_layer else lg
+
+
 # -- fused decoder ops (kernels/fused_decoder.py) -----------------------------------------------
 # Unlike the ops above these are not float64: they are the engine's own torch code
 # (the eager torch code FusedModel ran before fusion, engine/rules.py layer_decisions), transcribed, so

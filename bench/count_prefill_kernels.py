@@ -31,11 +31,13 @@ def main() -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import tempfile
 
+    from budgetllm import LLM
     from budgetllm.engine.paged.kernel_count import count_prefill_kernels
     from budgetllm.models.testing import make_tiny_checkpoint
 
     path = make_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny", "qwen2", dms="adapter")
-    print(json.dumps(count_prefill_kernels(str(path), args.device, args.tokens), indent=1))
+    loaded = LLM.from_pretrained(str(path), backend="reference", device=args.device, progress=False).loaded
+    print(json.dumps(count_prefill_kernels(loaded, args.tokens), indent=1))
 
 
 if __name__ == "__main__":

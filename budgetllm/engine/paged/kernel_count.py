@@ -84,15 +84,13 @@ def _wrap(obj, name: str, counter: KernelCounter, piece: str):
     return orig, f
 
 
-def count_prefill_kernels(model_dir: str, device: str = "cpu", tokens: int = 40) -> dict:
-    """Build a paged runner on ``model_dir`` (graphs emulated: the padded graph body runs eagerly), prefill
-    one chunk of ``tokens`` tokens under a threshold rule through the prefill graph's body, and count."""
+def count_prefill_kernels(loaded, tokens: int = 40) -> dict:
+    """Build a paged runner on the ``LoadedModel`` (graphs emulated: the padded graph body runs eagerly),
+    prefill one chunk of ``tokens`` tokens under a threshold rule through the prefill graph's body, and count."""
     import budgetllm.engine.paged.prefill as prefill_mod
-    from budgetllm import LLM
     from budgetllm.engine.eviction import THRESHOLD, RowRule
     from budgetllm.engine.paged.backend import PagedBackend
 
-    loaded = LLM.from_pretrained(model_dir, backend="reference", device=device, progress=False).loaded
     be = PagedBackend(loaded, max_seqs=2, page_size=16, num_pages=400, cuda_graphs=False, emulate_graphs=True,
                       max_context=512)
     try:

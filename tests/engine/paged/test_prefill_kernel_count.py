@@ -14,9 +14,13 @@ if not torch.cuda.is_available():
 
 
 def test_a_prefill_layer_is_thirteen_kernels(tiny_dir):
+    from budgetllm import LLM
     from budgetllm.engine.paged.kernel_count import count_prefill_kernels
 
-    d = count_prefill_kernels(str(tiny_dir("qwen2", "adapter")), "cuda" if torch.cuda.is_available() else "cpu", 20)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = LLM.from_pretrained(str(tiny_dir("qwen2", "adapter")), backend="reference", device=device,
+                                 progress=False).loaded
+    d = count_prefill_kernels(loaded, 20)
     assert d["bucket"] == 32 and d["per_layer"] == [13, 13], d
     ops = d["layer0_ops"]
     assert ops["compaction"] == {"triton:compact_unflagged_kernel": 1}  # no torch scan, no sort

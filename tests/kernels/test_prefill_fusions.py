@@ -82,3 +82,25 @@ def test_adapter_twin_is_the_models_definition():
         got = ref.adapter_logits(x, w["norm_weight"], w["proj_weight"], w["proj_bias"], 1e-5, 50.0, 2.0,
                                  per == "layer")
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("block_m", [64, 128])
+def test_prefill_attention_tiles_of_the_engine_match_reference(block_m):
+    """The query tiles the engine picks (prefill.attention_block_m: 64 or 128) over old rows and two
+    chunks long enough to use the compacted far keys (window 5, chunks of 150 and 70 tokens)."""
+    from kvtestlib import make_kv, random_tokens, relerr
+
+    from budgetllm.kernels import dms_prefill_attention
+
+    H, G, D, window = 2, 2, 16, 5
+    kv = make_kv(D=D, H=H, S=4, L=1, window=window, P=400, MAXP=64, seed=5)
+    for s, n in ((1, 30), (2, 0)):  # old rows under one chunk, none under the other
+        if n:
+            _, k, v, dec = random_tokens(n, H, D, torch.float32, 50 + s, 0.6)
+            ref.store_prefill_kv(kv, k, v, dec, 0, torch.tensor([s], dtype=torch.int32))
+            kv.seq_pos[s] = n
+    q, k, v, dec = random_tokens(220, H, D, torch.float32, 77, 0.7, Hq=H * G)
+    cu, sl = _cu([150, 70]), torch.tensor([1, 2], dtype=torch.int32, device=DEVICE)
+    out = dms_prefill_attention(q, k, v, dec, kv, 0, sl, D**-0.5, cu_seqlens=cu, max_seqlen=150, block_m=block_m,
+                                block_n=32)
+    assert relerr(out, ref.dms_prefill_attention(q, k, v, dec, kv, 0, sl, D**-0.5, cu_seqlens=cu)) < 1e-4

@@ -276,11 +276,17 @@ def slot_stats(kv: PagedKV, num_slots: int, page_size: int, out: torch.Tensor, a
 def step_inputs(ibuf, bs: int, seq_pos, thr_slot, num_kv_heads: int, codes):
     """kernels/step_inputs.py: the torch ops it replaces (the formula of ``engine.rules.step_decisions``;
     the kernel test checks both)."""
-    WINDOW, ALWAYS, FORCED, THRESHOLD = codes
     ib = ibuf[:, :bs]
     slots = ib[1].long()
     pos = seq_pos[slots].long()
-    k, c, sinks, period = (pos - 1)[:, None], ib[3][:, None], ib[4][:, None], ib[5][:, None]
+    base, uses = prefill_decisions(pos, ib[3], ib[4], ib[5], num_kv_heads, codes)
+    return pos, base, uses, thr_slot.index_select(1, slots)
+
+
+def prefill_decisions(pos, code, sinks, period, num_kv_heads: int, codes):
+    """kernels/prefill_inputs.py (and the decisions of kernels/step_inputs.py): ``rules.step_decisions``."""
+    WINDOW, ALWAYS, FORCED, THRESHOLD = codes
+    k, c, sinks, period = (pos.long() - 1)[:, None], code[:, None], sinks[:, None].long(), period[:, None].long()
     out = torch.where(c == WINDOW, k >= sinks, c == ALWAYS)
     out = torch.where(c == FORCED, k % period.clamp(min=1) != 0, out)
-    return pos, out.expand(bs, num_kv_heads).contiguous(), c == THRESHOLD, thr_slot.index_select(1, slots)
+    return out.expand(pos.shape[0], num_kv_heads).contiguous(), c == THRESHOLD

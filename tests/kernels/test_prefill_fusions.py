@@ -104,3 +104,24 @@ def test_prefill_attention_tiles_of_the_engine_match_reference(block_m):
     out = dms_prefill_attention(q, k, v, dec, kv, 0, sl, D**-0.5, cu_seqlens=cu, max_seqlen=150, block_m=block_m,
                                 block_n=32)
     assert relerr(out, ref.dms_prefill_attention(q, k, v, dec, kv, 0, sl, D**-0.5, cu_seqlens=cu)) < 1e-4
+
+
+@pytest.mark.parametrize("N,H", [(1, 2), (300, 3), (37, 8)])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_prefill_decisions_equal_the_engines_rule(N, H, dtype, seed):
+    from budgetllm.engine.rules import ALWAYS, DENSE, FORCED, THRESHOLD, WINDOW, step_decisions
+    from budgetllm.kernels.prefill_inputs import prefill_decisions
+
+    codes = (WINDOW, ALWAYS, FORCED, THRESHOLD)
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randint(0, 5000, (N,), generator=g).to(DEVICE)
+    choice = torch.tensor([WINDOW, ALWAYS, FORCED, THRESHOLD, DENSE])
+    code = choice[torch.randint(0, 5, (N,), generator=g)].to(dtype).to(DEVICE)
+    sinks = torch.randint(0, 6, (N,), generator=g).to(dtype).to(DEVICE)
+    period = torch.randint(0, 9, (N,), generator=g).to(dtype).to(DEVICE)  # 0 counts as 1
+    got = prefill_decisions(pos, code, sinks, period, H, codes)
+    want = ref.prefill_decisions(pos, code, sinks, period, H, codes)
+    rule = step_decisions(pos, code, sinks, period, H)
+    for a, b, c in zip(got, want, rule, strict=True):
+        assert a.dtype == torch.bool and torch.equal(a.cpu(), b.cpu()) and torch.equal(a.cpu(), c.cpu())

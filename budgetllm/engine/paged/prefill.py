@@ -14,9 +14,12 @@ import functools
 
 import torch
 
-from budgetllm.engine.rules import THRESHOLD, RowRule, step_decisions
+from budgetllm.engine.rules import ALWAYS, FORCED, THRESHOLD, WINDOW, RowRule
 from budgetllm.kernels import dms_prefill_attention, store_prefill_kv
 from budgetllm.kernels.prefill_attention import compact_unflagged
+from budgetllm.kernels.prefill_inputs import prefill_decisions
+
+_CODES = (WINDOW, ALWAYS, FORCED, THRESHOLD)  # the rule codes kernels/prefill_inputs.py decides with
 
 
 @torch.inference_mode()
@@ -33,7 +36,7 @@ def prefill(self, items: list[tuple[int, list[int], int, RowRule]], want: list[b
         if T is not None and free_pages >= pg.reserve_pages(len(toks)):
             out = pg.run(slot, toks, p0, rule, T)
             return out if want[0] else out[:0]
-    m, kv, dev = self.model, self.kv, self.device
+    m, dev = self.model, self.device
     lens = [len(toks) for _, toks, _, _ in items]
     cu_host = [0]
     for n in lens:
@@ -48,15 +51,14 @@ def prefill(self, items: list[tuple[int, list[int], int, RowRule]], want: list[b
     ids, pos, fields, thr_c, reps = (t.to(dev, non_blocking=True) for t in (ids, pos, fields, thr_c, reps))
     N = cu_host[-1]
     fields = fields.repeat_interleave(reps, dim=0, output_size=N)
-    code, sinks, period = fields[:, 0], fields[:, 1], fields[:, 2]
+    code, sinks, period = fields.t().contiguous()  # [N] each, contiguous (kernels/prefill_inputs.py)
     thr = thr_c.repeat_interleave(reps, dim=0, output_size=N).transpose(0, 1)  # [L, tokens, H]
     slots = torch.tensor([s for s, _, _, _ in items], dtype=torch.int32, device=dev)
     cu = torch.tensor(cu_host, dtype=torch.int32, device=dev)
     # Without threshold rows the decisions are the same in every layer: compact them once.
     h = self.prefill_body(ids, pos, code, sinks, period, thr, slots, cu, max(lens),
                           per_layer=any(r.code == THRESHOLD for *_, r in items))
-    kv.seq_pos[slots.long()] += torch.tensor(lens, dtype=torch.int32, device=dev)
-    self.compute_stats()
+    self.compute_stats(advance=(slots, torch.tensor(lens, dtype=torch.int32, device=dev)))  # seq_pos += lens too
     last = torch.tensor([cu_host[i + 1] - 1 for i, w in enumerate(want) if w], dtype=torch.int64, device=dev)
     return m.logits(h[last])
 
@@ -66,7 +68,7 @@ def prefill_body(self, ids, pos, code, sinks, period, thr, slots, cu, max_seqlen
     normed stream [N, hidden]. ``per_layer``: the decisions may differ per layer (threshold rows),
     else the unflagged tokens are compacted once for all layers."""
     m, kv = self.model, self.kv
-    base, uses_thr = step_decisions(pos, code, sinks, period, m.H)
+    base, uses_thr = prefill_decisions(pos, code, sinks, period, m.H, _CODES)  # rules.step_decisions
     keep = None if per_layer else compact_unflagged(base, cu)
     block_m = attention_block_m(max_seqlen, m.Hq, kv.k_pool.device)
     x, h = m.embed_norm(ids)

@@ -70,7 +70,8 @@ class PrefillGraphs:
         Tm, b = max(self.buckets), self.ibuf
         ids, pos, code, sinks, period = (b[i * Tm:i * Tm + T] for i in range(5))
         tail = b[5 * Tm:]
-        return ids, pos, code.int(), sinks.int(), period.int(), tail[0:2].int(), tail[2:5].int(), tail[5:6], tail[6:8].int()
+        # the rule fields stay int64 (the decisions kernel reads any int); the kernels' int32 arguments are cast
+        return ids, pos, code, sinks, period, tail[0:2].int(), tail[2:5].int(), tail[5:6], tail[6:8].int()
 
     def fill(self, slot: int, toks: list[int], p0: int, rule: RowRule, T: int) -> None:
         n, Tm, h = len(toks), max(self.buckets), self.inp
@@ -91,9 +92,8 @@ class PrefillGraphs:
         r, kv = self.r, self.r.kv
         ids, pos, code, sinks, period, slots, cu, last, inc = self._views(T)
         h = r.prefill_body(ids, pos, code, sinks, period, self.thr[:, :T], slots, cu, T, per_layer=True)
-        kv.seq_pos[slots.long()] += inc
-        release_rows(kv, slots[1:])
-        r.compute_stats()
+        release_rows(kv, slots[1:])  # the scratch chunk's rows (its position back to 0)
+        r.compute_stats(advance=(slots[:1], inc[:1]))  # and the real slot's position += n, in the same launch
         self.logits.copy_(r.model.logits(h[last]))
 
     @torch.inference_mode()

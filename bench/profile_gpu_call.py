@@ -116,6 +116,9 @@ def main() -> None:
     st = backend.pool_stats()
     report["prefill_graphs"], report["prefill_graph_error"] = st["prefill_graphs"], st["prefill_graph_error"]
     report["buckets"] = list(backend.runner.prefill_graphs.buckets) if backend.runner.prefill_graphs else []
+    pg0 = backend.runner.prefill_graphs  # start-up cost of the buckets, and kernels per layer in the graphs
+    report["prefill_graph_capture_s"] = round(pg0.capture_s, 3) if pg0 else None
+    report["num_layers"] = backend.runner.model.num_layers
     report["runs"]["graphed"] = measure(backend, loaded)
     graphs, backend.runner.prefill_graphs = backend.runner.prefill_graphs, None  # the eager prefill
     report["runs"]["eager"] = measure(backend, loaded)
@@ -124,6 +127,8 @@ def main() -> None:
     for run in report["runs"].values():  # the host overhead of a 1-token call beyond its GPU work
         p = run["profile_one_token"]
         run["one_token_overhead_ms"] = run["one_token_call_ms"] - p["gpu_kernel_ms"]  # unprofiled wall - GPU work
+        for key in ("profile_1k", "profile_one_token"):  # kernels per layer (~13 in the graph + the call's ~30)
+            run[key]["gpu_kernels_per_layer"] = round(run[key]["gpu_kernels"] / report["num_layers"], 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")

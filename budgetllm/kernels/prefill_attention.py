@@ -3,7 +3,7 @@
 Flash-attention style (online softmax, exp2), one program per (block of BLOCK_M chunk tokens, query
 head). It runs BEFORE the chunk is stored (docs/engine-layout.md, "Attention"). Chunk keys farther
 than the window from every query of the block are read from a per-head list of the unflagged chunk
-tokens (built in the launcher), so the far part costs (1 - evicted fraction) of dense attention.
+tokens (``kernels/compact.py``), so the far part costs (1 - evicted fraction) of dense attention.
 An old-row tile whose entries are all flagged and out of the window is skipped after loading only
 its positions and flags.
 """
@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from budgetllm.kernels.compact import compact_unflagged
 from budgetllm.kernels.online_softmax import online_softmax_step as _online_softmax
 from budgetllm.kernels.paged_kv import PagedKV, as_int8_flags
 
@@ -69,7 +70,7 @@ def prefill_attention_kernel(q, k, v, decisions, k_pool, v_pool, slot_pos, slot_
     # Far keys j < lim = i_first - W: only the unflagged ones are visible, and to every query of the
     # block, so they come from the compacted list keep_idx (no mask). Near keys [lim, i_last]: full mask.
     lim = i_m * BLOCK_M - W
-    n_far = tl.load(keep_cnt + (bos + tl.maximum(lim, 0)) * H + i_h) - tl.load(keep_cnt + bos * H + i_h)
+    n_far = tl.load(keep_cnt + (bos + tl.maximum(lim, 0)) * H + i_h)  # the count restarts at bos
     for start in range(0, n_far, BLOCK_N):
         o_c = start + tl.arange(0, BLOCK_N)
         m_c = o_c < n_far
@@ -91,32 +92,6 @@ def prefill_attention_kernel(q, k, v, decisions, k_pool, v_pool, slot_pos, slot_
     b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
     tl.store(out + (bos + o_m)[:, None] * s_on + i_hq * s_oh + o_d[None, :], b_o.to(out.dtype.element_ty),
              mask=m_m[:, None] & m_d[None, :])
-
-
-def _compact_unflagged(dec: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per KV head, the chunk tokens that are NOT flagged, in order, per sequence (no host sync).
-
-    Returns ``keep_idx [N, H] int32``: for sequence b, ``keep_idx[bos + r]`` is the global index of its
-    r-th unflagged token; ``keep_cnt [N+1, H] int32``: exclusive prefix count of unflagged tokens.
-    """
-    N, H = dec.shape
-    dev = dec.device
-    flag = torch.zeros(N, H, dtype=torch.int32, device=dev)
-    flag[:-1] = dec[1:].to(torch.int32)
-    # the last token of each chunk is not flagged (yet); index_fill_ takes the 0 as a kernel argument
-    # (an indexed assignment would copy a host tensor: forbidden inside a CUDA-graph capture)
-    flag.index_fill_(0, (cu_seqlens[1:] - 1).clamp_min(0).long(), 0)
-    tok = torch.arange(N, device=dev, dtype=torch.int32)
-    bos = cu_seqlens[torch.searchsorted(cu_seqlens[1:].contiguous(), tok, right=True)].long()  # [N]
-    keep_cnt = torch.zeros(N + 1, H, dtype=torch.int32, device=dev)
-    keep_cnt[1:] = torch.cumsum(1 - flag, 0, dtype=torch.int32)
-    # No sort: the r-th unflagged token of a sequence goes to bos + r (r = its exclusive count since bos);
-    # flagged tokens are scattered to a spare row N (entries past a sequence's count are never read).
-    dest = bos[:, None] + (keep_cnt[:-1] - keep_cnt[bos]).long()
-    dest = torch.where(flag == 0, dest, N)
-    keep_idx = torch.zeros(N + 1, H, dtype=torch.int32, device=dev)
-    keep_idx.scatter_(0, dest, tok[:, None].expand(N, H).contiguous())
-    return keep_idx[:N], keep_cnt
 
 
 def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decisions: torch.Tensor, kv: PagedKV,
@@ -165,7 +140,7 @@ def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
     max_seqlen = N if max_seqlen is None else max_seqlen
     if N == 0 or max_seqlen == 0:
         return out
-    keep_idx, keep_cnt = keep if keep is not None else _compact_unflagged(dec, cu_seqlens)
+    keep_idx, keep_cnt = keep if keep is not None else compact_unflagged(dec, cu_seqlens)
     prefill_attention_kernel[(triton.cdiv(max_seqlen, block_m), B, Hq)](
         q, k, v, dec, kv.k_pool, kv.v_pool, kv.slot_pos, kv.slot_flag, kv.block_tables[layer], kv.row_lens[layer],
         kv.seq_pos, slot_ids.contiguous(), cu_seqlens, keep_idx, keep_cnt, out, scale * _LOG2E, H, Hq // H, D, MAXP, kv.window,
@@ -175,4 +150,3 @@ def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
         IEEE=q.dtype == torch.float32, num_warps=num_warps or (8 if block_m >= 128 else 4), num_stages=num_stages,
     )
     return out
-compact_unflagged = _compact_unflagged  # the public name (callers that reuse it across layers)

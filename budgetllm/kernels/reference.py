@@ -159,6 +159,32 @@ def dms_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
     return out
 
 
+def compact_unflagged(dec: torch.Tensor, cu_seqlens: torch.Tensor, block: int = 256):
+    """kernels/compact.py: per sequence and KV head, the unflagged chunk tokens (flag(i) = dec[i + 1],
+    the last token unflagged) listed in order, and the exclusive count restarting at each sequence."""
+    N, H = dec.shape
+    keep_idx = torch.full((N, H), -1, dtype=torch.int32)
+    keep_cnt = torch.zeros(N, H, dtype=torch.int32)
+    cu = cu_seqlens.tolist()
+    for b in range(len(cu) - 1):
+        for h in range(H):
+            r = 0
+            for i in range(cu[b], cu[b + 1]):
+                keep_cnt[i, h] = r
+                if i + 1 == cu[b + 1] or int(dec[i + 1, h]) == 0:
+                    keep_idx[cu[b] + r, h] = i
+                    r += 1
+    return keep_idx.to(dec.device), keep_cnt.to(dec.device)
+
+
+def adapter_logits(x, norm_w, proj_w, proj_b, eps: float, alpha_scale: float, alpha_offset: float, per_layer: bool):
+    """kernels/adapter_logits.py: as ``DMSSpec.adapter_logits`` (float32 RMSNorm, projection, scale, offset)."""
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * norm_w
+    lg = torch.nn.functional.linear(x, proj_w, proj_b) * alpha_scale - alpha_offset
+    return lg[:, :1].expand_as(lg).contiguous() if per_layer else lg
+
+
 # -- fused decoder ops (kernels/fused_decoder.py) -----------------------------------------------
 # Unlike the ops above these are not float64: they are the engine's own torch code
 # (the eager torch code FusedModel ran before fusion, engine/rules.py layer_decisions), transcribed, so
@@ -250,11 +276,17 @@ def slot_stats(kv: PagedKV, num_slots: int, page_size: int, out: torch.Tensor, a
 def step_inputs(ibuf, bs: int, seq_pos, thr_slot, num_kv_heads: int, codes):
     """kernels/step_inputs.py: the torch ops it replaces (the formula of ``engine.rules.step_decisions``;
     the kernel test checks both)."""
-    WINDOW, ALWAYS, FORCED, THRESHOLD = codes
     ib = ibuf[:, :bs]
     slots = ib[1].long()
     pos = seq_pos[slots].long()
-    k, c, sinks, period = (pos - 1)[:, None], ib[3][:, None], ib[4][:, None], ib[5][:, None]
+    base, uses = prefill_decisions(pos, ib[3], ib[4], ib[5], num_kv_heads, codes)
+    return pos, base, uses, thr_slot.index_select(1, slots)
+
+
+def prefill_decisions(pos, code, sinks, period, num_kv_heads: int, codes):
+    """kernels/prefill_inputs.py (and the decisions of kernels/step_inputs.py): ``rules.step_decisions``."""
+    WINDOW, ALWAYS, FORCED, THRESHOLD = codes
+    k, c, sinks, period = (pos.long() - 1)[:, None], code[:, None], sinks[:, None].long(), period[:, None].long()
     out = torch.where(c == WINDOW, k >= sinks, c == ALWAYS)
     out = torch.where(c == FORCED, k % period.clamp(min=1) != 0, out)
-    return pos, out.expand(bs, num_kv_heads).contiguous(), c == THRESHOLD, thr_slot.index_select(1, slots)
+    return out.expand(pos.shape[0], num_kv_heads).contiguous(), c == THRESHOLD

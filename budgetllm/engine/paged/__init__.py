@@ -2,8 +2,9 @@
 
 Owns: request state as the scheduler sees it (``sequence``), the scheduler and block manager
 (``scheduler``, ``block_manager``; torch-free like ``sequence``), the per-request host side
-(``handle``), the model runner with its CUDA graphs and decode layer (``model_runner``,
-``cuda_graphs``, ``prefill_graphs``, ``decode_layer``), the GPU sampler (``sampler``) and the engine
+(``handle``), the model runner with its CUDA graphs, prefill and decode layer (``model_runner``,
+``cuda_graphs``, ``prefill``, ``prefill_graphs``, ``decode_layer``; ``kernel_count`` counts the
+prefill's kernels per layer), the GPU sampler (``sampler``) and the engine
 thread (``backend.PagedBackend``), in the shape of nano-vllm.
 May use: torch, triton, ``budgetllm.kernels``, ``budgetllm.cache``, ``budgetllm.models``,
 ``budgetllm.dms`` and the shared engine modules.

@@ -19,6 +19,7 @@ import torch
 
 from budgetllm.cache import PageLayout, PoolConfig, build_pool
 from budgetllm.cache.sharing import fork_slot, new_refs, release_slots
+from budgetllm.engine.paged import prefill as _prefill
 from budgetllm.engine.paged.cuda_graphs import DecodeGraphs, bucket_sizes
 from budgetllm.engine.paged.decode_layer import DecodeLayers
 from budgetllm.engine.paged.prefill_graphs import BUCKETS as PREFILL_BUCKETS
@@ -27,15 +28,12 @@ from budgetllm.engine.paged.readback import Readback, _SlotView
 from budgetllm.engine.paged.readback import free_cached as _free_cached
 from budgetllm.engine.paged.readback import without_frames as _without_frames
 from budgetllm.engine.paged.sampler import GPUSampler, SamplingBatch
-from budgetllm.engine.rules import ALWAYS, FORCED, THRESHOLD, WINDOW, RowRule, step_decisions
+from budgetllm.engine.rules import ALWAYS, FORCED, THRESHOLD, WINDOW, RowRule
 from budgetllm.kernels import (
-    dms_prefill_attention,
     paged_decode_attention,
     store_decode_kv,
-    store_prefill_kv,
 )
 from budgetllm.kernels.decode_attention import default_num_splits
-from budgetllm.kernels.prefill_attention import compact_unflagged
 from budgetllm.kernels.step_inputs import step_inputs
 from budgetllm.kernels.step_stats import slot_stats
 from budgetllm.models.loading import LoadedModel
@@ -218,66 +216,16 @@ class ModelRunner:
             self.graphs.replay(bs)
         return self.logits_buf[:B]
 
-    # -- prefill ----------------------------------------------------------------------------
+    # -- prefill (engine/paged/prefill.py) ------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, items: list[tuple[int, list[int], int, RowRule]], want: list[bool],
                 free_pages: int = 0) -> torch.Tensor:
-        """Feed chunks (slot, token ids, first position, rule) on top of their rows (chunked prefill
-        works the same on an existing row). Returns logits [sum(want), V] of the chunks' last tokens
-        where ``want``. One small chunk runs in a prefill graph when ``free_pages`` (the host's count)
-        covers its reserve, else eagerly."""
-        pg = self.prefill_graphs
-        if pg is not None and len(items) == 1:
-            slot, toks, p0, rule = items[0]
-            T = pg.bucket_for(len(toks))
-            if T is not None and free_pages >= pg.reserve_pages(len(toks)):
-                out = pg.run(slot, toks, p0, rule, T)
-                return out if want[0] else out[:0]
-        m, kv, dev = self.model, self.kv, self.device
-        lens = [len(toks) for _, toks, _, _ in items]
-        cu_host = [0]
-        for n in lens:
-            cu_host.append(cu_host[-1] + n)
-        ids = torch.tensor(items[0][1] if len(items) == 1 else [t for _, toks, _, _ in items for t in toks],
-                           dtype=torch.int64)
-        pos = torch.cat([torch.arange(p0, p0 + n) for (_, _, p0, _), n in zip(items, lens, strict=True)])
-        # per-token rule fields: one value per chunk, repeated on the device (no Python pass per token)
-        reps = torch.tensor(lens, dtype=torch.int64)
-        fields = torch.tensor([[r.code, r.sinks, r.period] for *_, r in items], dtype=torch.int32)
-        thr_c = torch.stack([r.thr_grid(m.num_layers, m.H) for *_, r in items])  # [chunks, L, H]
-        ids, pos, fields, thr_c, reps = (t.to(dev, non_blocking=True) for t in (ids, pos, fields, thr_c, reps))
-        N = cu_host[-1]
-        fields = fields.repeat_interleave(reps, dim=0, output_size=N)
-        code, sinks, period = fields[:, 0], fields[:, 1], fields[:, 2]
-        thr = thr_c.repeat_interleave(reps, dim=0, output_size=N).transpose(0, 1)  # [L, tokens, H]
-        slots = torch.tensor([s for s, _, _, _ in items], dtype=torch.int32, device=dev)
-        cu = torch.tensor(cu_host, dtype=torch.int32, device=dev)
-        # Without threshold rows the decisions are the same in every layer: compact them once.
-        h = self.prefill_body(ids, pos, code, sinks, period, thr, slots, cu, max(lens),
-                              per_layer=any(r.code == THRESHOLD for *_, r in items))
-        kv.seq_pos[slots.long()] += torch.tensor(lens, dtype=torch.int32, device=dev)
-        self.compute_stats()
-        last = torch.tensor([cu_host[i + 1] - 1 for i, w in enumerate(want) if w], dtype=torch.int64, device=dev)
-        return m.logits(h[last])
+        """Feed chunks (slot, token ids, first position, rule); see :func:`prefill.prefill`."""
+        return _prefill.prefill(self, items, want, free_pages)
 
-    def prefill_body(self, ids, pos, code, sinks, period, thr, slots, cu, max_seqlen: int,
-                     per_layer: bool = True) -> torch.Tensor:
-        """Every layer over the chunks (device tensors only: graph-capturable); returns the final
-        normed stream [N, hidden]. ``per_layer``: the decisions may differ per layer (threshold rows),
-        else the unflagged tokens are compacted once for all layers."""
-        m, kv = self.model, self.kv
-        base, uses_thr = step_decisions(pos, code, sinks, period, m.H)
-        keep = None if per_layer else compact_unflagged(base, cu)
-        x, h = m.embed_norm(ids)
-        for li in range(m.num_layers):
-            q, k, v, dec = m.attention_inputs(li, x, h, pos, (thr, base, uses_thr))
-            dec = base if dec is None else dec
-            o = dms_prefill_attention(q, k, v, dec, kv, li, slots, m.scale, cu_seqlens=cu, max_seqlen=max_seqlen,
-                                      keep=keep)
-            store_prefill_kv(kv, k, v, dec, li, slots, cu_seqlens=cu)
-            x, h = m.attention_out(li, x, o)
-            x, h = m.mlp(li, x, h)
-        return h
+    def prefill_body(self, *args, **kwargs) -> torch.Tensor:
+        """Every layer over the chunks (graph-capturable); see :func:`prefill.prefill_body`."""
+        return _prefill.prefill_body(self, *args, **kwargs)
 
     # -- sampling and readback --------------------------------------------------------------
     @torch.inference_mode()

@@ -1,11 +1,12 @@
 """CUDA graphs of small prefill chunks (one sequence, a few size buckets): short calls start fast.
 
-An eager prefill launches every layer's kernels from Python (~25 launches per layer); for the
-chunks agents send most (a new message on top of a kept state, a short prompt) that host work, not
-the GPU, sets the time to first token. A chunk of n tokens on one sequence runs in the graph of
-the smallest bucket T > n: the n real tokens go to their slot, the T - n padding tokens go to a
-*scratch* slot as a second chunk (so no padding token touches the real rows), whose rows are
-released inside the same graph (``release_rows``: the pages they took go back). Everything the
+An eager prefill launches every layer's kernels from Python (13 launches per layer,
+``engine/paged/prefill.py``); for the chunks agents send most (a new message on top of a kept
+state, a short prompt) that host work, not the GPU, sets the time to first token. A chunk of n
+tokens on one sequence runs in the graph of the smallest bucket T >= n: the n real tokens go to
+their slot, the T - n padding tokens go to a *scratch* slot as a second chunk (so no padding token
+touches the real rows; it is empty when n = T), whose rows are released inside the same graph
+(``release_rows``: the pages they took go back). Everything the
 graph reads is a static buffer filled by one copy from pinned host memory, or GPU state
 (``seq_pos``, the rows, the page allocator), so a replay needs no host values.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 
 import numpy as np
 import torch
@@ -26,9 +28,10 @@ from budgetllm.engine.paged.cuda_graphs import capturing, collector_off
 from budgetllm.engine.rules import DENSE, RowRule
 from budgetllm.kernels import release_rows
 
-# up to 2K tokens: an agent turn (a few hundred tokens on a kept state) and a 1K-token prompt run
-# graphed too (1088: a 1,024-token prompt pads 64 tokens, not 1,024)
-BUCKETS = (16, 32, 64, 128, 256, 512, 1088, 2048)
+# up to 2K tokens, spaced by ~1.5x above 128 (docs/prefill-kernels.md, "Buckets"): padding rows
+# cost GEMM time like real ones (a 384-token turn in a 512 bucket: +33%), while a bucket costs one
+# capture at start-up (its graph shares the others' memory pool)
+BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
 class PrefillGraphs:
@@ -49,6 +52,7 @@ class PrefillGraphs:
         self.inp, self.tnp = self.ihost.numpy(), self.thost.numpy()
         self.logits = torch.zeros(1, runner.model.vocab, dtype=torch.float32, device=dev)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.capture_s = 0.0  # the start-up time all buckets' warm-ups and captures took
         lay = runner.layout
         self.scratch_pages = lay.rows_per_seq * (math.ceil(T / lay.page_size) + 1)  # the largest bucket's
 
@@ -59,14 +63,15 @@ class PrefillGraphs:
         return lay.rows_per_seq * (math.ceil((T - n) / lay.page_size) + math.ceil(n / lay.page_size) + 2)
 
     def bucket_for(self, n: int) -> int | None:
-        i = bisect.bisect_right(self.buckets, n)  # T > n: the scratch chunk is never empty
+        i = bisect.bisect_left(self.buckets, n)  # T >= n (an empty scratch chunk when T = n)
         return self.buckets[i] if i < len(self.buckets) else None
 
     def _views(self, T: int):
         Tm, b = max(self.buckets), self.ibuf
         ids, pos, code, sinks, period = (b[i * Tm:i * Tm + T] for i in range(5))
         tail = b[5 * Tm:]
-        return ids, pos, code.int(), sinks.int(), period.int(), tail[0:2].int(), tail[2:5].int(), tail[5:6], tail[6:8].int()
+        # the rule fields stay int64 (the decisions kernel reads any int); the kernels' int32 arguments are cast
+        return ids, pos, code, sinks, period, tail[0:2].int(), tail[2:5].int(), tail[5:6], tail[6:8].int()
 
     def fill(self, slot: int, toks: list[int], p0: int, rule: RowRule, T: int) -> None:
         n, Tm, h = len(toks), max(self.buckets), self.inp
@@ -87,18 +92,19 @@ class PrefillGraphs:
         r, kv = self.r, self.r.kv
         ids, pos, code, sinks, period, slots, cu, last, inc = self._views(T)
         h = r.prefill_body(ids, pos, code, sinks, period, self.thr[:, :T], slots, cu, T, per_layer=True)
-        kv.seq_pos[slots.long()] += inc
-        release_rows(kv, slots[1:])
-        r.compute_stats()
+        release_rows(kv, slots[1:])  # the scratch chunk's rows (its position back to 0)
+        r.compute_stats(advance=(slots[:1], inc[:1]))  # and the real slot's position += n, in the same launch
         self.logits.copy_(r.model.logits(h[last]))
 
     @torch.inference_mode()
     def capture(self) -> None:
         if self.emulate:
             return
+        t0 = time.perf_counter()
         with collector_off():  # one collection for all buckets, none inside a capture
             self._capture()
         torch.cuda.synchronize()
+        self.capture_s = time.perf_counter() - t0
 
     def _capture(self) -> None:
         pool = None

@@ -127,7 +127,7 @@ def _first_divergence(a: list[int], b: list[int]) -> int | None:
 def _eviction_flip(ref, paged, prompt, compression: float, n: int) -> bool:
     """Whether the two backends evicted differently over the prompt and the first ``n`` generated
     tokens, which both runs share. A DMS decision compares a bf16 logit with a threshold; the paged
-    engine's kernels (and its prefill graph buckets, which pad an 800-token chunk to 1,088 rows and
+    engine's kernels (and its prefill graph buckets, which pad an 800-token chunk to 1,024 rows and
     may change cuBLAS's reduction order) round that logit differently from the reference, and a logit
     within a rounding of its threshold flips. After a flip the caches differ and the logits may differ
     by more than a near-tie: a legitimate bf16 difference, told apart here from a bug (same evictions)."""
@@ -345,7 +345,7 @@ def test_small_prefill_chunks_run_in_cuda_graphs(tiny_dir):
     try:
         runner = paged.backend.runner
         assert runner.prefill_graphs is not None, runner.prefill_graph_error
-        # buckets 16/32/128 and the 1K-class buckets (512, 1088: ~650 and ~1,000 tokens)
+        # buckets 16/32/128 and the 1K-class buckets (768, 1024: ~650 and ~1,000 tokens)
         for prompt in ("Hi.", PROMPT, PROMPT * 6, PROMPT * 50, PROMPT * 77):
             got = paged.generate(prompt, compression=8, max_tokens=8)
             want = eager.generate(prompt, compression=8, max_tokens=8)

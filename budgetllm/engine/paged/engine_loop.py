@@ -9,6 +9,12 @@ class): the backend's ``run`` puts commands into ``_inbox`` ("add", "cancel", "c
 Finishing items wait until the device has released the request's pages (``_release``), and
 staged tokens are delivered once the next step is launched (``_deliver``), so consumer threads
 wake while the GPU works.
+
+A step is "launch, then read": :meth:`_launch` schedules and launches a step and starts its
+readback; before reading it, :meth:`_step` launches the next decode step ahead when
+:func:`~budgetllm.engine.paged.launch_ahead.can_run_ahead` allows (``launch_ahead``, on by
+default; the rules and why outputs stay exactly the lockstep ones are in engine/paged/launch_ahead.py),
+and :meth:`_finish` reads the step and applies its per-row host logic while that one runs.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import threading
 import time
 
 from budgetllm.engine.paged.handle import row_rule_for, sampling_for
+from budgetllm.engine.paged.launch_ahead import Launched, can_run_ahead, voids_ahead
 from budgetllm.engine.paged.sequence import SeqStatus
 from budgetllm.errors import BudgetLLMError, PoolExhaustedError
 
@@ -39,12 +46,12 @@ class EngineLoop:
                 # Release BEFORE blocking: a cancel drained while everything was on hold leaves the
                 # engine idle, and its slot must not wait for the next command to go back.
                 self._release()
-                if not self.sched.has_work:
+                if not self._busy:
                     self._deliver()
-                if not self._drain(block=not self.sched.has_work):
+                if not self._drain(block=not self._busy):
                     return
                 self._release()
-                if not self._step() and self.sched.has_work:
+                if not self._step() and self._busy:
                     self._deliver()  # nothing runnable now (pages): wait for a command
                     if not self._drain(block=True):
                         return
@@ -59,6 +66,11 @@ class EngineLoop:
                 s.payload.fail(e)
                 s.payload.flush()
             raise
+
+    @property
+    def _busy(self) -> bool:
+        """Requests to run, or a step launched ahead still to read."""
+        return self.sched.has_work or self._ahead is not None
 
     def _drain(self, block: bool) -> bool:
         """Apply queued commands (add, cancel, clear_prefix); False on stop."""
@@ -114,6 +126,21 @@ class EngineLoop:
         self._ended.clear()
 
     def _step(self) -> bool:
+        """Read one step (launched now, or ahead by the last call), launching the next ahead first
+        when allowed; False when nothing was runnable."""
+        cur, self._ahead = self._ahead, None
+        if cur is None:
+            cur = self._launch()
+            if cur is None:
+                return False
+        if self.launch_ahead and can_run_ahead(self, cur):
+            self._ahead = self._launch_ahead(cur)
+        self._deliver()  # the previous step's tokens, while the GPU runs
+        self._finish(cur)
+        return True
+
+    def _launch(self) -> Launched | None:
+        """Schedule a step, launch it, sample on the GPU and start its readback (lockstep)."""
         sched, runner = self.sched, self.runner
         for s in list(sched.running) + list(sched.waiting):
             if s.payload.req.cancelled:
@@ -124,7 +151,7 @@ class EngineLoop:
         batch = sched.schedule()
         self._release()
         if batch is None:
-            return False
+            return None
         t0 = time.perf_counter()
         self.steps += 1
         has_logits = self.model.dms.has_decisions
@@ -139,18 +166,42 @@ class EngineLoop:
             logits = runner.decode([(s.slot, s.token_ids[-1], r) for s, r in zip(batch.seqs, rules, strict=True)])
             samplers = list(batch.seqs)
         t_launched = time.perf_counter()
-        self._deliver()  # the previous step's tokens, while the GPU runs this one
         firsts = [s.payload for s in batch.seqs if not s.payload.req.phases]
         sb = sampling_for([s.payload for s in samplers], runner.device) if samplers else None
-        rb = runner.sample_and_read(logits if samplers else None, sb, decoded=batch.kind == "decode")
+        pending = runner.sample(logits if samplers else None, sb, decoded=batch.kind == "decode")
+        return Launched(batch, samplers, sb, pending, t0, t_launched, firsts)
+
+    def _launch_ahead(self, cur: Launched) -> Launched:
+        """Launch the decode step after ``cur`` (same batch) fed on the device with its sampled tokens."""
+        runner = self.runner
+        t0 = time.perf_counter()
+        self.steps += 1
+        eos = cur.eos if cur.eos is not None else runner.eos_rows([s.payload.req.eos_ids for s in cur.batch.seqs])
+        rng = None if cur.sb.all_greedy else runner.sampler.generator.get_state()  # no draws when greedy
+        logits = runner.decode_ahead(len(cur.batch.seqs), eos)
+        t_launched = time.perf_counter()
+        pending = runner.sample(logits, cur.sb, decoded=True)
+        return Launched(cur.batch, cur.samplers, cur.sb, pending, t0, t_launched, [], ahead=True, eos=eos, rng=rng)
+
+    def _finish(self, cur: Launched) -> None:
+        """Read ``cur`` back and apply its per-row host logic; discard a void step launched ahead."""
+        sched, batch = self.sched, cur.batch
+        rb = self.runner.read(cur.pending)
         self.device_free_pages = rb.free_pages
         t_read = time.perf_counter()
-        for h in firsts:
-            h.req.phases.update(scheduled=t0 - h.t_start, launched=t_launched - h.t_start, read=t_read - h.t_start)
+        nxt = self._ahead
+        if nxt is not None and voids_ahead(cur, rb.tokens):  # the device made it a void step
+            if nxt.rng is not None:
+                self.runner.sampler.generator.set_state(nxt.rng)  # as if it had never sampled
+            self._ahead = None
+            self.steps -= 1
+        t0 = cur.t0
+        for h in cur.firsts:
+            h.req.phases.update(scheduled=t0 - h.t_start, launched=cur.t_launched - h.t_start, read=t_read - h.t_start)
         ready = set(id(s) for s in sched.after_step(batch, rb.stats))
         dt = time.perf_counter() - t0
         decoded = 0
-        for s, tok in zip(samplers, rb.tokens, strict=True):
+        for s, tok in zip(cur.samplers, rb.tokens, strict=True):
             if id(s) not in ready:
                 continue
             h = s.payload
@@ -167,6 +218,6 @@ class EngineLoop:
                 self.tokens_generated += decoded
         self._release()
         if batch.kind == "decode":
-            self.decode_log.append((len(batch.seqs), t0, dt, time.perf_counter() - t0, t_launched - t0, self.steps))
+            self.decode_log.append((len(batch.seqs), t0, dt, time.perf_counter() - t0, cur.t_launched - t0,
+                                    self.steps - (self._ahead is not None)))
             del self.decode_log[:-4096]
-        return True

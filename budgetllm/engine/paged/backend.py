@@ -82,6 +82,7 @@ class PagedBackend(EngineLoop):
         # decode step N+1 launched before step N is read (engine/paged/launch_ahead.py); may be toggled
         self.launch_ahead = launch_ahead
         self._ahead = None  # the step launched ahead, not yet read
+        self.ahead_counts = {"launched": 0, "void": 0}  # decode steps launched ahead; of them, void
 
     # -- public interface (same as ReferenceBackend) ----------------------------------------
     def run(self, req: GenerationRequest) -> Iterator[StepOutput]:

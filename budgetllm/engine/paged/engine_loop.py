@@ -176,6 +176,7 @@ class EngineLoop:
         runner = self.runner
         t0 = time.perf_counter()
         self.steps += 1
+        self.ahead_counts["launched"] += 1
         eos = cur.eos if cur.eos is not None else runner.eos_rows([s.payload.req.eos_ids for s in cur.batch.seqs])
         rng = None if cur.sb.all_greedy else runner.sampler.generator.get_state()  # no draws when greedy
         logits = runner.decode_ahead(len(cur.batch.seqs), eos)
@@ -195,6 +196,7 @@ class EngineLoop:
                 self.runner.sampler.generator.set_state(nxt.rng)  # as if it had never sampled
             self._ahead = None
             self.steps -= 1
+            self.ahead_counts["void"] += 1
         t0 = cur.t0
         for h in cur.firsts:
             h.req.phases.update(scheduled=t0 - h.t_start, launched=cur.t_launched - h.t_start, read=t_read - h.t_start)

@@ -1,0 +1,223 @@
+"""Launch-ahead decode (engine/paged/launch_ahead.py) against lockstep on the CPU (Triton interpreter,
+emulated graph buckets and padding): the same requests on an engine with ``launch_ahead`` on and one
+with it off give the same tokens, finish reasons, usage and pages, the steps really ran ahead (and
+some were void), and every page comes back.
+
+Requests are queued before the engine thread starts where the batch composition matters (seeded
+sampling draws one random stream for the whole batch), so both engines see the same batches.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated
+
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from budgetllm import LLM  # noqa: E402
+from budgetllm.types import SamplingParams  # noqa: E402
+from tests.engine.enginelib import request, run_concurrently  # noqa: E402
+
+
+def _backend(loaded, on: bool, **kw):
+    from budgetllm.engine.paged.backend import PagedBackend
+
+    opts = dict(max_seqs=4, page_size=4, num_pages=400, cuda_graphs=False, emulate_graphs=True, max_context=128,
+                max_prefill_tokens=32, seed=1234)
+    return PagedBackend(loaded, launch_ahead=on, **{**opts, **kw})
+
+
+@pytest.fixture(scope="module")
+def dms(tiny_dir):
+    """A tiny model with DMS decisions (the adapter), and an engine with launch-ahead on and one off."""
+    ref = LLM.from_pretrained(str(tiny_dir("llama", "adapter")), backend="reference", device="cpu", progress=False)
+    on, off = _backend(ref.loaded, True), _backend(ref.loaded, False)
+    yield ref, on, off
+    on.close()
+    off.close()
+
+
+def all_pages_back(backend) -> None:
+    """Release the kept states (conversation reuse) and check that every page is free on the device."""
+    backend.clear_prefix_cache()
+    for _ in range(200):
+        if backend.pool_stats()["parked"] == 0 and backend._inbox.empty():
+            break
+        time.sleep(0.02)
+    time.sleep(0.05)
+    stats = backend.pool_stats()
+    assert stats["active"] == 0 and stats["parked"] == 0
+    assert backend.device_free_pages_now() == stats["pages_total"] == stats["pages_free"]
+
+
+def run_batch(backend, reqs: list, stop_after: dict | None = None) -> list[tuple]:
+    """Queue every request before the engine thread takes any, consume each on its own thread (the
+    consumer of request i closes its stream after ``stop_after[i]`` tokens: a cancel), and return
+    per request (tokens, finish reason, usage, cached tokens)."""
+    stop_after = stop_after or {}
+    if backend._thread is not None and backend._thread.is_alive():  # idle: stop it, restarted below
+        backend._inbox.put(("stop", None))
+        backend._thread.join(timeout=60)
+    backend.runner.sampler.generator.manual_seed(1234)  # each run from the same random state
+    gens = [backend.run(r) for r in reqs]
+    real = type(backend)._ensure_thread
+    backend._ensure_thread = lambda: None  # run() queues its request; the thread starts below
+    out: dict[int, tuple] = {}
+    started = threading.Barrier(len(reqs) + 1)
+
+    def consume(i: int) -> None:
+        toks, fin = [], None
+        g = gens[i]
+        started.wait()
+        while backend._inbox.qsize() < i:  # queued in order: the batch's rows are in this order
+            time.sleep(0.002)
+        for step in g:
+            if step.finished is not None:
+                fin = step.finished
+                break
+            toks.append(step.token_id)
+            if len(toks) == stop_after.get(i, -1):
+                g.close()  # cancels the request
+                fin = "closed"
+                break
+        out[i] = (toks, fin, reqs[i].meter.result(), reqs[i].cached_tokens)
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    started.wait()
+    while backend._inbox.qsize() < len(reqs):
+        time.sleep(0.005)
+    del backend._ensure_thread
+    real(backend)
+    for t in threads:
+        t.join(timeout=300)
+    return [out[i] for i in range(len(reqs))]
+
+
+def both(on, off, make, stop_after=None) -> tuple[list, list]:
+    """The same requests (``make()`` builds a fresh list) on both engines; the on-engine ran ahead."""
+    before = on.ahead_counts["launched"]
+    a = run_batch(off, make(), stop_after)
+    b = run_batch(on, make(), stop_after)
+    assert b == a
+    assert on.ahead_counts["launched"] > before and off.ahead_counts["launched"] == 0
+    return a, b
+
+
+def _eos_at(tokens: list[int], k: int) -> int:
+    """A token first emitted at step k (so an EOS set to it ends the request there)."""
+    for j in range(k, len(tokens)):
+        if tokens[j] not in tokens[:j]:
+            return tokens[j]
+    raise AssertionError("no fresh token to end on")
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded"])
+def test_rows_ending_at_different_steps(dms, sampled):
+    """Three rows at CR 8 (evicting): one ends on a sampled EOS, one by max_tokens, one runs on; with
+    greedy and with seeded sampling (one random stream for the batch: a void step must give it back)."""
+    ref, on, off = dms
+    prompts = [[5, 9, 14, 3, 22, 7], [8, 8, 31, 2], [40, 11, 17, 6, 9]]
+    params = SamplingParams(temperature=0.9, top_p=0.95) if sampled else SamplingParams()
+
+    def make(eos=None):
+        reqs = [request(ref.loaded, p, 8, m) for p, m in zip(prompts, (16, 9, 16), strict=True)]
+        for r in reqs:
+            r.sampling = params
+        if eos is not None:
+            reqs[0].eos_ids = {eos}
+        return reqs
+
+    first = run_batch(off, make())
+    eos = _eos_at(first[0][0], 5)
+    voids = on.ahead_counts["void"]
+    a, _ = both(on, off, lambda: make(eos))
+    assert [x[1] for x in a] == ["stop", "length", "length"] and len(a[0][0]) < 16 and len(a[1][0]) == 9
+    assert on.ahead_counts["void"] > voids  # the EOS made the step after it void
+    assert a[2][2].evicted_tokens > 0  # pages of evicted entries were reused during decode
+    all_pages_back(on)
+    all_pages_back(off)
+
+
+def test_cancel_mid_decode_and_a_request_joining(dms):
+    """A consumer that closes its stream mid-decode (a cancel; what a stop string does too), and a
+    request that joins while two rows decode."""
+    ref, on, off = dms
+    make = lambda: [request(ref.loaded, [5, 9, 14, 3], 8, 20), request(ref.loaded, [8, 31, 2], 1, 20)]  # noqa: E731
+    a, _ = both(on, off, make, stop_after={0: 5})
+    assert a[0][1] == "closed" and len(a[0][0]) == 5 and a[1][1] == "length"
+
+    def joined(backend):
+        first = [request(ref.loaded, [5, 9, 14, 3], 8, 20), request(ref.loaded, [7, 7, 1], 8, 16)]
+        late = request(ref.loaded, [12, 4, 33, 9, 2], 8, 12)
+        got: dict = {}
+
+        def call(i):
+            r = (first + [late])[i]
+            toks = []
+            for s in backend.run(r):
+                if s.finished is not None:
+                    return toks, s.finished, r.meter.result(), r.cached_tokens
+                toks.append(s.token_id)
+                if i == 0 and len(toks) == 4 and "late" not in got:
+                    got["late"] = threading.Thread(target=lambda: got.setdefault("r", call(2)))
+                    got["late"].start()
+
+        res, errors = run_concurrently(call, 2)
+        got["late"].join(timeout=300)
+        assert not errors, errors
+        return res[0], res[1], got["r"]
+
+    assert joined(on) == joined(off)
+    all_pages_back(on)
+    all_pages_back(off)
+
+
+def test_thinking_budget_and_a_grammar_row(tiny_dir):
+    """A thinking budget spent (forced hand-off and close tag) beside a plain row, and a JSON-schema row
+    beside a plain row: those rows run in lockstep, the others ahead once they are alone in steady
+    answer; same tokens, reasoning counts and finish reasons."""
+    pytest.importorskip("xgrammar")
+    ref = LLM.from_pretrained(str(tiny_dir("qwen3", "borrowed")), backend="reference", device="cpu", progress=False)
+    llms = [LLM(ref.loaded, _backend(ref.loaded, on, prefix_cache=0)) for on in (True, False)]
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
+              "required": ["ok", "n"]}
+    calls = [dict(thinking_budget=6, max_tokens=20), dict(max_tokens=16),
+             dict(response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+                  max_tokens=40), dict(max_tokens=14)]
+    results = []
+    for llm in llms:
+        got, errors = run_concurrently(lambda i, llm=llm: llm.generate("Tell me about the sea.", compression=8,
+                                                                      **calls[i]), len(calls))
+        assert not errors, errors
+        results.append([(g.token_ids, g.finish_reason, g.usage.reasoning_tokens, g.usage.kv.evicted_tokens,
+                         g.usage.kv.reserved_bytes) for g in (got[i] for i in range(len(calls)))])
+    assert results[0] == results[1]
+    assert results[0][0][2] > 0  # it thought, within its budget
+    assert llms[0].backend.ahead_counts["launched"] > 0
+    for llm in llms:
+        all_pages_back(llm.backend)
+        llm.close()
+
+
+def test_stop_string_ends_the_same(dms):
+    """A stop string (the output layer closes the stream when it matches): same text and usage."""
+    ref, on, off = dms
+    full = LLM(ref.loaded, off).generate("Tell me about the sea.", compression=8, max_tokens=16)
+    stop = full.text[len(full.text) // 2:len(full.text) // 2 + 2]
+    if not stop.strip():
+        pytest.skip("no printable stop string in this tiny model's text")
+    a = LLM(ref.loaded, off).generate("Tell me about the sea.", compression=8, max_tokens=16, stop=[stop])
+    b = LLM(ref.loaded, on).generate("Tell me about the sea.", compression=8, max_tokens=16, stop=[stop])
+    assert (b.text, b.token_ids, b.finish_reason) == (a.text, a.token_ids, a.finish_reason)
+    assert b.usage.kv == a.usage.kv
+    all_pages_back(on)
+    all_pages_back(off)

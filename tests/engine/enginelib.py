@@ -81,9 +81,7 @@ def run_batch(backend, reqs: list, stop_after: dict | None = None) -> list[tuple
     per request (tokens, finish reason, usage, cached tokens). The engine's sampler is reseeded first
     (seeded sampling draws one stream for the batch: each run starts from the same state)."""
     stop_after = stop_after or {}
-    if backend._thread is not None and backend._thread.is_alive():  # idle: stop it, restarted below
-        backend._inbox.put(("stop", None))
-        backend._thread.join(timeout=60)
+    settle(backend)  # restarted below, once every request is queued
     backend.runner.sampler.generator.manual_seed(1234)  # each run from the same random state
     gens = [backend.run(r) for r in reqs]
     real = type(backend)._ensure_thread
@@ -106,7 +104,8 @@ def run_batch(backend, reqs: list, stop_after: dict | None = None) -> list[tuple
                 g.close()  # cancels the request
                 fin = "closed"
                 break
-        out[i] = (toks, fin, reqs[i].meter.result(), reqs[i].cached_tokens)
+        # a closed stream's usage counts the steps the engine ran before it saw the cancel: a race
+        out[i] = (toks, fin, None if fin == "closed" else reqs[i].meter.result(), reqs[i].cached_tokens)
 
     threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(reqs))]
     for t in threads:
@@ -118,4 +117,14 @@ def run_batch(backend, reqs: list, stop_after: dict | None = None) -> list[tuple
     real(backend)
     for t in threads:
         t.join(timeout=300)
+    settle(backend)
     return [out[i] for i in range(len(reqs))]
+
+
+def settle(backend) -> None:
+    """Stop the engine thread once it has applied every queued command (the next call starts it
+    again): nothing of this engine runs afterwards (the Triton interpreter is not thread-safe, so two
+    engines must not run kernels at once on the CPU)."""
+    if backend._thread is not None and backend._thread.is_alive():
+        backend._inbox.put(("stop", None))
+        backend._thread.join(timeout=120)

@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 
 from budgetllm import LLM  # noqa: E402
 from budgetllm.types import SamplingParams  # noqa: E402
-from tests.engine.enginelib import all_pages_back, request, run_batch, run_concurrently  # noqa: E402
+from tests.engine.enginelib import all_pages_back, request, run_batch, run_concurrently, settle  # noqa: E402
 
 
 def _backend(loaded, on: bool, **kw):
@@ -114,6 +114,7 @@ def test_cancel_mid_decode_and_a_request_joining(dms):
 
         res, errors = run_concurrently(call, 2)
         got["late"].join(timeout=300)
+        settle(backend)
         assert not errors, errors
         return res[0], res[1], got["r"]
 
@@ -139,6 +140,7 @@ def test_thinking_budget_and_a_grammar_row(tiny_dir):
         got, errors = run_concurrently(lambda i, llm=llm: llm.generate("Tell me about the sea.", compression=8,
                                                                       **calls[i]), len(calls))
         assert not errors, errors
+        settle(llm.backend)
         results.append([(g.token_ids, g.finish_reason, g.usage.reasoning_tokens, g.usage.kv.evicted_tokens,
                          g.usage.kv.reserved_bytes) for g in (got[i] for i in range(len(calls)))])
     assert results[0] == results[1]
@@ -157,8 +159,76 @@ def test_stop_string_ends_the_same(dms):
     if not stop.strip():
         pytest.skip("no printable stop string in this tiny model's text")
     a = LLM(ref.loaded, off).generate("Tell me about the sea.", compression=8, max_tokens=16, stop=[stop])
+    settle(off)  # the cancel the stop string sent may still run on the engine thread
     b = LLM(ref.loaded, on).generate("Tell me about the sea.", compression=8, max_tokens=16, stop=[stop])
+    settle(on)
     assert (b.text, b.token_ids, b.finish_reason) == (a.text, a.token_ids, a.finish_reason)
-    assert b.usage.kv == a.usage.kv
+    assert len(b.token_ids) < len(full.token_ids)
+    # (not the usage: a stopped stream's counts the steps the engine ran before it saw the cancel, a
+    # race in lockstep too)
     all_pages_back(on)
     all_pages_back(off)
+
+
+def test_decode_ahead_feeds_on_the_device_without_a_sync_and_a_void_step_writes_nothing(tiny_dir, monkeypatch):
+    """``decode_ahead`` after a step equals the lockstep step fed that step's tokens from the host
+    (same logits, same cache), reads nothing back to the host while it launches; with an EOS among
+    the tokens it is void: no sequence slot, page or position changes."""
+    import sys
+
+    from budgetllm.engine.paged.model_runner import ModelRunner, RunnerConfig
+    from budgetllm.engine.paged.sampler import make_sampling_batch
+    from budgetllm.engine.rules import FORCED, RowRule
+    from tests.engine.paged.test_runner_build_cpu import _READBACKS
+
+    loaded = LLM.from_pretrained(str(tiny_dir("llama", "adapter")), backend="reference", device="cpu",
+                                 progress=False).loaded
+    r = ModelRunner(loaded, RunnerConfig(max_seqs=4, page_size=4, num_pages=300, max_context=64, window=4,
+                                         emulate_graphs=True))
+    rule = RowRule(FORCED, period=2)
+    rows = [(0, 11, rule), (1, 12, rule), (2, 13, rule)]
+    sb = make_sampling_batch([SamplingParams()] * 3, [None] * 3, r.device)
+    kv = r.kv
+    snap = lambda: {k: v.clone() for k, v in vars(kv).items() if isinstance(v, torch.Tensor)}  # noqa: E731
+
+    def restore(state):
+        for k, v in state.items():
+            getattr(kv, k).copy_(v)
+
+    for _ in range(6):  # a few steps in: rows past the window, evicting
+        tokens = r.sample_and_read(r.decode(rows), sb, decoded=True).tokens
+        rows = [(s, t, rule) for (s, _, _), t in zip(rows, tokens, strict=True)]
+    before = snap()
+    lock = r.decode(rows).clone()
+    after_lock = snap()
+    restore(before)
+    r.read_buf[:3] = torch.tensor([t for _, t, _ in rows])  # what the last step sampled
+    hits: list = []
+
+    def guard(name, orig):
+        def call(*a, **k):
+            f = sys._getframe(1)
+            if "budgetllm" in f.f_code.co_filename.replace("\\", "/").split("/"):
+                hits.append((name, f.f_code.co_filename.rsplit("/", 1)[-1], f.f_lineno))
+            return orig(*a, **k)
+        return call
+
+    eos = r.eos_rows([{-7}, set(), {-9, -8}])  # none of them sampled
+    with monkeypatch.context() as m:
+        for name in _READBACKS:
+            m.setattr(torch.Tensor, name, guard(name, getattr(torch.Tensor, name)))
+        logits = r.decode_ahead(3, eos)
+        r.sample(logits, sb, decoded=True)
+    assert hits == []
+    assert torch.equal(logits, lock)
+    assert all(torch.equal(after_lock[k], v) for k, v in snap().items())
+    restore(before)
+    r.read_buf[:3] = torch.tensor([t for _, t, _ in rows])
+    r.decode_ahead(3, r.eos_rows([set(), {rows[1][1]}, set()]))  # row 1 sampled its EOS: void
+    S = r.num_seq_slots
+    now = snap()
+    for k in ("seq_pos", "alloc_state", "free_stack"):
+        assert torch.equal(now[k][:S] if k == "seq_pos" else now[k], before[k][:S] if k == "seq_pos" else before[k]), k
+    for k in ("row_lens", "block_tables", "ring"):
+        assert torch.equal(now[k][:, :S], before[k][:, :S]), k
+    r.close()

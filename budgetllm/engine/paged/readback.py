@@ -47,7 +47,7 @@ class AsyncReadback:
     def __init__(self, read_buf: torch.Tensor, max_rows: int, num_slots: int):
         self.dev, self.maxbs, self.S = read_buf, max_rows, num_slots
         cuda = read_buf.device.type == "cuda"
-        self.host = [torch.zeros_like(read_buf, device="cpu", pin_memory=cuda) for _ in range(2)]
+        self.host = [torch.zeros(read_buf.shape, dtype=read_buf.dtype, pin_memory=cuda) for _ in range(2)]
         self.events = [torch.cuda.Event() for _ in range(2)] if cuda else None
         self.turn = 0
 

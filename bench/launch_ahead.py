@@ -42,14 +42,14 @@ def engine_run(backend, loaded, batch: int, ctx: int, tokens: int, ahead: bool) 
             "void": backend.ahead_counts["void"] - counts0["void"]}
 
 
-def point(name: str, loaded, batches: list[int], ctx: int, tokens: int, rounds: int, budget: float) -> list[dict]:
+def point(name: str, loaded, batches: list[int], ctx: int, tokens: int, rounds: int, budget: float):
+    """Yields one result per batch size (the engine is closed once the last is taken)."""
     from budgetllm.engine.paged.backend import PagedBackend
 
     c = loaded.config
     pages = max(batches) * c.num_hidden_layers * c.num_key_value_heads * ((ctx + tokens) // 16 + 4) + 4096
     backend = PagedBackend(loaded, max_seqs=max(batches), num_pages=pages, max_context=ctx + tokens + 64,
                            prefix_cache=0, window=256)
-    out = []
     try:
         for batch in batches:
             engine_run(backend, loaded, batch, ctx, 32, True)  # warm: compiles, first launches
@@ -74,10 +74,9 @@ def point(name: str, loaded, batches: list[int], ctx: int, tokens: int, rounds: 
             res["replay_tok_s"] = round(batch * 1000 / res["replay_ms"], 1)
             runner.release(list(range(batch)))
             print(json.dumps({k: v for k, v in res.items() if k != "runs"}), flush=True)
-            out.append(res)
+            yield res
     finally:
         backend.close()
-    return out
 
 
 def main() -> None:
@@ -94,14 +93,17 @@ def main() -> None:
     result = {"card": torch.cuda.get_device_name(), "commit": commit, "points": []}
     plan = [("smollm2-135m", lambda: load_model(None, device="cuda", dtype=torch.bfloat16), [1, 16]),
             ("qwen2.5-1.5b-shape", lambda: random_model("qwen2.5-1.5b"), [1])]
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for name, load, batches in plan:
         if left(a.budget) < 30:
-            break
+            result.setdefault("skipped", []).append(name)
+            continue
         loaded = load()
-        result["points"] += point(name, loaded, batches, 1024, a.tokens, a.rounds, a.budget)
+        for res in point(name, loaded, batches, 1024, a.tokens, a.rounds, a.budget):
+            result["points"].append(res)
+            Path(a.out).write_text(json.dumps(result, indent=1))  # after every point: a cut run keeps them
         del loaded
         torch.cuda.empty_cache()
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print("wrote", a.out, flush=True)
 

@@ -9,7 +9,7 @@ The engine's step period is ``budgetllm.benchmarks.engine_bench.run_batch``'s (t
 start-to-start of consecutive decode steps of the full batch in the engine's ``decode_log``, host
 work included; tok/s = batch / period.
 
-    python bench/launch_ahead.py --out bench/results/launch-ahead-h200.json --budget 170
+    timeout 180 python bench/launch_ahead.py --out bench/results/launch-ahead-h200.json --budget 160
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def point(name: str, loaded, batches: list[int], ctx: int, tokens: int, rounds: 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/launch-ahead-h200.json")
-    ap.add_argument("--budget", type=float, default=170.0)
+    ap.add_argument("--budget", type=float, default=160.0)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()

@@ -49,12 +49,12 @@ class EngineLoop:
                 if not self._busy:
                     self._deliver()
                 if not self._drain(block=not self._busy):
-                    return
+                    return self._read_ahead()
                 self._release()
                 if not self._step() and self._busy:
                     self._deliver()  # nothing runnable now (pages): wait for a command
                     if not self._drain(block=True):
-                        return
+                        return self._read_ahead()
         except BaseException as e:  # noqa: BLE001 - every waiting request gets the error
             self.error = e
             pending = list(self.sched.running) + list(self.sched.waiting)
@@ -66,6 +66,13 @@ class EngineLoop:
                 s.payload.fail(e)
                 s.payload.flush()
             raise
+
+    def _read_ahead(self) -> None:
+        """On stop: read the step launched ahead (its host logic applied), so host and device agree."""
+        cur, self._ahead = self._ahead, None
+        if cur is not None:
+            self._finish(cur)
+            self._deliver()
 
     @property
     def _busy(self) -> bool:

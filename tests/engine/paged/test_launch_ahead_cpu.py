@@ -84,6 +84,10 @@ def test_rows_ending_at_different_steps(dms, sampled):
     assert [x[1] for x in a] == ["stop", "length", "length"] and len(a[0][0]) < 16 and len(a[1][0]) == 9
     assert on.ahead_counts["void"] > voids  # the EOS made the step after it void
     assert a[2][2].evicted_tokens > 0  # pages of evicted entries were reused during decode
+    # the next turn of the row that stopped continues from its kept state (the void step left it as is)
+    turn2 = lambda: [request(ref.loaded, prompts[0] + a[0][0] + [eos, 21, 22], 8, 6)]  # noqa: E731
+    nxt = run_batch(off, turn2())
+    assert run_batch(on, turn2()) == nxt and nxt[0][3] == len(prompts[0]) + len(a[0][0])
     all_pages_back(on)
     all_pages_back(off)
 

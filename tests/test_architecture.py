@@ -31,7 +31,8 @@ def test_the_engines_torch_free_modules_import_without_torch():
     types, the per-token step, the Backend protocol and the paged scheduler's state load without torch."""
     mods = ("budgetllm.engine", "budgetllm.engine.request", "budgetllm.engine.step", "budgetllm.engine.output",
             "budgetllm.engine.prefix_tree", "budgetllm.engine.paged.sequence", "budgetllm.engine.paged.scheduler",
-            "budgetllm.engine.paged.kept_states", "budgetllm.engine.paged.block_manager")
+            "budgetllm.engine.paged.kept_states", "budgetllm.engine.paged.block_manager",
+            "budgetllm.engine.paged.launch_ahead")
     code = (f"import sys; import {', '.join(mods)}; bad=[m for m in ('torch','triton') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -30,6 +30,14 @@ def sampling_masks(req: GenerationRequest) -> tuple[list[int] | None, object]:
     return banned, (None if ctrl.thinking else req.constraint)
 
 
+def feeds_sampled(req: GenerationRequest) -> bool:
+    """True when :func:`advance` will feed the next sampled token as it is unless it is an EOS (which
+    ends the request) or the request is cancelled meanwhile, and the token leaves
+    :func:`sampling_masks` as they are: no grammar, nothing forced, no phase change, no answer-budget
+    end (``ThinkingController.steady_answer``). The paged engine launches a step ahead only then."""
+    return not req.cancelled and req.constraint is None and req.controller.steady_answer()
+
+
 def advance(req: GenerationRequest, sampled: int | Callable[[], int]) -> list[StepOutput]:
     """Apply one token to ``req``: the outputs to emit, in order (a token, a finish, or both).
 

@@ -139,3 +139,10 @@ class ThinkingController:
 
     def answer_budget_left(self) -> int:
         return self.max_tokens - self.reasoning_tokens - self.answer_tokens
+
+    def steady_answer(self) -> bool:
+        """The next token is sampled, not forced, and cannot change the phase or end the answer: in the
+        answer phase, nothing forced, past the first tokens where the model may open a block, and at
+        least two tokens of answer budget left (the paged engine's launch-ahead asks this)."""
+        return (self.phase == "answer" and not self._forced and self.answer_budget_left() >= 2
+                and self.answer_tokens >= max(len(self.answer_prefix), len(self._open_tag_ids) + 2))

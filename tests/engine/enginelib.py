@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 
@@ -59,3 +60,71 @@ def assert_next_turn_matches(ref, backend, prompt: list[int], extra: int, max_to
     assert got == expected and backend.pool_stats()["prefix_hits"] == hits + 1 and req_paged.cached_tokens > 0
     a, b = req_ref.meter.result(), req_paged.meter.result()
     assert (a.live_bytes, a.logical_bytes, a.kv_bytes_read) == (b.live_bytes, b.logical_bytes, b.kv_bytes_read)
+
+
+def all_pages_back(backend) -> None:
+    """Release the kept states (conversation reuse) and check that every page is free on the device."""
+    backend.clear_prefix_cache()
+    for _ in range(200):
+        if backend.pool_stats()["parked"] == 0 and backend._inbox.empty():
+            break
+        time.sleep(0.02)
+    time.sleep(0.05)
+    stats = backend.pool_stats()
+    assert stats["active"] == 0 and stats["parked"] == 0
+    assert backend.device_free_pages_now() == stats["pages_total"] == stats["pages_free"]
+
+
+def run_batch(backend, reqs: list, stop_after: dict | None = None) -> list[tuple]:
+    """Queue every request before the engine thread takes any, consume each on its own thread (the
+    consumer of request i closes its stream after ``stop_after[i]`` tokens: a cancel), and return
+    per request (tokens, finish reason, usage, cached tokens). The engine's sampler is reseeded first
+    (seeded sampling draws one stream for the batch: each run starts from the same state)."""
+    stop_after = stop_after or {}
+    settle(backend)  # restarted below, once every request is queued
+    backend.runner.sampler.generator.manual_seed(1234)  # each run from the same random state
+    gens = [backend.run(r) for r in reqs]
+    real = type(backend)._ensure_thread
+    backend._ensure_thread = lambda: None  # run() queues its request; the thread starts below
+    out: dict[int, tuple] = {}
+    started = threading.Barrier(len(reqs) + 1)
+
+    def consume(i: int) -> None:
+        toks, fin = [], None
+        g = gens[i]
+        started.wait()
+        while backend._inbox.qsize() < i:  # queued in order: the batch's rows are in this order
+            time.sleep(0.002)
+        for step in g:
+            if step.finished is not None:
+                fin = step.finished
+                break
+            toks.append(step.token_id)
+            if len(toks) == stop_after.get(i, -1):
+                g.close()  # cancels the request
+                fin = "closed"
+                break
+        # a closed stream's usage counts the steps the engine ran before it saw the cancel: a race
+        out[i] = (toks, fin, None if fin == "closed" else reqs[i].meter.result(), reqs[i].cached_tokens)
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    started.wait()
+    while backend._inbox.qsize() < len(reqs):
+        time.sleep(0.005)
+    del backend._ensure_thread
+    real(backend)
+    for t in threads:
+        t.join(timeout=300)
+    settle(backend)
+    return [out[i] for i in range(len(reqs))]
+
+
+def settle(backend) -> None:
+    """Stop the engine thread once it has applied every queued command (the next call starts it
+    again): nothing of this engine runs afterwards (the Triton interpreter is not thread-safe, so two
+    engines must not run kernels at once on the CPU)."""
+    if backend._thread is not None and backend._thread.is_alive():
+        backend._inbox.put(("stop", None))
+        backend._thread.join(timeout=120)

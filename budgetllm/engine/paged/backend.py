@@ -41,7 +41,8 @@ class PagedBackend(EngineLoop):
                  memory_fraction: float = 0.85, num_pages: int | None = None, max_prefill_tokens: int = 4096,
                  cuda_graphs: bool = True, window: int | None = None, max_context: int | None = None,
                  seed: int | None = None, emulate_graphs: bool = False, prefix_cache: int | None = None,
-                 prefix_cache_bytes: int | None = None, gpu_memory_utilization: float | None = None):
+                 prefix_cache_bytes: int | None = None, gpu_memory_utilization: float | None = None,
+                 launch_ahead: bool = True):
         # gpu_memory_utilization (vLLM's name; memory_fraction is the old one): budgetllm.cache.sizing
         if gpu_memory_utilization is not None:
             memory_fraction = gpu_memory_utilization
@@ -78,6 +79,10 @@ class PagedBackend(EngineLoop):
         # step, engine step number: consecutive decode steps have consecutive numbers)
         self.decode_log: list[tuple[int, float, float, float, float, int]] = []
         self.steps = 0  # engine steps (prefill or decode) so far
+        # decode step N+1 launched before step N is read (engine/paged/launch_ahead.py); may be toggled
+        self.launch_ahead = launch_ahead
+        self._ahead = None  # the step launched ahead, not yet read
+        self.ahead_counts = {"launched": 0, "void": 0}  # decode steps launched ahead; of them, void
 
     # -- public interface (same as ReferenceBackend) ----------------------------------------
     def run(self, req: GenerationRequest) -> Iterator[StepOutput]:

@@ -10,6 +10,12 @@ Finishing items wait until the device has released the request's pages (``_relea
 staged tokens are delivered once the next step is launched (``_deliver``), so consumer threads
 wake while the GPU works; a request's first token goes out right after its readback, before the
 step's kept-state work (``sched.keep_deferred``) and the next launch.
+
+A step is "launch, then read": :meth:`_launch` schedules and launches a step and starts its
+readback; before reading it, :meth:`_step` launches the next decode step ahead when
+:func:`~budgetllm.engine.paged.launch_ahead.can_run_ahead` allows (``launch_ahead``, on by
+default; the rules and why outputs stay exactly the lockstep ones are in engine/paged/launch_ahead.py),
+and :meth:`_finish` reads the step and applies its per-row host logic while that one runs.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import threading
 import time
 
 from budgetllm.engine.paged.handle import row_rule_for, sampling_for
+from budgetllm.engine.paged.launch_ahead import Launched, can_run_ahead, voids_ahead
 from budgetllm.engine.paged.sequence import SeqStatus
 from budgetllm.errors import BudgetLLMError, PoolExhaustedError
 
@@ -40,15 +47,15 @@ class EngineLoop:
                 # Release BEFORE blocking: a cancel drained while everything was on hold leaves the
                 # engine idle, and its slot must not wait for the next command to go back.
                 self._release()
-                if not self.sched.has_work:
+                if not self._busy:
                     self._deliver()
-                if not self._drain(block=not self.sched.has_work):
-                    return
+                if not self._drain(block=not self._busy):
+                    return self._read_ahead()
                 self._release()
-                if not self._step() and self.sched.has_work:
+                if not self._step() and self._busy:
                     self._deliver()  # nothing runnable now (pages): wait for a command
                     if not self._drain(block=True):
-                        return
+                        return self._read_ahead()
         except BaseException as e:  # noqa: BLE001 - every waiting request gets the error
             self.error = e
             pending = list(self.sched.running) + list(self.sched.waiting)
@@ -60,6 +67,18 @@ class EngineLoop:
                 s.payload.fail(e)
                 s.payload.flush()
             raise
+
+    def _read_ahead(self) -> None:
+        """On stop: read the step launched ahead (its host logic applied), so host and device agree."""
+        cur, self._ahead = self._ahead, None
+        if cur is not None:
+            self._finish(cur)
+            self._deliver()
+
+    @property
+    def _busy(self) -> bool:
+        """Requests to run, or a step launched ahead still to read."""
+        return self.sched.has_work or self._ahead is not None
 
     def _drain(self, block: bool) -> bool:
         """Apply queued commands (add, cancel, clear_prefix); False on stop."""
@@ -104,6 +123,21 @@ class EngineLoop:
         self._ended.clear()
 
     def _step(self) -> bool:
+        """Read one step (launched now, or ahead by the last call), launching the next ahead first
+        when allowed; False when nothing was runnable."""
+        cur, self._ahead = self._ahead, None
+        if cur is None:
+            cur = self._launch()
+            if cur is None:
+                return False
+        if self.launch_ahead and can_run_ahead(self, cur):
+            self._ahead = self._launch_ahead(cur)
+        self._deliver()  # the previous step's tokens, while the GPU runs
+        self._finish(cur)
+        return True
+
+    def _launch(self) -> Launched | None:
+        """Schedule a step, launch it, sample on the GPU and start its readback (lockstep)."""
         sched, runner = self.sched, self.runner
         for s in list(sched.running) + list(sched.waiting):
             if s.payload.req.cancelled:
@@ -114,7 +148,7 @@ class EngineLoop:
         batch = sched.schedule()
         self._release()
         if batch is None:
-            return False
+            return None
         t0 = time.perf_counter()
         self.steps += 1
         has_logits = self.model.dms.has_decisions
@@ -129,18 +163,44 @@ class EngineLoop:
             logits = runner.decode([(s.slot, s.token_ids[-1], r) for s, r in zip(batch.seqs, rules, strict=True)])
             samplers = list(batch.seqs)
         t_launched = time.perf_counter()
-        self._deliver()  # the previous step's tokens, while the GPU runs this one
         firsts = [s.payload for s in batch.seqs if "read" not in s.payload.req.phases]
         sb = sampling_for([s.payload for s in samplers], runner.device) if samplers else None
-        rb = runner.sample_and_read(logits if samplers else None, sb, decoded=batch.kind == "decode")
+        pending = runner.sample(logits if samplers else None, sb, decoded=batch.kind == "decode")
+        return Launched(batch, samplers, sb, pending, t0, t_launched, firsts)
+
+    def _launch_ahead(self, cur: Launched) -> Launched:
+        """Launch the decode step after ``cur`` (same batch) fed on the device with its sampled tokens."""
+        runner = self.runner
+        t0 = time.perf_counter()
+        self.steps += 1
+        self.ahead_counts["launched"] += 1
+        eos = cur.eos if cur.eos is not None else runner.eos_rows([s.payload.req.eos_ids for s in cur.batch.seqs])
+        rng = None if cur.sb.all_greedy else runner.sampler.generator.get_state()  # no draws when greedy
+        logits = runner.decode_ahead(len(cur.batch.seqs), eos)
+        t_launched = time.perf_counter()
+        pending = runner.sample(logits, cur.sb, decoded=True)
+        return Launched(cur.batch, cur.samplers, cur.sb, pending, t0, t_launched, [], ahead=True, eos=eos, rng=rng)
+
+    def _finish(self, cur: Launched) -> None:
+        """Read ``cur`` back and apply its per-row host logic; discard a void step launched ahead."""
+        sched, batch = self.sched, cur.batch
+        rb = self.runner.read(cur.pending)
         self.device_free_pages = rb.free_pages
         t_read = time.perf_counter()
-        for h in firsts:
-            h.req.phases.update(scheduled=t0 - h.t_start, launched=t_launched - h.t_start, read=t_read - h.t_start)
+        nxt = self._ahead
+        if nxt is not None and voids_ahead(cur, rb.tokens):  # the device made it a void step
+            if nxt.rng is not None:
+                self.runner.sampler.generator.set_state(nxt.rng)  # as if it had never sampled
+            self._ahead = None
+            self.steps -= 1
+            self.ahead_counts["void"] += 1
+        t0 = cur.t0
+        for h in cur.firsts:
+            h.req.phases.update(scheduled=t0 - h.t_start, launched=cur.t_launched - h.t_start, read=t_read - h.t_start)
         ready = set(id(s) for s in sched.after_step(batch, rb.stats, defer_keeps=True))
         dt = time.perf_counter() - t0
         decoded = 0
-        for s, tok in zip(samplers, rb.tokens, strict=True):
+        for s, tok in zip(cur.samplers, rb.tokens, strict=True):
             if id(s) not in ready:
                 continue
             h = s.payload
@@ -155,12 +215,12 @@ class EngineLoop:
         if decoded:
             with self._stats_lock:  # one locked add per step, not per token
                 self.tokens_generated += decoded
-        for s in samplers:  # first tokens go out now, before the kept states' work and the next launch
+        for s in cur.samplers:  # first tokens go out now, before the kept states' work and the next launch
             if s.payload.pending and "delivered" not in s.payload.req.phases:
                 s.payload.deliver()
         sched.keep_deferred()
         self._release()
         if batch.kind == "decode":
-            self.decode_log.append((len(batch.seqs), t0, dt, time.perf_counter() - t0, t_launched - t0, self.steps))
+            self.decode_log.append((len(batch.seqs), t0, dt, time.perf_counter() - t0, cur.t_launched - t0,
+                                    self.steps - (self._ahead is not None)))
             del self.decode_log[:-4096]
-        return True

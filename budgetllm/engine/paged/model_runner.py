@@ -7,7 +7,9 @@ threshold per (layer, KV head) (``thr_slot`` float64 [layers, slots, KV heads]) 
 a rule first decodes in that slot (admission), and gathered by slot inside the step,
 so a step is: copy in -> graph replay (or eager) -> sample on GPU -> one readback of
 (sampled tokens, pages and live entries per slot, overflow flags, free pages). Positions are read
-from ``kv.seq_pos`` on the GPU; row lengths and block tables never leave the GPU.
+from ``kv.seq_pos`` on the GPU; row lengths and block tables never leave the GPU. The end of a step
+(sampling, the asynchronous readback) and the decode step launched ahead, fed on the device, are
+:class:`~budgetllm.engine.paged.step_io.StepIO`, this class's base.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from budgetllm.engine.paged.cuda_graphs import DecodeGraphs, bucket_sizes
 from budgetllm.engine.paged.decode_layer import DecodeLayers
 from budgetllm.engine.paged.prefill_graphs import BUCKETS as PREFILL_BUCKETS
 from budgetllm.engine.paged.prefill_graphs import PrefillGraphs
-from budgetllm.engine.paged.readback import Readback, _SlotView
+from budgetllm.engine.paged.readback import AsyncReadback
 from budgetllm.engine.paged.readback import free_cached as _free_cached
 from budgetllm.engine.paged.readback import without_frames as _without_frames
-from budgetllm.engine.paged.sampler import GPUSampler, SamplingBatch
+from budgetllm.engine.paged.sampler import GPUSampler
+from budgetllm.engine.paged.step_io import StepIO, spare_padding, void_columns
 from budgetllm.engine.rules import ALWAYS, FORCED, THRESHOLD, WINDOW, RowRule
 from budgetllm.kernels import (
     paged_decode_attention,
@@ -60,7 +63,7 @@ class RunnerConfig:
     prefill_buckets: tuple = PREFILL_BUCKETS  # chunk sizes of the prefill graphs (() = none)
 
 
-class ModelRunner:
+class ModelRunner(StepIO):
     def __init__(self, loaded: LoadedModel, cfg: RunnerConfig):
         try:
             self._build(loaded, cfg)
@@ -86,7 +89,9 @@ class ModelRunner:
         # emulate_graphs (CPU tests): buckets and padding rows as with graphs, replay = eager body
         self.use_graphs = (cfg.cuda_graphs and self.device.type == "cuda") or cfg.emulate_graphs
         self.buckets = bucket_sizes(min(cfg.max_graph_batch or cfg.max_seqs, cfg.max_seqs)) if self.use_graphs else []
-        pad = max([b - a - 1 for a, b in zip([0] + self.buckets, self.buckets, strict=False)] + [1]) if self.use_graphs else 0
+        # padding slots: the buckets' padding rows, and one per row of a void step (engine/paged/step_io.py)
+        pad = max([b - a - 1 for a, b in zip([0] + self.buckets, self.buckets, strict=False)]
+                  + [1, spare_padding(self.buckets)]) if self.use_graphs else 0
         self.layout = PageLayout(cfg.page_size, m.D, loaded.dtype.itemsize, c.num_hidden_layers, m.H, self.window,
                                  -(-(self.max_context + 1) // cfg.page_size))
         # sequence slots: running requests + kept states (prefix tree), then 2 for the prefill graphs
@@ -106,6 +111,8 @@ class ModelRunner:
         self.read_buf = torch.zeros(maxbs + 3 * self.pool.num_slots + 1, dtype=torch.int64, device=self.device)
         self.refs = new_refs(self.kv)  # extra owners of pages shared between slots (cache/sharing.py)
         self.stats_buf = self.read_buf[maxbs:]
+        self.readback = AsyncReadback(self.read_buf, maxbs, self.pool.num_slots)
+        self.void_cols = void_columns(self.pad_slots, ALWAYS, self.device)
         pin = self.device.type == "cuda"
         self.ibuf_host = torch.zeros(6, maxbs, dtype=torch.int32, pin_memory=pin)
         # per-slot staging of thresholds: a slot's pinned row is rewritten only when its rule changes,
@@ -226,23 +233,3 @@ class ModelRunner:
     def prefill_body(self, *args, **kwargs) -> torch.Tensor:
         """Every layer over the chunks (graph-capturable); see :func:`prefill.prefill_body`."""
         return _prefill.prefill_body(self, *args, **kwargs)
-
-    # -- sampling and readback --------------------------------------------------------------
-    @torch.inference_mode()
-    def sample_and_read(self, logits: torch.Tensor | None, sb: SamplingBatch | None, decoded: bool = False) -> Readback:
-        """Sample on the GPU, then ONE device->host copy: tokens, per-slot pages/live/oom, free pages.
-
-        ``decoded``: ``logits`` came from :meth:`decode`, whose step already took the argmax; an
-        all-greedy batch without banned tokens then needs no kernel here, only the copy."""
-        S = self.pool.num_slots
-        if decoded and logits is not None and sb is not None and sb.all_greedy and sb.banned_rows is None \
-                and sb.mask_rows is None:
-            B, maxbs = logits.shape[0], self.cfg.max_seqs
-            host = self.read_buf.cpu().tolist()
-            return Readback(host[:B], _SlotView(host[maxbs:maxbs + 3 * S], S), host[-1])
-        parts = [self.stats_buf]  # filled by the step that produced ``logits``
-        if logits is not None and logits.shape[0]:
-            parts.insert(0, self.sampler(logits, sb))
-        host = torch.cat(parts).cpu().tolist()
-        B = len(host) - 3 * S - 1
-        return Readback(host[:B], _SlotView(host[B:], S), host[-1])

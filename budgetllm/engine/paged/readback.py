@@ -1,5 +1,6 @@
 """What the runner hands back and how it lets go: the step's readback (tokens, per-slot stats, free
-pages) and the helpers that make a failed construction release what it had allocated."""
+pages), started asynchronously and read later (:class:`AsyncReadback`), and the helpers that make a
+failed construction release what it had allocated."""
 
 from __future__ import annotations
 
@@ -31,6 +32,43 @@ class _SlotView:
 
     def __getitem__(self, slot: int) -> SlotStats:
         return self.get(slot)
+
+
+class AsyncReadback:
+    """The runner's read buffer (device int64: step tokens [maxbs], then per-slot pages / live / oom
+    [3 * slots], then the free-page count) copied to the host without waiting: :meth:`start` enqueues
+    the copy into one of two pinned host buffers and records an event behind it; :meth:`finish` waits
+    for that event only, so a step launched after ``start`` keeps the GPU busy while the host reads.
+
+    Two buffers, used in turn: at most two readbacks are outstanding (the step being read and the one
+    launched ahead of it, engine/paged/launch_ahead.py), and a buffer is reused only after the host
+    has waited for a later event on the same stream. On the CPU the copy is synchronous."""
+
+    def __init__(self, read_buf: torch.Tensor, max_rows: int, num_slots: int):
+        self.dev, self.maxbs, self.S = read_buf, max_rows, num_slots
+        cuda = read_buf.device.type == "cuda"
+        self.host = [torch.zeros(read_buf.shape, dtype=read_buf.dtype, pin_memory=cuda) for _ in range(2)]
+        self.events = [torch.cuda.Event() for _ in range(2)] if cuda else None
+        self.turn = 0
+
+    def start(self, rows: int) -> tuple[int, int]:
+        """Enqueue the copy of the buffer as it will be once the work enqueued so far has run; the
+        handle for :meth:`finish` (its first ``rows`` tokens are the step's)."""
+        k = self.turn
+        self.turn ^= 1
+        self.host[k].copy_(self.dev, non_blocking=self.events is not None)
+        if self.events is not None:
+            self.events[k].record()
+        return k, rows
+
+    def finish(self, pending: tuple[int, int]) -> Readback:
+        """Wait for that copy (not for anything enqueued after it) and parse it."""
+        k, rows = pending
+        if self.events is not None:
+            self.events[k].synchronize()
+        host = self.host[k].tolist()
+        S, m = self.S, self.maxbs
+        return Readback(host[:rows], _SlotView(host[m:m + 3 * S], S), host[-1])
 
 
 def without_frames(e: BaseException) -> BaseException:

@@ -225,7 +225,8 @@ def test_64_concurrent_mixed_requests_free_the_pool():
 
 def test_preemption_under_a_tiny_pool_keeps_outputs(tiny_dir):
     # 2 layers x 2 heads = 4 rows per sequence of ~75 tokens at its end: ~76 pages of 4 tokens each.
-    # 150 pages (4 pinned by the padding slot) fit one request alone, not two at their end.
+    # 150 pages (16 pinned by the 4 padding slots: buckets, and launch-ahead's void steps) fit one
+    # request alone, not two at their end.
     ref, paged = _pair(tiny_dir, "qwen3", "borrowed", num_pages=150, page_size=4, max_seqs=4)
     prompts = ["Hi", "Name a color.", "Count to three please.", "Why is the sky blue?"]
     expected = [ref.generate(p, compression=1, max_tokens=40).token_ids for p in prompts]

@@ -44,6 +44,9 @@ def test_each_bucket_is_warmed_at_its_own_size_and_the_pool_is_left_untouched(lo
         return body(self, bs, num_splits)
 
     monkeypatch.setattr(ModelRunner, "decode_body", spy)
+    from budgetllm.engine.paged import step_io
+
+    monkeypatch.setattr(step_io, "AHEAD_ROWS", 0)  # no spare padding slots for launch-ahead's void steps
     backend = _backend(loaded)
     try:
         r = backend.runner

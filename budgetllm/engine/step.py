@@ -33,9 +33,17 @@ def sampling_masks(req: GenerationRequest) -> tuple[list[int] | None, object]:
 def feeds_sampled(req: GenerationRequest) -> bool:
     """True when :func:`advance` will feed the next sampled token as it is unless it is an EOS (which
     ends the request) or the request is cancelled meanwhile, and the token leaves
-    :func:`sampling_masks` as they are: no grammar, nothing forced, no phase change, no answer-budget
-    end (``ThinkingController.steady_answer``). The paged engine launches a step ahead only then."""
-    return not req.cancelled and req.constraint is None and req.controller.steady_answer()
+    :func:`sampling_masks` as they are: no grammar, nothing forced, no phase change, no budget end
+    (``ThinkingController.steady``; a sampled :func:`void_ids` token voids the step instead). The
+    paged engine launches a step ahead only then."""
+    return not req.cancelled and req.constraint is None and req.controller.steady()
+
+
+def void_ids(req: GenerationRequest) -> list[int]:
+    """The sampled ids after which the next token is no longer the sampled one fed as it is: the EOS
+    ids (the request ends, or an EOS inside the thinking block is replaced by the close) and the ids
+    that change the thinking phase. A step launched ahead after one of them is void."""
+    return [*req.eos_ids, *req.controller.watch_ids()]
 
 
 def advance(req: GenerationRequest, sampled: int | Callable[[], int]) -> list[StepOutput]:

@@ -140,6 +140,22 @@ class ThinkingController:
     def answer_budget_left(self) -> int:
         return self.max_tokens - self.reasoning_tokens - self.answer_tokens
 
+    def steady(self) -> bool:
+        """:meth:`steady_answer` or :meth:`steady_thinking` (the paged engine's launch-ahead asks this)."""
+        return self.steady_answer() or self.steady_thinking()
+
+    def steady_thinking(self) -> bool:
+        """Inside the thinking block, nothing forced, and the budget's close cannot start at the next
+        token: that token is fed as sampled and leaves the sampling masks as they are, unless it is an
+        EOS or completes the close tag (:meth:`watch_ids`: the engine voids a step launched ahead then)."""
+        return (self.phase == "thinking" and not self._forced and self.budget is not None
+                and self.reasoning_tokens + self._closing_length() + 1 < self.budget
+                and self.answer_budget_left() >= 2)
+
+    def watch_ids(self) -> tuple[int, ...]:
+        """Token ids whose sampling changes the phase (the close tag's last token while thinking)."""
+        return self._close_tag_ids[-1:] if self.phase == "thinking" else ()
+
     def steady_answer(self) -> bool:
         """The next token is sampled, not forced, and cannot change the phase or end the answer: in the
         answer phase, nothing forced, past the first tokens where the model may open a block, and at

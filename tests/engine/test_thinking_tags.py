@@ -65,3 +65,32 @@ def test_budget_close_is_forced_by_the_controller_without_a_consumer():
     c.observe(6)
     c.observe(7)
     assert c.phase == "answer"
+
+
+def test_steady_while_thinking_until_the_budget_close_is_one_token_away():
+    """``steady`` (the paged engine's launch-ahead asks it) holds inside the block until the budget's
+    close could start at the next token; then the forced tokens follow, and ``steady`` is False until
+    the answer is under way. ``watch_ids`` names the close tag's last token while thinking only."""
+    c = ctrl(20)
+    handoff = len(c._handoff_ids) + len(c._close_ids)  # what the budget's close writes
+    assert c.phase == "thinking" and c.watch_ids() == (10,)
+    steady_at = []
+    while c.next_forced() is None:
+        steady_at.append((c.reasoning_tokens, c.steady()))
+        c.observe(1)
+    # steady exactly while even the token after the next cannot start the close
+    assert steady_at == [(r, r + handoff + 1 < 20) for r, _ in steady_at]
+    assert steady_at[0][1] and not steady_at[-1][1]
+    while c.phase != "answer":  # the forced hand-off and close
+        assert not c.steady()
+        c.observe(c.next_forced())
+    assert c.watch_ids() == () and c.reasoning_tokens == 20
+
+
+def test_not_steady_when_the_model_closes_the_block_itself():
+    c = ctrl(50)
+    c.observe(1)
+    assert c.steady() and 10 in c.watch_ids()
+    for t in (8, 9, 10):
+        c.observe(t)
+    assert c.phase == "answer" and c.watch_ids() == () and not c.steady()  # the answer's first tokens

@@ -27,6 +27,7 @@ import time
 from budgetllm.engine.paged.handle import row_rule_for, sampling_for
 from budgetllm.engine.paged.launch_ahead import Launched, can_run_ahead, voids_ahead
 from budgetllm.engine.paged.sequence import SeqStatus
+from budgetllm.engine.step import void_ids
 from budgetllm.errors import BudgetLLMError, PoolExhaustedError
 
 
@@ -174,7 +175,7 @@ class EngineLoop:
         t0 = time.perf_counter()
         self.steps += 1
         self.ahead_counts["launched"] += 1
-        eos = cur.eos if cur.eos is not None else runner.eos_rows([s.payload.req.eos_ids for s in cur.batch.seqs])
+        eos = cur.eos if cur.eos is not None else runner.eos_rows([void_ids(s.payload.req) for s in cur.batch.seqs])
         rng = None if cur.sb.all_greedy else runner.sampler.generator.get_state()  # no draws when greedy
         logits = runner.decode_ahead(len(cur.batch.seqs), eos)
         t_launched = time.perf_counter()

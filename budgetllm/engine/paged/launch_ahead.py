@@ -10,12 +10,15 @@ N+1 runs; then it decides on N+2 the same way. The engine's step (engine/paged/e
 "launch N+1 if allowed, then read N".
 
 Outputs are exactly the lockstep ones. Step N+1 runs ahead only when its lockstep twin is certain to
-be the same step, whatever N samples, except for one device-checked case (a sampled EOS); every
-other case falls back to lockstep for that step (:func:`can_run_ahead`):
+be the same step, whatever N samples, except for one device-checked case (a sampled
+``engine.step.void_ids`` token: an EOS, or the close tag's last token while thinking); every other
+case falls back to lockstep for that step (:func:`can_run_ahead`):
 
 * every row feeds its sampled token unchanged (``engine.step.feeds_sampled``): no grammar row (its
-  mask needs N's token), no thinking phase or forced token (hand-off, close tag, answer prefix), no
-  row within two tokens of its answer budget (a "length" end at N), not cancelled;
+  mask needs N's token), no forced token (hand-off, close tag, answer prefix), no row within two
+  tokens of its answer budget (a "length" end at N) or of its thinking budget's close, not
+  cancelled (``ThinkingController.steady``: the answer phase, or the thinking phase away from its
+  budget's end);
 * the batch would be scheduled again as it is: nothing waiting, no prefill chunk, no command queued
   (add, cancel), every running sequence in the batch;
 * no row can run out of pages in N or N+1 (host and device free pages >= two decode margins), so
@@ -25,6 +28,9 @@ other case falls back to lockstep for that step (:func:`can_run_ahead`):
 
 The cases decided after the launch:
 
+* **A row samples a void id at N.** The model closing its thinking block itself changes N+1's
+  sampling masks (tokens banned after the block) and may force an answer prefix, and an EOS inside
+  the block is replaced by the close: N+1 is void as below, and runs again in lockstep.
 * **A row samples an EOS at N** (it ends, "stop"): lockstep would run N+1 without it, in a smaller
   batch (maybe another bucket, other kernels, other random numbers for seeded rows), and its kept
   state (conversation reuse) must hold N's tokens only, while a store in N+1 cannot be undone (DMS
@@ -40,7 +46,8 @@ The cases decided after the launch:
   way: released behind N+1, its N+1 output skipped.
 
 Requests joining, prefill chunks, preemptions, a row reaching max_tokens, grammar rows and thinking
-rows all end the run-ahead for that step (lockstep); the next lockstep step starts a new run.
+rows near their budget's close all end the run-ahead for that step (lockstep); the next lockstep
+step starts a new run.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from budgetllm.engine.paged.scheduler import Batch
-from budgetllm.engine.step import feeds_sampled
+from budgetllm.engine.step import feeds_sampled, void_ids
 
 
 @dataclass
@@ -85,5 +92,6 @@ def can_run_ahead(engine, cur: Launched) -> bool:
 
 def voids_ahead(cur: Launched, tokens: list[int]) -> bool:
     """The step launched ahead of ``cur`` is void (the device's test in ``decode_ahead``): a row of
-    ``cur`` sampled one of its EOS ids."""
-    return any(t in s.payload.req.eos_ids for s, t in zip(cur.samplers, tokens, strict=True))
+    ``cur`` sampled one of its :func:`~budgetllm.engine.step.void_ids` (an EOS, or the close tag's last
+    token while thinking)."""
+    return any(t in void_ids(s.payload.req) for s, t in zip(cur.samplers, tokens, strict=True))

@@ -155,6 +155,38 @@ def test_thinking_budget_and_a_grammar_row(tiny_dir):
         llm.close()
 
 
+def test_a_thinking_row_runs_ahead_inside_its_block(tiny_dir, monkeypatch):
+    """Inside its thinking block, away from the budget's close, a row runs ahead (the thinking bursts of
+    issue 12 must not fall back to lockstep); the forced hand-off and close run in lockstep; same
+    tokens, reasoning count, finish and pages as lockstep."""
+    import budgetllm.engine.paged.engine_loop as loop
+
+    ref = LLM.from_pretrained(str(tiny_dir("qwen3", "borrowed")), backend="reference", device="cpu", progress=False)
+    llms = [LLM(ref.loaded, _backend(ref.loaded, on, prefix_cache=0)) for on in (True, False)]
+    seen: list[tuple[bool, str]] = []
+
+    def spy(engine, cur):
+        ok = can(engine, cur)
+        seen.extend((ok, s.payload.req.controller.phase) for s in cur.batch.seqs)
+        return ok
+
+    can = loop.can_run_ahead
+    monkeypatch.setattr(loop, "can_run_ahead", spy)
+    outs = []
+    for llm in llms:
+        g = llm.generate("Tell me about the sea.", compression=8, thinking_budget=14, max_tokens=18)
+        settle(llm.backend)
+        outs.append((g.token_ids, g.finish_reason, g.usage.reasoning_tokens, g.usage.kv.evicted_tokens,
+                     g.usage.kv.reserved_bytes))
+    assert outs[0] == outs[1]
+    assert 0 < outs[0][2] <= 14, outs[0]
+    assert (True, "thinking") in seen  # launched ahead inside the block
+    assert (False, "closing") in seen or outs[0][2] < 14  # the budget's close ran in lockstep
+    for llm in llms:
+        all_pages_back(llm.backend)
+        llm.close()
+
+
 def test_stop_string_ends_the_same(dms):
     """A stop string (the output layer closes the stream when it matches): same text and usage."""
     ref, on, off = dms

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -128,3 +130,33 @@ def settle(backend) -> None:
     if backend._thread is not None and backend._thread.is_alive():
         backend._inbox.put(("stop", None))
         backend._thread.join(timeout=120)
+
+
+READBACKS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextlib.contextmanager
+def host_round_trips(monkeypatch, builders: bool = False):
+    """Inside the block, record ``(name, file, line)`` of every call from budgetllm code that reads a
+    tensor back to the host (``.item()``, ``.tolist()``, ``.cpu()``, ``bool(t)``, ...) and, with
+    ``builders``, that builds one from host data (``torch.tensor`` / ``as_tensor``). Calls from torch
+    or the Triton interpreter are not counted (frames outside budgetllm)."""
+    import torch
+
+    hits: list = []
+
+    def guard(name, orig):
+        def call(*a, **k):
+            f = sys._getframe(1)
+            if "budgetllm" in f.f_code.co_filename.replace("\\", "/").split("/"):
+                hits.append((name, f.f_code.co_filename.rsplit("/", 1)[-1], f.f_lineno))
+            return orig(*a, **k)
+        return call
+
+    with monkeypatch.context() as m:
+        for name in READBACKS:
+            m.setattr(torch.Tensor, name, guard(name, getattr(torch.Tensor, name)))
+        if builders:
+            m.setattr(torch, "tensor", guard("torch.tensor", torch.tensor))
+            m.setattr(torch, "as_tensor", guard("torch.as_tensor", torch.as_tensor))
+        yield hits

@@ -210,12 +210,11 @@ def test_decode_ahead_feeds_on_the_device_without_a_sync_and_a_void_step_writes_
     """``decode_ahead`` after a step equals the lockstep step fed that step's tokens from the host
     (same logits, same cache), reads nothing back to the host while it launches; with an EOS among
     the tokens it is void: no sequence slot, page or position changes."""
-    import sys
 
     from budgetllm.engine.paged.model_runner import ModelRunner, RunnerConfig
     from budgetllm.engine.paged.sampler import make_sampling_batch
     from budgetllm.engine.rules import FORCED, RowRule
-    from tests.engine.paged.test_runner_build_cpu import _READBACKS
+    from tests.engine.enginelib import host_round_trips
 
     loaded = LLM.from_pretrained(str(tiny_dir("llama", "adapter")), backend="reference", device="cpu",
                                  progress=False).loaded
@@ -239,20 +238,8 @@ def test_decode_ahead_feeds_on_the_device_without_a_sync_and_a_void_step_writes_
     after_lock = snap()
     restore(before)
     r.read_buf[:3] = torch.tensor([t for _, t, _ in rows])  # what the last step sampled
-    hits: list = []
-
-    def guard(name, orig):
-        def call(*a, **k):
-            f = sys._getframe(1)
-            if "budgetllm" in f.f_code.co_filename.replace("\\", "/").split("/"):
-                hits.append((name, f.f_code.co_filename.rsplit("/", 1)[-1], f.f_lineno))
-            return orig(*a, **k)
-        return call
-
     eos = r.eos_rows([{-7}, set(), {-9, -8}])  # none of them sampled
-    with monkeypatch.context() as m:
-        for name in _READBACKS:
-            m.setattr(torch.Tensor, name, guard(name, getattr(torch.Tensor, name)))
+    with host_round_trips(monkeypatch) as hits:
         logits = r.decode_ahead(3, eos)
         r.sample(logits, sb, decoded=True)
     assert hits == []

@@ -117,9 +117,6 @@ def test_closing_drops_the_runner_at_once(loaded):
         gc.enable()
 
 
-_READBACKS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
-
-
 @pytest.mark.parametrize("fast", [True, False])
 def test_the_decode_body_makes_no_host_round_trip(loaded, monkeypatch, fast):
     """What a CUDA graph cannot hold: inside ``decode_body`` (the captured step, 5-launch fused layer
@@ -127,37 +124,20 @@ def test_the_decode_body_makes_no_host_round_trip(loaded, monkeypatch, fast):
     (``.item()``, ``.tolist()``, ``.cpu()``, ``bool(t)``, ...) nor builds a tensor from host data
     (``torch.tensor``/``as_tensor``: a pageable host-to-device copy). Calls from the Triton interpreter
     and torch itself are not counted (frames outside budgetllm)."""
-    import sys
-
     from budgetllm.engine.paged.model_runner import ModelRunner, RunnerConfig
+    from tests.engine.enginelib import host_round_trips
 
     r = ModelRunner(loaded, RunnerConfig(max_seqs=4, page_size=4, num_pages=300, max_context=64,
                                          emulate_graphs=True, small_batch_gemv=fast))
     assert (r.fast is not None) == fast and r.buckets == [1, 2, 4]
-    hits: list = []
-
-    def guard(name, orig):
-        def call(*a, **k):
-            f = sys._getframe(1)
-            if "budgetllm" in f.f_code.co_filename.replace("\\", "/").split("/"):
-                hits.append((name, f.f_code.co_filename.rsplit("/", 1)[-1], f.f_lineno))
-            return orig(*a, **k)
-        return call
-
-    def guarded(fn, *a):
-        with monkeypatch.context() as m:
-            for name in _READBACKS:
-                m.setattr(torch.Tensor, name, guard(name, getattr(torch.Tensor, name)))
-            m.setattr(torch, "tensor", guard("torch.tensor", torch.tensor))
-            m.setattr(torch, "as_tensor", guard("torch.as_tensor", torch.as_tensor))
-            fn(*a)
-
     for bs in r.buckets:
         seq = list(range(bs - len(r.pad_slots)))
         r.fill_decode([], bs, r.pad_slots + seq)
-        guarded(r.decode_body, bs, r.num_splits(bs))
+        with host_round_trips(monkeypatch, builders=True) as hits:
+            r.decode_body(bs, r.num_splits(bs))
+        assert hits == []
         r.release(seq)
-    assert hits == []
-    guarded(r.release, [2, 0])  # the control: releasing scattered slots builds their index on the host, and is seen
+    with host_round_trips(monkeypatch, builders=True) as hits:
+        r.release([2, 0])  # the control: releasing scattered slots builds their index on the host, and is seen
     assert any(h[0] == "torch.tensor" for h in hits), hits
     r.close()

@@ -161,7 +161,7 @@ class PrefixTree:
                 node.children[tokens[i]] = new
                 return new
             edge = child.edge
-            j = _common(edge, tokens, i)
+            j = common_prefix(tokens[i:i + len(edge)], edge, known=1)  # the first token matches
             if j < len(edge):  # split the edge at j
                 mid = _Node(edge[:j], node)
                 node.children[tokens[i]] = mid
@@ -174,14 +174,14 @@ class PrefixTree:
         return node
 
 
-def _common(edge: tuple, tokens: tuple, i: int) -> int:
-    """Length of the common prefix of ``edge`` and ``tokens[i:]``, by slice comparisons (C speed:
-    no Python step per token, also on 32K-token histories; the first token is known to match)."""
-    n = min(len(edge), len(tokens) - i)
-    if tokens[i:i + n] == edge[:n]:
+def common_prefix(a, b, known: int = 0) -> int:
+    """Length of the common prefix of two token sequences of one type, of which the first ``known``
+    match, by slice comparisons (C speed: no Python step per token, also on 32K-token histories)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
         return n
-    lo, hi = 1, n - 1  # edge[:lo] matches, edge[:hi + 1] does not
+    lo, hi = known, n - 1  # a[:lo] matches, a[:hi + 1] does not
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if tokens[i:i + mid] == edge[:mid] else (lo, mid - 1)
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid - 1)
     return lo

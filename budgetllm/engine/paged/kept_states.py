@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from budgetllm.engine.paged.sequence import SeqStatus, Sequence
+from budgetllm.engine.prefix_tree import common_prefix
 
 if TYPE_CHECKING:
     from budgetllm.engine.paged.block_manager import BlockManager
@@ -183,10 +184,7 @@ class KeptStates:
             lo, hi = self.min_shared, min(len(s.token_ids) - 1, r.num_prompt)
             if hi < lo:
                 continue
-            while lo < hi:  # the common length, by slice comparisons (C speed, also on 32K prompts)
-                mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if s.token_ids[:mid] == r.token_ids[:mid] else (lo, mid - 1)
-            shared = lo
+            shared = common_prefix(s.token_ids[:hi], r.token_ids[:hi], known=lo)
             if shared < self.min_shared or shared <= r.num_cached:
                 continue
             if self.prefix.has(s.token_ids[:shared], s.cache_key):

@@ -20,7 +20,10 @@ import torch
 
 from budgetllm.engine.eviction import ALWAYS, DENSE, FORCED, THRESHOLD, WINDOW, RowRule
 
-__all__ = ["ALWAYS", "DENSE", "FORCED", "THRESHOLD", "WINDOW", "RowRule", "decide_rows", "layer_decisions",
+# the rule codes the step kernels decide with, in their order (kernels/step_inputs.py, prefill_inputs.py)
+STEP_CODES = (WINDOW, ALWAYS, FORCED, THRESHOLD)
+
+__all__ = ["ALWAYS", "DENSE", "FORCED", "STEP_CODES", "THRESHOLD", "WINDOW", "RowRule", "decide_rows", "layer_decisions",
            "step_decisions"]
 
 

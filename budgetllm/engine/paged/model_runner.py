@@ -31,7 +31,7 @@ from budgetllm.engine.paged.readback import free_cached as _free_cached
 from budgetllm.engine.paged.readback import without_frames as _without_frames
 from budgetllm.engine.paged.sampler import GPUSampler
 from budgetllm.engine.paged.step_io import StepIO, spare_padding, void_columns
-from budgetllm.engine.rules import ALWAYS, FORCED, THRESHOLD, WINDOW, RowRule
+from budgetllm.engine.rules import ALWAYS, STEP_CODES, RowRule
 from budgetllm.kernels import (
     paged_decode_attention,
     store_decode_kv,
@@ -41,8 +41,6 @@ from budgetllm.kernels.step_inputs import step_inputs
 from budgetllm.kernels.step_stats import slot_stats
 from budgetllm.models.loading import LoadedModel
 from budgetllm.models.modules import FusedModel
-
-STEP_CODES = (WINDOW, ALWAYS, FORCED, THRESHOLD)  # the rule codes kernels/step_inputs.py decides with
 
 
 @dataclass

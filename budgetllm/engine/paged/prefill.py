@@ -14,12 +14,10 @@ import functools
 
 import torch
 
-from budgetllm.engine.rules import ALWAYS, FORCED, THRESHOLD, WINDOW, RowRule
+from budgetllm.engine.rules import STEP_CODES, THRESHOLD, RowRule
 from budgetllm.kernels import dms_prefill_attention, store_prefill_kv
 from budgetllm.kernels.prefill_attention import compact_unflagged
 from budgetllm.kernels.prefill_inputs import prefill_decisions
-
-_CODES = (WINDOW, ALWAYS, FORCED, THRESHOLD)  # the rule codes kernels/prefill_inputs.py decides with
 
 
 @torch.inference_mode()
@@ -68,7 +66,7 @@ def prefill_body(self, ids, pos, code, sinks, period, thr, slots, cu, max_seqlen
     normed stream [N, hidden]. ``per_layer``: the decisions may differ per layer (threshold rows),
     else the unflagged tokens are compacted once for all layers."""
     m, kv = self.model, self.kv
-    base, uses_thr = prefill_decisions(pos, code, sinks, period, m.H, _CODES)  # rules.step_decisions
+    base, uses_thr = prefill_decisions(pos, code, sinks, period, m.H, STEP_CODES)  # rules.step_decisions
     keep = None if per_layer else compact_unflagged(base, cu)
     block_m = attention_block_m(max_seqlen, m.Hq, kv.k_pool.device)
     x, h = m.embed_norm(ids)

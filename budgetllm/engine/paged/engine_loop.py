@@ -217,8 +217,8 @@ class EngineLoop:
             with self._stats_lock:  # one locked add per step, not per token
                 self.tokens_generated += decoded
         for s in cur.samplers:  # first tokens go out now, before the kept states' work and the next launch
-            if s.payload.pending and "delivered" not in s.payload.req.phases:
-                s.payload.deliver()
+            if "delivered" not in s.payload.req.phases:
+                s.payload.deliver()  # nothing pending: nothing happens
         sched.keep_deferred()
         self._release()
         if batch.kind == "decode":

@@ -102,19 +102,18 @@ class FusedModel:
         return add_rms_norm(x, None, self.layers[0].in_norm, self.eps)
 
     def attention_inputs(self, li: int, x: torch.Tensor, h: torch.Tensor, pos: torch.Tensor,
-                         decide: tuple | None, fused_adapter: bool = False):
+                         decide: tuple | None):
         """h (normed x) [N, hidden], pos [N] -> q [N,Hq,D], k [N,H,D] (post-RoPE), v [N,H,D] (a view),
         decisions [N,H] int8 | None.
 
         ``decide`` = (thr [L, N, H] float64: each (layer, KV head)'s threshold, base [N,H] bool,
         uses_thr [N,1] bool) from :func:`budgetllm.engine.rules.step_decisions`; None -> no decisions
-        (the caller uses ``base`` when the model has no decision logits). ``fused_adapter``: the
-        adapter's logits in one kernel (``kernels.adapter_logits``; the prefill path) instead of eager."""
+        (the caller uses ``base`` when the model has no decision logits)."""
         L = self.layers[li]
-        return self.rope_decide(li, F.linear(h, L.qkv_w, L.qkv_b), x, pos, decide, fused_adapter=fused_adapter)
+        return self.rope_decide(li, F.linear(h, L.qkv_w, L.qkv_b), x, pos, decide)
 
     def rope_decide(self, li: int, qkv: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, decide: tuple | None,
-                    pdl: bool = False, fused_adapter: bool = False):
+                    pdl: bool = False):
         """The part of :meth:`attention_inputs` after the QKV GEMM (``qkv`` [N, (Hq+2H)*D]); the
         decode path of ``budgetllm.engine.paged.decode_layer`` makes ``qkv`` with its own GEMM (``pdl``:
         launch the fused kernel with programmatic dependent launch)."""
@@ -122,7 +121,7 @@ class FusedModel:
         Hq, H, D = self.Hq, self.H, self.D
         v = qkv[:, (Hq + H) * D:].view(-1, H, D)
         s = self.dms
-        borrowed, kernel_decide = self.rope_args(li, x, decide, fused_adapter)
+        borrowed, kernel_decide = self.rope_args(li, x, decide)
         if decide is not None:
             decide = (decide[0][li] if decide[0].dim() == 3 else decide[0], *decide[1:])
         if self.borrowed and s.alpha_per == "layer" and decide is not None:
@@ -136,22 +135,21 @@ class FusedModel:
                                 borrowed=borrowed, decide=kernel_decide, pdl=pdl)
         return q, k, v, dec
 
-    def rope_args(self, li: int, x: torch.Tensor, decide: tuple | None, fused_adapter: bool = False):
+    def rope_args(self, li: int, x: torch.Tensor, decide: tuple | None):
         """``(borrowed, decide)`` arguments of ``qkv_rope`` (and of the fused ``kernels.qkv_store``) for
         layer ``li``: ``decide`` is None when the layer's decisions need no logits (then the step's
         base decisions apply); the adapter's logits are computed here from the residual stream ``x``
-        (its own norm, float32). The per-layer borrowed variant decides outside the kernel
+        (its own norm, float32; ``DMSSpec.adapter_logits`` is their definition and the reference's path). The per-layer borrowed variant decides outside the kernel
         (:meth:`rope_decide`)."""
         s = self.dms
         borrowed = (self.G, float(s.alpha_scale), float(s.alpha_offset)) if self.borrowed else None
         if decide is None or not (self.borrowed or self.adapter):
             return borrowed, None
         a = self.layers[li].alpha
-        if self.adapter and fused_adapter:
+        logits_in = None  # the adapter's logits in one kernel (kernels.adapter_logits; was ~9 eager ops)
+        if self.adapter:
             logits_in = adapter_logits(x, a["norm_weight"], a["proj_weight"], a.get("proj_bias"), s.norm_eps,
                                        s.alpha_scale, s.alpha_offset, s.alpha_per == "layer")
-        else:
-            logits_in = s.adapter_logits(x, a) if self.adapter else None
         return borrowed, (decide[0][li] if decide[0].dim() == 3 else decide[0], *decide[1:], logits_in)
 
     def attention_out(self, li: int, x: torch.Tensor, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,7 +73,7 @@ class DecodeLayers:
 
     def _qkv_store(self, li: int, L, x, pos, decide, kv, slots, base) -> torch.Tensor:
         m = self.m
-        borrowed, kdec = m.rope_args(li, x, decide, fused_adapter=True)
+        borrowed, kdec = m.rope_args(li, x, decide)
         plan = self.plans.get((L.qkv_w.shape[0], L.qkv_w.shape[1], False, m_pad(x.shape[0])))
         return qkv_store(x, L.qkv_w, L.qkv_b, (L.in_norm, m.eps), m.cos, m.sin_signed, pos, m.Hq, m.H, m.D, kv, li,
                          slots, base, qk_norm=L.qk_norm, eps=m.eps, borrowed=borrowed, decide=kdec, ws=self.ws,
@@ -98,7 +98,7 @@ class DecodeLayers:
                 q = self._qkv_store(li, L, x, pos, decide, kv, slots, base)
             else:
                 qkv = gemv_(x, L.qkv_w, bias=L.qkv_b, norm=(L.in_norm, m.eps))
-                q, k, v, dec = m.rope_decide(li, qkv, x, pos, decide, pdl=pdl, fused_adapter=True)
+                q, k, v, dec = m.rope_decide(li, qkv, x, pos, decide, pdl=pdl)
                 store_decode_kv(kv, k, v, base if dec is None else dec, li, slots, pdl=pdl)
             o = paged_decode_attention(q, kv, li, slots, m.scale, num_splits=num_splits, balanced=self.balanced,
                                        pdl=pdl, reduce_cnt=self.reduce_cnt)

@@ -163,7 +163,7 @@ class ModelRunner(StepIO):
         else:
             x, h = m.embed_norm(ids)
             for li in range(m.num_layers):
-                q, k, v, dec = m.attention_inputs(li, x, h, pos, decide, fused_adapter=True)
+                q, k, v, dec = m.attention_inputs(li, x, h, pos, decide)
                 store_decode_kv(kv, k, v, base if dec is None else dec, li, slots)
                 o = paged_decode_attention(q, kv, li, slots, m.scale, num_splits=num_splits)
                 x, h = m.attention_out(li, x, o)

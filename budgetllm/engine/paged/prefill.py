@@ -71,7 +71,7 @@ def prefill_body(self, ids, pos, code, sinks, period, thr, slots, cu, max_seqlen
     block_m = attention_block_m(max_seqlen, m.Hq, kv.k_pool.device)
     x, h = m.embed_norm(ids)
     for li in range(m.num_layers):
-        q, k, v, dec = m.attention_inputs(li, x, h, pos, (thr, base, uses_thr), fused_adapter=True)
+        q, k, v, dec = m.attention_inputs(li, x, h, pos, (thr, base, uses_thr))
         dec = base if dec is None else dec
         o = dms_prefill_attention(q, k, v, dec, kv, li, slots, m.scale, cu_seqlens=cu, max_seqlen=max_seqlen,
                                   keep=keep if keep is not None else compact_unflagged(dec, cu), block_m=block_m)

@@ -70,7 +70,7 @@ class Launched:
     t_launched: float  # when its replay was enqueued
     firsts: list  # handles whose first step this is (their phases are timed on the read)
     ahead: bool = False  # launched before the step before it was read
-    eos: object = None  # device [B, K] EOS ids of the rows (made once per run of steps ahead)
+    eos: object = None  # device [B, K]: each row's engine.step.void_ids (made once per run of steps ahead)
     rng: object = None  # the sampler's random state before this step's sampling (seeded rows)
 
 

@@ -55,7 +55,8 @@ class StepIO:
         return bs if bs is not None and bs <= self.void_cols.shape[1] else None
 
     def eos_rows(self, eos_ids: list) -> torch.Tensor:
-        """int64 [B, K] device tensor of each row's EOS ids (-1 = none), copied asynchronously."""
+        """int64 [B, K] device tensor of each row's ids that void a step launched ahead (EOS ids, and the
+        close tag's end while thinking: engine.step.void_ids; -1 = none), copied asynchronously."""
         k = max([len(e) for e in eos_ids] + [1])
         rows = [sorted(e) + [-1] * (k - len(e)) for e in eos_ids]
         pin = self.device.type == "cuda"
